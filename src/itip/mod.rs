@@ -1,0 +1,1390 @@
+//! The iTIP engine (RFC 5546): a pure function from (stored object, incoming object, recipient,
+//! proven senders) to a [`Decision`]. No I/O happens here; the pipeline commits what it returns.
+
+mod reason;
+pub use reason::Reason;
+
+use crate::ical::time::{format_utc, parse_date_value, TzMap};
+use crate::ical::{norm_addr, Component, Prop};
+use std::collections::BTreeMap;
+
+/// The iTIP methods of RFC 5546 section 1.4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    Publish,
+    Request,
+    Reply,
+    Add,
+    Cancel,
+    Refresh,
+    Counter,
+    DeclineCounter,
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Option<Method> {
+        Some(match s.trim().to_ascii_uppercase().as_str() {
+            "PUBLISH" => Method::Publish,
+            "REQUEST" => Method::Request,
+            "REPLY" => Method::Reply,
+            "ADD" => Method::Add,
+            "CANCEL" => Method::Cancel,
+            "REFRESH" => Method::Refresh,
+            "COUNTER" => Method::Counter,
+            "DECLINECOUNTER" => Method::DeclineCounter,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Publish => "PUBLISH",
+            Method::Request => "REQUEST",
+            Method::Reply => "REPLY",
+            Method::Add => "ADD",
+            Method::Cancel => "CANCEL",
+            Method::Refresh => "REFRESH",
+            Method::Counter => "COUNTER",
+            Method::DeclineCounter => "DECLINECOUNTER",
+        }
+    }
+
+    /// Methods an ORGANIZER sends (RFC 5546 1.4); the others come from an attendee.
+    pub fn from_organizer(self) -> bool {
+        matches!(
+            self,
+            Method::Publish
+                | Method::Request
+                | Method::Add
+                | Method::Cancel
+                | Method::DeclineCounter
+        )
+    }
+}
+
+/// One calendar object as stored for one calendar user: master and overrides of one UID.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoredObject {
+    pub uid: String,
+    /// VEVENT, VTODO or VJOURNAL.
+    pub kind: String,
+    pub components: Vec<Component>,
+    pub timezones: Vec<Component>,
+    /// DTSTAMP of the last REPLY applied, by "RECURRENCE-ID key|attendee" (RFC 5546 2.1.5).
+    pub reply_stamps: BTreeMap<String, i64>,
+}
+
+/// One iTIP object received: every component of one UID from one calendar.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub method: Method,
+    pub kind: String,
+    pub uid: String,
+    pub components: Vec<Component>,
+    pub timezones: Vec<Component>,
+}
+
+/// Who is asking and for whom.
+pub struct Context<'a> {
+    /// The local calendar user whose calendar is changed (normalized address).
+    pub recipient: &'a str,
+    /// Addresses proven to have sent the message (normalized).
+    pub proven: &'a [String],
+    /// Delete objects on CANCEL instead of keeping them with STATUS:CANCELLED.
+    pub delete_on_cancel: bool,
+    /// Current time, UTC seconds, for DTSTAMP of generated messages.
+    pub now: i64,
+}
+
+/// A message the engine wants sent (built into iMIP by the outbound module).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutMessage {
+    pub from: String,
+    pub to: String,
+    pub method: Method,
+    /// A complete VCALENDAR with METHOD.
+    pub calendar: Component,
+    pub summary: String,
+}
+
+/// A COUNTER or DECLINECOUNTER kept for the user to act on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proposal {
+    pub method: Method,
+    pub from: String,
+    pub calendar: Component,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Applied {
+        /// The object after the change; `None` when it was deleted, unchanged when `changed` is false.
+        object: Option<StoredObject>,
+        changed: bool,
+        replies: Vec<OutMessage>,
+        proposal: Option<Proposal>,
+        summary: String,
+    },
+    Ignored(Reason),
+    Rejected(Reason),
+}
+
+impl Decision {
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Decision::Applied { .. } => "applied",
+            Decision::Ignored(_) => "ignored",
+            Decision::Rejected(_) => "rejected",
+        }
+    }
+
+    pub fn reason(&self) -> String {
+        match self {
+            Decision::Applied { summary, .. } => summary.clone(),
+            Decision::Ignored(r) | Decision::Rejected(r) => r.to_string(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers on components
+
+fn tzmap_for(timezones: &[Component]) -> TzMap {
+    let refs: Vec<&Component> = timezones.iter().collect();
+    TzMap::new(&refs)
+}
+
+/// The RECURRENCE-ID of a component as a comparable key ("" for the master).
+pub fn rid_key(c: &Component, tz: &TzMap) -> String {
+    match c.prop("RECURRENCE-ID") {
+        None => String::new(),
+        Some(p) => match parse_date_value(&p.value) {
+            Some(dv) if dv.is_date => format!("D{}", dv.naive.format("%Y%m%d")),
+            Some(_) => tz
+                .prop_utc(p)
+                .map(format_utc)
+                .unwrap_or_else(|| p.value.trim().to_string()),
+            None => p.value.trim().to_string(),
+        },
+    }
+}
+
+fn is_this_and_future(c: &Component) -> bool {
+    c.prop("RECURRENCE-ID")
+        .and_then(|p| p.param("RANGE"))
+        .is_some_and(|r| r.eq_ignore_ascii_case("THISANDFUTURE"))
+}
+
+fn dtstamp(c: &Component) -> Option<i64> {
+    c.prop("DTSTAMP")
+        .and_then(|p| parse_date_value(&p.value))
+        .map(|d| d.naive.and_utc().timestamp())
+}
+
+fn organizer(c: &Component) -> Option<&Prop> {
+    c.prop("ORGANIZER")
+}
+
+fn attendee<'a>(c: &'a Component, addr: &str) -> Option<&'a Prop> {
+    c.props_named("ATTENDEE")
+        .find(|p| norm_addr(&p.value) == addr)
+}
+
+fn attendee_mut<'a>(c: &'a mut Component, addr: &str) -> Option<&'a mut Prop> {
+    c.props
+        .iter_mut()
+        .find(|p| p.name == "ATTENDEE" && norm_addr(&p.value) == addr)
+}
+
+fn domain_of(addr: &str) -> &str {
+    addr.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
+}
+
+/// True when `proven` covers the calendar user in `prop` (ORGANIZER or ATTENDEE), directly or
+/// through its SENT-BY. A SENT-BY is honoured only inside the same domain as the user it acts
+/// for, or when the stored copy already named it: otherwise anyone could name themselves SENT-BY.
+fn authorized(prop: &Prop, stored: Option<&Prop>, proven: &[String]) -> Option<String> {
+    let addr = norm_addr(&prop.value);
+    if proven.iter().any(|p| *p == addr) {
+        return Some(addr);
+    }
+    if let Some(sent_by) = prop.param("SENT-BY").map(norm_addr) {
+        if proven.iter().any(|p| *p == sent_by) {
+            let same_domain =
+                domain_of(&sent_by) == domain_of(&addr) && !domain_of(&addr).is_empty();
+            let known = stored
+                .and_then(|s| s.param("SENT-BY"))
+                .is_some_and(|s| norm_addr(s) == sent_by);
+            if same_domain || known {
+                return Some(sent_by);
+            }
+        }
+    }
+    None
+}
+
+fn proven_list(proven: &[String]) -> String {
+    if proven.is_empty() {
+        "nobody".into()
+    } else {
+        proven.join(", ")
+    }
+}
+
+fn master(obj: &StoredObject) -> Option<&Component> {
+    obj.components
+        .iter()
+        .find(|c| c.prop("RECURRENCE-ID").is_none())
+}
+
+fn any_organizer(obj: &StoredObject) -> Option<&Prop> {
+    master(obj)
+        .and_then(organizer)
+        .or_else(|| obj.components.iter().find_map(organizer))
+}
+
+fn incoming_organizer(inc: &Incoming) -> Option<&Prop> {
+    inc.components.iter().find_map(organizer)
+}
+
+/// RFC 5546 2.1.5: is `new` newer than `old`? Lower SEQUENCE, or equal SEQUENCE with an
+/// older-or-equal DTSTAMP, is not.
+fn newer(new: &Component, old: &Component) -> Result<(), Reason> {
+    let (ns, os) = (new.sequence(), old.sequence());
+    if ns < os {
+        return Err(Reason::OlderSequence {
+            incoming: ns,
+            stored: os,
+        });
+    }
+    if ns == os {
+        match (dtstamp(new), dtstamp(old)) {
+            (Some(n), Some(o)) if n > o => {}
+            (Some(_), None) => {}
+            (n, o) => {
+                return Err(Reason::NotNewer {
+                    sequence: ns,
+                    incoming: n.map(format_utc),
+                    stored: o.map(format_utc),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Merges timezones: keeps stored ones, adds/replaces by TZID with incoming ones.
+fn merge_timezones(stored: &[Component], incoming: &[Component]) -> Vec<Component> {
+    let mut out: Vec<Component> = stored.to_vec();
+    for tz in incoming {
+        let id = tz.value("TZID").unwrap_or("");
+        if let Some(pos) = out.iter().position(|t| t.value("TZID").unwrap_or("") == id) {
+            out[pos] = tz.clone();
+        } else {
+            out.push(tz.clone());
+        }
+    }
+    out
+}
+
+/// Keeps only the timezones some component refers to.
+fn used_timezones(components: &[Component], timezones: Vec<Component>) -> Vec<Component> {
+    let mut used: Vec<String> = Vec::new();
+    fn walk(c: &Component, used: &mut Vec<String>) {
+        for p in &c.props {
+            if let Some(t) = p.param("TZID") {
+                let t = t.trim_matches('"').to_string();
+                if !used.contains(&t) {
+                    used.push(t);
+                }
+            }
+        }
+        for s in &c.subs {
+            walk(s, used);
+        }
+    }
+    for c in components {
+        walk(c, &mut used);
+    }
+    timezones
+        .into_iter()
+        .filter(|t| used.iter().any(|u| Some(u.as_str()) == t.value("TZID")))
+        .collect()
+}
+
+/// The attendee's own data survives an organizer update (DESIGN: PARTSTAT, VALARM, X-).
+fn preserve_attendee_data(new: &mut Component, old: &Component, recipient: &str) {
+    if let Some(old_att) = attendee(old, recipient) {
+        let old_ps = old_att.param("PARTSTAT").map(str::to_string);
+        let x_params: Vec<_> = old_att
+            .params
+            .iter()
+            .filter(|p| p.name.starts_with("X-"))
+            .cloned()
+            .collect();
+        if let Some(new_att) = attendee_mut(new, recipient) {
+            if let Some(ps) = old_ps {
+                if !ps.eq_ignore_ascii_case("NEEDS-ACTION") {
+                    new_att.set_param("PARTSTAT", ps);
+                }
+            }
+            for xp in x_params {
+                if new_att.param(&xp.name).is_none() {
+                    new_att.params.push(xp);
+                }
+            }
+        }
+    }
+    let old_alarms: Vec<Component> = old.subs_named("VALARM").cloned().collect();
+    if !old_alarms.is_empty() {
+        new.subs.retain(|s| s.name != "VALARM");
+        new.subs.extend(old_alarms);
+    }
+    for p in &old.props {
+        if p.name.starts_with("X-") && new.prop(&p.name).is_none() {
+            new.props.push(p.clone());
+        }
+    }
+}
+
+/// Builds an instance override from the master for `rid_prop` (RFC 5545 3.8.4.4).
+fn instance_from_master(master: &Component, rid_prop: &Prop, tz: &TzMap) -> Component {
+    let mut inst = master.clone();
+    inst.remove("RRULE");
+    inst.remove("RDATE");
+    inst.remove("EXDATE");
+    inst.remove("EXRULE");
+    let mut rid = rid_prop.clone();
+    rid.remove_param("RANGE");
+    if let (Some(ms), Some(rs)) = (
+        master.prop("DTSTART").and_then(|p| tz.prop_utc(p)),
+        tz.prop_utc(&rid),
+    ) {
+        let shift = rs - ms;
+        if let Some(end) = master.prop("DTEND").or_else(|| master.prop("DUE")) {
+            if let Some(es) = tz.prop_utc(end) {
+                let mut e = end.clone();
+                let start_prop = rid.clone();
+                // Keep the instance's length: end = rid + (end - start).
+                e.value = shift_value(&start_prop.value, es + shift - rs);
+                e.params = start_prop.params.clone();
+                inst.set_prop(e);
+            }
+        }
+    }
+    let mut start = rid.clone();
+    start.name = "DTSTART".into();
+    inst.set_prop(start);
+    inst.set_prop(rid);
+    inst
+}
+
+/// Adds `delta` seconds to a DATE-TIME or DATE value, keeping its form.
+fn shift_value(value: &str, delta: i64) -> String {
+    match parse_date_value(value) {
+        Some(dv) => {
+            let shifted = dv.naive + chrono::TimeDelta::seconds(delta);
+            if dv.is_date {
+                shifted.format("%Y%m%d").to_string()
+            } else if dv.utc {
+                shifted.format("%Y%m%dT%H%M%SZ").to_string()
+            } else {
+                shifted.format("%Y%m%dT%H%M%S").to_string()
+            }
+        }
+        None => value.to_string(),
+    }
+}
+
+fn calendar_for(
+    method: Method,
+    obj_components: &[Component],
+    timezones: &[Component],
+) -> Component {
+    let mut cal = Component::new("VCALENDAR");
+    cal.props.push(Prop::new("VERSION", "2.0"));
+    cal.props.push(Prop::new("PRODID", "-//imipd//imipd//EN"));
+    cal.props.push(Prop::new("METHOD", method.as_str()));
+    cal.subs.extend(timezones.iter().cloned());
+    cal.subs.extend(obj_components.iter().cloned());
+    cal
+}
+
+fn summary_of(c: &[Component]) -> String {
+    c.iter()
+        .find_map(|c| c.prop("SUMMARY").map(|p| p.text()))
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The decision
+
+/// Decides what `incoming` does to `recipient`'s copy `stored` (RFC 5546 section 3).
+pub fn decide(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decision {
+    if inc.components.is_empty() {
+        return Decision::Rejected(Reason::Empty);
+    }
+    if inc.kind == "VFREEBUSY" {
+        return Decision::Ignored(Reason::FreeBusyNotStored(inc.method.as_str()));
+    }
+    let allowed = match inc.kind.as_str() {
+        "VEVENT" | "VTODO" => true,
+        "VJOURNAL" => matches!(inc.method, Method::Publish | Method::Add | Method::Cancel),
+        _ => false,
+    };
+    if !allowed {
+        return Decision::Rejected(Reason::MethodNotForComponent {
+            method: inc.method.as_str(),
+            component: inc.kind.clone(),
+        });
+    }
+    if let Some(s) = stored {
+        if s.kind != inc.kind && !s.kind.is_empty() {
+            return Decision::Rejected(Reason::ComponentChanged {
+                stored: s.kind.clone(),
+                incoming: inc.kind.clone(),
+            });
+        }
+    }
+    match inc.method {
+        Method::Publish | Method::Request => organizer_update(stored, inc, ctx),
+        Method::Add => add(stored, inc, ctx),
+        Method::Cancel => cancel(stored, inc, ctx),
+        Method::Reply => reply(stored, inc, ctx),
+        Method::Refresh => refresh(stored, inc, ctx),
+        Method::Counter => counter(stored, inc, ctx),
+        Method::DeclineCounter => decline_counter(stored, inc, ctx),
+    }
+}
+
+/// Common checks for the organizer's methods. Returns the proven organizer address.
+fn check_organizer(
+    stored: Option<&StoredObject>,
+    inc: &Incoming,
+    ctx: &Context,
+) -> Result<String, Reason> {
+    let Some(org) = incoming_organizer(inc) else {
+        // Exchange 2010 style: no ORGANIZER. For a stored object fall back to its organizer.
+        if let Some(s_org) = stored.and_then(any_organizer) {
+            return authorized(s_org, Some(s_org), ctx.proven).ok_or_else(|| {
+                Reason::NotFromOrganizer {
+                    method: inc.method.as_str(),
+                    organizer: norm_addr(&s_org.value),
+                    proven: proven_list(ctx.proven),
+                }
+            });
+        }
+        return Err(Reason::NoOrganizer(inc.method.as_str()));
+    };
+    let org_addr = norm_addr(&org.value);
+    if org_addr.is_empty() {
+        return Err(Reason::NoOrganizer(inc.method.as_str()));
+    }
+    // Every component must name the same organizer.
+    for c in &inc.components {
+        if let Some(o) = organizer(c) {
+            if norm_addr(&o.value) != org_addr {
+                return Err(Reason::OrganizerChanged {
+                    stored: org_addr.clone(),
+                    incoming: norm_addr(&o.value),
+                });
+            }
+        }
+    }
+    let stored_org = stored.and_then(any_organizer);
+    if let Some(s_org) = stored_org {
+        if norm_addr(&s_org.value) != org_addr {
+            return Err(Reason::OrganizerChanged {
+                stored: norm_addr(&s_org.value),
+                incoming: org_addr,
+            });
+        }
+    }
+    authorized(org, stored_org, ctx.proven).ok_or_else(|| Reason::NotFromOrganizer {
+        method: inc.method.as_str(),
+        organizer: org_addr,
+        proven: proven_list(ctx.proven),
+    })
+}
+
+/// PUBLISH and REQUEST (RFC 5546 3.2.1, 3.2.2): create or replace the object.
+fn organizer_update(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decision {
+    if let Err(r) = check_organizer(stored, inc, ctx) {
+        return Decision::Rejected(r);
+    }
+    let me = ctx.recipient;
+    if inc.method == Method::Request {
+        let invited = inc.components.iter().any(|c| attendee(c, me).is_some());
+        if !invited {
+            let org = incoming_organizer(inc).map(|o| norm_addr(&o.value));
+            if org.as_deref() == Some(me) {
+                return Decision::Rejected(Reason::RecipientIsOrganizer);
+            }
+            return Decision::Rejected(Reason::RecipientNotInvited(me.to_string()));
+        }
+    }
+    let inc_tz = tzmap_for(&inc.timezones);
+    let Some(stored) = stored else {
+        let object = StoredObject {
+            uid: inc.uid.clone(),
+            kind: inc.kind.clone(),
+            components: inc.components.clone(),
+            timezones: used_timezones(&inc.components, inc.timezones.clone()),
+            reply_stamps: BTreeMap::new(),
+        };
+        let n = inc.components.len();
+        return Decision::Applied {
+            object: Some(object),
+            changed: true,
+            replies: vec![],
+            proposal: None,
+            summary: if n > 1 {
+                format!("created with {} instance overrides", n - 1)
+            } else {
+                "created".into()
+            },
+        };
+    };
+    let st_tz = tzmap_for(&stored.timezones);
+    let st_master = master(stored);
+    let inc_has_master = inc
+        .components
+        .iter()
+        .any(|c| c.prop("RECURRENCE-ID").is_none());
+
+    let mut result = stored.clone();
+    let mut last_reason = None;
+    let mut applied = 0usize;
+    if inc_has_master {
+        let inc_master = inc
+            .components
+            .iter()
+            .find(|c| c.prop("RECURRENCE-ID").is_none())
+            .expect("checked");
+        let baseline = st_master.or_else(|| stored.components.iter().max_by_key(|c| c.sequence()));
+        if let Some(old) = baseline {
+            if let Err(r) = newer(inc_master, old) {
+                return Decision::Ignored(r);
+            }
+        }
+        // Replace the whole object, carrying the attendee's own data over.
+        let mut comps = Vec::with_capacity(inc.components.len());
+        for c in &inc.components {
+            let mut nc = c.clone();
+            let key = rid_key(c, &inc_tz);
+            let old = stored
+                .components
+                .iter()
+                .find(|s| rid_key(s, &st_tz) == key)
+                .or(st_master);
+            if let Some(old) = old {
+                preserve_attendee_data(&mut nc, old, me);
+            }
+            comps.push(nc);
+        }
+        result.components = comps;
+        applied = inc.components.len();
+    } else {
+        for c in &inc.components {
+            let key = rid_key(c, &inc_tz);
+            let existing = result
+                .components
+                .iter()
+                .position(|s| rid_key(s, &st_tz) == key);
+            let baseline = existing.map(|i| &result.components[i]).or(st_master);
+            if let Some(old) = baseline {
+                let check = if existing.is_some() {
+                    newer(c, old)
+                } else if c.sequence() < old.sequence() {
+                    Err(Reason::OlderSequence {
+                        incoming: c.sequence(),
+                        stored: old.sequence(),
+                    })
+                } else {
+                    Ok(())
+                };
+                if let Err(r) = check {
+                    last_reason = Some(r);
+                    continue;
+                }
+            }
+            let mut nc = c.clone();
+            if let Some(old) = baseline {
+                preserve_attendee_data(&mut nc, old, me);
+            }
+            match existing {
+                Some(i) => result.components[i] = nc,
+                None => result.components.push(nc),
+            }
+            applied += 1;
+        }
+        if applied == 0 {
+            return Decision::Ignored(last_reason.unwrap_or(Reason::Empty));
+        }
+    }
+    result.timezones = used_timezones(
+        &result.components,
+        merge_timezones(&stored.timezones, &inc.timezones),
+    );
+    let seq = inc
+        .components
+        .iter()
+        .map(|c| c.sequence())
+        .max()
+        .unwrap_or(0);
+    Decision::Applied {
+        object: Some(result),
+        changed: true,
+        replies: vec![],
+        proposal: None,
+        summary: if inc_has_master {
+            format!("updated to SEQUENCE {seq}")
+        } else {
+            format!("updated {applied} instance(s)")
+        },
+    }
+}
+
+/// ADD (RFC 5546 3.2.4): new instances for an existing recurring object.
+fn add(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decision {
+    let org = match check_organizer(stored, inc, ctx) {
+        Ok(o) => o,
+        Err(r) => return Decision::Rejected(r),
+    };
+    let Some(stored) = stored else {
+        // RFC 5546 3.2.4: without the original, ask the organizer for it.
+        let mut refresh = Component::new(&inc.kind);
+        if let Some(o) = incoming_organizer(inc) {
+            refresh.props.push(o.clone());
+        }
+        refresh
+            .props
+            .push(Prop::new("ATTENDEE", crate::ical::mailto(ctx.recipient)));
+        refresh.props.push(Prop::new("UID", inc.uid.clone()));
+        refresh
+            .props
+            .push(Prop::new("DTSTAMP", format_utc(ctx.now)));
+        let cal = calendar_for(Method::Refresh, &[refresh], &[]);
+        return Decision::Applied {
+            object: None,
+            changed: false,
+            replies: vec![OutMessage {
+                from: ctx.recipient.to_string(),
+                to: org,
+                method: Method::Refresh,
+                calendar: cal,
+                summary: summary_of(&inc.components),
+            }],
+            proposal: None,
+            summary: "ADD for an unknown object: REFRESH sent to the organizer".into(),
+        };
+    };
+    let inc_tz = tzmap_for(&inc.timezones);
+    let mut result = stored.clone();
+    let Some(mpos) = result
+        .components
+        .iter()
+        .position(|c| c.prop("RECURRENCE-ID").is_none())
+    else {
+        return Decision::Ignored(Reason::NoMaster);
+    };
+    let mut added = 0;
+    for c in &inc.components {
+        if c.sequence() < result.components[mpos].sequence() {
+            return Decision::Ignored(Reason::OlderSequence {
+                incoming: c.sequence(),
+                stored: result.components[mpos].sequence(),
+            });
+        }
+        let Some(start) = c.prop("DTSTART") else {
+            continue;
+        };
+        let mut rdate = start.clone();
+        rdate.name = "RDATE".into();
+        result.components[mpos].props.push(rdate);
+        let mut inst = c.clone();
+        let mut rid = start.clone();
+        rid.name = "RECURRENCE-ID".into();
+        inst.set_prop(rid);
+        if let Some(m_org) = organizer(&result.components[mpos]).cloned() {
+            if inst.prop("ORGANIZER").is_none() {
+                inst.props.push(m_org);
+            }
+        }
+        let st_tz = tzmap_for(&result.timezones);
+        let key = rid_key(&inst, &inc_tz);
+        result
+            .components
+            .retain(|s| s.prop("RECURRENCE-ID").is_none() || rid_key(s, &st_tz) != key);
+        result.components.push(inst);
+        added += 1;
+    }
+    if added == 0 {
+        return Decision::Rejected(Reason::Malformed("ADD without DTSTART".into()));
+    }
+    let seq = inc
+        .components
+        .iter()
+        .map(|c| c.sequence())
+        .max()
+        .unwrap_or(0);
+    let m = &mut result.components[mpos];
+    if seq > m.sequence() {
+        m.set("SEQUENCE", seq.to_string());
+    }
+    if let Some(ds) = inc.components.iter().find_map(|c| c.prop("DTSTAMP")) {
+        m.set_prop(ds.clone());
+    }
+    result.timezones = used_timezones(
+        &result.components,
+        merge_timezones(&stored.timezones, &inc.timezones),
+    );
+    Decision::Applied {
+        object: Some(result),
+        changed: true,
+        replies: vec![],
+        proposal: None,
+        summary: format!("added {added} instance(s)"),
+    }
+}
+
+/// CANCEL (RFC 5546 3.2.5): the whole object, one instance, or this-and-future.
+fn cancel(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decision {
+    if let Err(r) = check_organizer(stored, inc, ctx) {
+        return Decision::Rejected(r);
+    }
+    let Some(stored) = stored else {
+        return Decision::Ignored(Reason::UnknownObject(inc.uid.clone()));
+    };
+    let inc_tz = tzmap_for(&inc.timezones);
+    let st_tz = tzmap_for(&stored.timezones);
+    let mut result = stored.clone();
+    let whole = inc
+        .components
+        .iter()
+        .any(|c| c.prop("RECURRENCE-ID").is_none());
+    if whole {
+        let c = inc
+            .components
+            .iter()
+            .find(|c| c.prop("RECURRENCE-ID").is_none())
+            .expect("checked");
+        if let Some(m) =
+            master(stored).or_else(|| stored.components.iter().max_by_key(|c| c.sequence()))
+        {
+            if let Err(r) = newer(c, m) {
+                return Decision::Ignored(r);
+            }
+        }
+        if ctx.delete_on_cancel {
+            return Decision::Applied {
+                object: None,
+                changed: true,
+                replies: vec![],
+                proposal: None,
+                summary: "cancelled and deleted".into(),
+            };
+        }
+        for sc in result.components.iter_mut() {
+            sc.set("STATUS", "CANCELLED");
+            if sc.prop("RECURRENCE-ID").is_none() {
+                sc.set("SEQUENCE", c.sequence().max(sc.sequence()).to_string());
+                if let Some(ds) = c.prop("DTSTAMP") {
+                    sc.set_prop(ds.clone());
+                }
+            }
+        }
+        return Decision::Applied {
+            object: Some(result),
+            changed: true,
+            replies: vec![],
+            proposal: None,
+            summary: "cancelled (STATUS:CANCELLED)".into(),
+        };
+    }
+    let mut done = 0;
+    let mut last_reason = None;
+    for c in &inc.components {
+        let Some(rid_prop) = c.prop("RECURRENCE-ID") else {
+            continue;
+        };
+        let key = rid_key(c, &inc_tz);
+        let rid_ts = inc_tz.prop_utc(rid_prop);
+        let existing = result
+            .components
+            .iter()
+            .position(|s| rid_key(s, &st_tz) == key);
+        let baseline = existing
+            .map(|i| &result.components[i])
+            .or_else(|| master(&result));
+        if let Some(old) = baseline {
+            let check = if existing.is_some() {
+                newer(c, old)
+            } else if c.sequence() < old.sequence() {
+                Err(Reason::OlderSequence {
+                    incoming: c.sequence(),
+                    stored: old.sequence(),
+                })
+            } else {
+                Ok(())
+            };
+            if let Err(r) = check {
+                last_reason = Some(r);
+                continue;
+            }
+        }
+        if is_this_and_future(c) {
+            // Truncate the series before this instance and cancel later overrides.
+            if let (Some(ts), Some(mpos)) = (
+                rid_ts,
+                result
+                    .components
+                    .iter()
+                    .position(|s| s.prop("RECURRENCE-ID").is_none()),
+            ) {
+                let m = &mut result.components[mpos];
+                if let Some(rr) = m.prop_mut("RRULE") {
+                    let parts: Vec<&str> = rr
+                        .value
+                        .split(';')
+                        .filter(|kv| {
+                            let k = kv.split('=').next().unwrap_or("").to_ascii_uppercase();
+                            k != "UNTIL" && k != "COUNT"
+                        })
+                        .collect();
+                    rr.value = format!("{};UNTIL={}", parts.join(";"), format_utc(ts - 1));
+                }
+            }
+            for s in result.components.iter_mut() {
+                if s.prop("RECURRENCE-ID").is_some() {
+                    if let (Some(sts), Some(ts)) = (
+                        s.prop("RECURRENCE-ID").and_then(|p| st_tz.prop_utc(p)),
+                        rid_ts,
+                    ) {
+                        if sts >= ts {
+                            s.set("STATUS", "CANCELLED");
+                        }
+                    }
+                }
+            }
+        } else {
+            match existing {
+                Some(i) => {
+                    let s = &mut result.components[i];
+                    s.set("STATUS", "CANCELLED");
+                    s.set("SEQUENCE", c.sequence().max(s.sequence()).to_string());
+                }
+                None => {
+                    if let Some(mpos) = result
+                        .components
+                        .iter()
+                        .position(|s| s.prop("RECURRENCE-ID").is_none())
+                    {
+                        let mut ex = rid_prop.clone();
+                        ex.name = "EXDATE".into();
+                        ex.remove_param("RANGE");
+                        result.components[mpos].props.push(ex);
+                    } else {
+                        let mut nc = c.clone();
+                        nc.set("STATUS", "CANCELLED");
+                        result.components.push(nc);
+                    }
+                }
+            }
+        }
+        done += 1;
+    }
+    if done == 0 {
+        return Decision::Ignored(last_reason.unwrap_or(Reason::Empty));
+    }
+    result.timezones = used_timezones(
+        &result.components,
+        merge_timezones(&stored.timezones, &inc.timezones),
+    );
+    Decision::Applied {
+        object: Some(result),
+        changed: true,
+        replies: vec![],
+        proposal: None,
+        summary: format!("cancelled {done} instance(s)"),
+    }
+}
+
+/// Common checks for the attendee's methods: the recipient is the stored organizer and the
+/// message comes from an attendee. Returns the stored object and the replying attendee.
+fn check_attendee<'a>(
+    stored: Option<&'a StoredObject>,
+    inc: &Incoming,
+    ctx: &Context,
+) -> Result<(&'a StoredObject, String), Reason> {
+    let Some(stored) = stored else {
+        return Err(Reason::UnknownObject(inc.uid.clone()));
+    };
+    let s_org = any_organizer(stored).map(|o| norm_addr(&o.value));
+    if s_org.as_deref() != Some(ctx.recipient) {
+        return Err(Reason::RecipientNotOrganizer(ctx.recipient.to_string()));
+    }
+    if let Some(org) = incoming_organizer(inc) {
+        let o = norm_addr(&org.value);
+        if Some(&o) != s_org.as_ref() {
+            return Err(Reason::OrganizerChanged {
+                stored: s_org.unwrap_or_default(),
+                incoming: o,
+            });
+        }
+    }
+    // The attendee whose reply this is: the one the proof covers.
+    let mut replier = None;
+    let mut any_attendee = None;
+    for c in &inc.components {
+        for a in c.props_named("ATTENDEE") {
+            any_attendee.get_or_insert_with(|| norm_addr(&a.value));
+            let st = stored
+                .components
+                .iter()
+                .find_map(|s| attendee(s, &norm_addr(&a.value)));
+            if authorized(a, st, ctx.proven).is_some() {
+                replier = Some(norm_addr(&a.value));
+                break;
+            }
+        }
+        if replier.is_some() {
+            break;
+        }
+    }
+    let Some(replier) = replier else {
+        return Err(match any_attendee {
+            None => Reason::NoAttendee(inc.method.as_str()),
+            Some(a) => Reason::NotFromAttendee {
+                method: inc.method.as_str(),
+                attendee: a,
+                proven: proven_list(ctx.proven),
+            },
+        });
+    };
+    Ok((stored, replier))
+}
+
+/// Whether `who` may answer for the component: a stored attendee, or a delegate that a stored
+/// attendee delegated to (RFC 5546 2.1.6).
+fn is_known_attendee(comp: &Component, who: &str, reply_line: &Prop) -> bool {
+    if attendee(comp, who).is_some() {
+        return true;
+    }
+    reply_line
+        .param_values("DELEGATED-FROM")
+        .map(norm_addr)
+        .any(|from| attendee(comp, &from).is_some())
+}
+
+/// REPLY (RFC 5546 3.2.3): update the replying attendee's status on the organizer's copy.
+fn reply(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decision {
+    let (stored, replier) = match check_attendee(stored, inc, ctx) {
+        Ok(v) => v,
+        Err(r @ Reason::UnknownObject(_)) => return Decision::Ignored(r),
+        Err(r) => return Decision::Rejected(r),
+    };
+    let inc_tz = tzmap_for(&inc.timezones);
+    let st_tz = tzmap_for(&stored.timezones);
+    let mut result = stored.clone();
+    let mut changes = Vec::new();
+    let mut last_reason = None;
+    for c in &inc.components {
+        let Some(line) = attendee(c, &replier).cloned() else {
+            continue;
+        };
+        let key = rid_key(c, &inc_tz);
+        let targets: Vec<usize> = if key.is_empty() {
+            result
+                .components
+                .iter()
+                .position(|s| s.prop("RECURRENCE-ID").is_none())
+                .into_iter()
+                .collect()
+        } else {
+            let pos = result
+                .components
+                .iter()
+                .position(|s| rid_key(s, &st_tz) == key);
+            let mut v = match pos {
+                Some(p) => vec![p],
+                None => {
+                    // RFC 5546 3.2.3: a reply for one instance creates its override.
+                    let Some(m) = master(&result) else {
+                        last_reason = Some(Reason::UnknownInstance(key.clone()));
+                        continue;
+                    };
+                    let Some(rid_prop) = c.prop("RECURRENCE-ID") else {
+                        continue;
+                    };
+                    let inst = instance_from_master(m, rid_prop, &st_tz);
+                    result.components.push(inst);
+                    vec![result.components.len() - 1]
+                }
+            };
+            if is_this_and_future(c) {
+                if let Some(ts) = c.prop("RECURRENCE-ID").and_then(|p| inc_tz.prop_utc(p)) {
+                    for (i, s) in result.components.iter().enumerate() {
+                        if let Some(sts) = s.prop("RECURRENCE-ID").and_then(|p| st_tz.prop_utc(p)) {
+                            if sts > ts && !v.contains(&i) {
+                                v.push(i);
+                            }
+                        }
+                    }
+                }
+            }
+            v
+        };
+        if targets.is_empty() {
+            last_reason = Some(Reason::NoMaster);
+            continue;
+        }
+        for t in targets {
+            let target = &result.components[t];
+            if !is_known_attendee(target, &replier, &line) {
+                return Decision::Rejected(Reason::PartyCrasher(replier.clone()));
+            }
+            if c.sequence() < target.sequence() {
+                last_reason = Some(Reason::OlderSequence {
+                    incoming: c.sequence(),
+                    stored: target.sequence(),
+                });
+                continue;
+            }
+            let stamp_key = format!("{}|{}", rid_key(target, &st_tz), replier);
+            let new_stamp = dtstamp(c);
+            if let (Some(n), Some(o)) = (new_stamp, result.reply_stamps.get(&stamp_key)) {
+                if n <= *o {
+                    last_reason = Some(Reason::StaleReply {
+                        attendee: replier.clone(),
+                    });
+                    continue;
+                }
+            }
+            let partstat = line
+                .param("PARTSTAT")
+                .unwrap_or("NEEDS-ACTION")
+                .to_ascii_uppercase();
+            let target = &mut result.components[t];
+            let delegates: Vec<String> = line
+                .param_values("DELEGATED-TO")
+                .map(str::to_string)
+                .collect();
+            match attendee_mut(target, &replier) {
+                Some(a) => {
+                    a.set_param("PARTSTAT", partstat.clone());
+                    a.remove_param("RSVP");
+                    if !delegates.is_empty() {
+                        a.set_param_values("DELEGATED-TO", delegates.clone());
+                    }
+                    for p in line
+                        .params
+                        .iter()
+                        .filter(|p| p.name == "DELEGATED-FROM" || p.name.starts_with("X-"))
+                    {
+                        a.set_param_values(&p.name, p.values.clone());
+                    }
+                }
+                None => {
+                    // A delegate answering: record them with their DELEGATED-FROM.
+                    let mut l = line.clone();
+                    l.remove_param("SENT-BY");
+                    target.props.push(l);
+                }
+            }
+            // Delegation: add the delegates named in the reply (RFC 5546 2.1.6, 3.2.2.3).
+            for d in &delegates {
+                let dn = norm_addr(d);
+                if attendee(target, &dn).is_none() {
+                    let from_reply = c
+                        .props_named("ATTENDEE")
+                        .find(|a| norm_addr(&a.value) == dn)
+                        .cloned();
+                    let mut dl = from_reply
+                        .unwrap_or_else(|| Prop::new("ATTENDEE", crate::ical::mailto(&dn)));
+                    dl.set_param("DELEGATED-FROM", crate::ical::mailto(&replier));
+                    if dl.param("PARTSTAT").is_none() {
+                        dl.set_param("PARTSTAT", "NEEDS-ACTION");
+                    }
+                    target.props.push(dl);
+                }
+            }
+            if let Some(n) = new_stamp {
+                result.reply_stamps.insert(stamp_key, n);
+            }
+            let label = if key.is_empty() {
+                String::new()
+            } else {
+                format!(" for instance {key}")
+            };
+            changes.push(format!("{replier} {partstat}{label}"));
+        }
+    }
+    if changes.is_empty() {
+        return Decision::Ignored(last_reason.unwrap_or(Reason::NoAttendee("REPLY")));
+    }
+    Decision::Applied {
+        object: Some(result),
+        changed: true,
+        replies: vec![],
+        proposal: None,
+        summary: format!("PARTSTAT updated: {}", changes.join(", ")),
+    }
+}
+
+/// REFRESH (RFC 5546 3.2.6): answer with the current REQUEST.
+fn refresh(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decision {
+    let (stored, requester) = match check_attendee(stored, inc, ctx) {
+        Ok(v) => v,
+        Err(r @ Reason::UnknownObject(_)) => return Decision::Ignored(r),
+        Err(r) => return Decision::Rejected(r),
+    };
+    if !stored
+        .components
+        .iter()
+        .any(|c| attendee(c, &requester).is_some())
+    {
+        return Decision::Rejected(Reason::PartyCrasher(requester));
+    }
+    let comps: Vec<Component> = stored
+        .components
+        .iter()
+        .cloned()
+        .map(|mut c| {
+            c.set("DTSTAMP", format_utc(ctx.now));
+            c
+        })
+        .collect();
+    let cal = calendar_for(Method::Request, &comps, &stored.timezones);
+    Decision::Applied {
+        object: Some(stored.clone()),
+        changed: false,
+        replies: vec![OutMessage {
+            from: ctx.recipient.to_string(),
+            to: requester.clone(),
+            method: Method::Request,
+            calendar: cal,
+            summary: summary_of(&stored.components),
+        }],
+        proposal: None,
+        summary: format!("answered {requester} with the current REQUEST"),
+    }
+}
+
+/// COUNTER (RFC 5546 3.2.7): recorded for the organizer; the event is unchanged.
+fn counter(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decision {
+    let (stored, from) = match check_attendee(stored, inc, ctx) {
+        Ok(v) => v,
+        Err(r @ Reason::UnknownObject(_)) => return Decision::Ignored(r),
+        Err(r) => return Decision::Rejected(r),
+    };
+    if !stored
+        .components
+        .iter()
+        .any(|c| attendee(c, &from).is_some())
+    {
+        return Decision::Rejected(Reason::PartyCrasher(from));
+    }
+    Decision::Applied {
+        object: Some(stored.clone()),
+        changed: false,
+        replies: vec![],
+        proposal: Some(Proposal {
+            method: Method::Counter,
+            from: from.clone(),
+            calendar: calendar_for(Method::Counter, &inc.components, &inc.timezones),
+        }),
+        summary: format!("counter-proposal from {from} recorded; event unchanged"),
+    }
+}
+
+/// DECLINECOUNTER (RFC 5546 3.2.8): recorded for the attendee; the event is unchanged.
+fn decline_counter(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decision {
+    let org = match check_organizer(stored, inc, ctx) {
+        Ok(o) => o,
+        Err(r) => return Decision::Rejected(r),
+    };
+    Decision::Applied {
+        object: stored.cloned(),
+        changed: false,
+        replies: vec![],
+        proposal: Some(Proposal {
+            method: Method::DeclineCounter,
+            from: org.clone(),
+            calendar: calendar_for(Method::DeclineCounter, &inc.components, &inc.timezones),
+        }),
+        summary: format!("counter-proposal declined by {org} recorded; event unchanged"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Free/busy
+
+/// One busy period in UTC seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Busy {
+    pub start: i64,
+    pub end: i64,
+    pub tentative: bool,
+}
+
+/// The busy periods `user` has because of `obj` (RFC 5545 3.2.9, RFC 5546 3.3): transparent,
+/// cancelled and declined occurrences are free. At most `limit` occurrences are expanded.
+pub fn busy_periods(obj: &StoredObject, user: &str, limit: usize) -> Vec<Busy> {
+    if obj.kind != "VEVENT" {
+        return Vec::new();
+    }
+    let tz = tzmap_for(&obj.timezones);
+    let refs: Vec<&Component> = obj.components.iter().collect();
+    let occ = crate::ical::time::expand(&refs, &tz, limit);
+    let mut out = Vec::with_capacity(occ.len());
+    for o in occ {
+        let c = refs[o.component];
+        if c.value("STATUS")
+            .is_some_and(|s| s.trim().eq_ignore_ascii_case("CANCELLED"))
+        {
+            continue;
+        }
+        if c.value("TRANSP")
+            .is_some_and(|s| s.trim().eq_ignore_ascii_case("TRANSPARENT"))
+        {
+            continue;
+        }
+        let ps = attendee(c, user)
+            .and_then(|a| a.param("PARTSTAT"))
+            .map(|p| p.to_ascii_uppercase());
+        if ps.as_deref() == Some("DECLINED") {
+            continue;
+        }
+        let tentative = ps.as_deref() == Some("TENTATIVE")
+            || c.value("STATUS")
+                .is_some_and(|s| s.trim().eq_ignore_ascii_case("TENTATIVE"));
+        if o.end <= o.start {
+            continue;
+        }
+        out.push(Busy {
+            start: o.start,
+            end: o.end,
+            tentative,
+        });
+    }
+    out
+}
+
+/// Merges overlapping periods of the same kind and clips them to the window.
+pub fn merge_busy(mut busy: Vec<Busy>, from: i64, to: i64) -> Vec<Busy> {
+    busy.retain(|b| b.end > from && b.start < to);
+    for b in busy.iter_mut() {
+        b.start = b.start.max(from);
+        b.end = b.end.min(to);
+    }
+    busy.sort();
+    let mut out: Vec<Busy> = Vec::new();
+    for kind in [false, true] {
+        let mut cur: Option<Busy> = None;
+        for b in busy.iter().filter(|b| b.tentative == kind) {
+            match cur.as_mut() {
+                Some(c) if b.start <= c.end => c.end = c.end.max(b.end),
+                _ => {
+                    if let Some(c) = cur.take() {
+                        out.push(c);
+                    }
+                    cur = Some(*b);
+                }
+            }
+        }
+        if let Some(c) = cur {
+            out.push(c);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A VFREEBUSY component for `user` over [from, to) (RFC 5546 3.3.2 for replies).
+pub fn freebusy_component(
+    user: &str,
+    organizer: Option<&Prop>,
+    uid: Option<&str>,
+    from: i64,
+    to: i64,
+    busy: &[Busy],
+    now: i64,
+) -> Component {
+    let mut fb = Component::new("VFREEBUSY");
+    if let Some(o) = organizer {
+        let mut o = o.clone();
+        o.params.retain(|p| p.name == "CN");
+        fb.props.push(o);
+    }
+    fb.props
+        .push(Prop::new("ATTENDEE", crate::ical::mailto(user)));
+    fb.props.push(Prop::new("DTSTAMP", format_utc(now)));
+    fb.props.push(Prop::new("DTSTART", format_utc(from)));
+    fb.props.push(Prop::new("DTEND", format_utc(to)));
+    if let Some(uid) = uid {
+        fb.props.push(Prop::new("UID", uid));
+    }
+    for b in busy {
+        let mut p = Prop::new(
+            "FREEBUSY",
+            format!("{}/{}", format_utc(b.start), format_utc(b.end)),
+        );
+        p.set_param(
+            "FBTYPE",
+            if b.tentative {
+                "BUSY-TENTATIVE"
+            } else {
+                "BUSY"
+            },
+        );
+        fb.props.push(p);
+    }
+    fb
+}
+
+/// Checks a VFREEBUSY REQUEST (RFC 5546 3.3.2) for `ctx.recipient` and returns the window and the
+/// organizer to answer.
+pub fn check_freebusy_request(inc: &Incoming, ctx: &Context) -> Result<(i64, i64, Prop), Reason> {
+    let c = &inc.components[0];
+    let org = organizer(c).ok_or(Reason::NoOrganizer("REQUEST"))?;
+    if authorized(org, None, ctx.proven).is_none() {
+        return Err(Reason::NotFromOrganizer {
+            method: "REQUEST",
+            organizer: norm_addr(&org.value),
+            proven: proven_list(ctx.proven),
+        });
+    }
+    if attendee(c, ctx.recipient).is_none() {
+        return Err(Reason::RecipientNotInvited(ctx.recipient.to_string()));
+    }
+    let tz = tzmap_for(&inc.timezones);
+    let from = c.prop("DTSTART").and_then(|p| tz.prop_utc(p));
+    let to = c.prop("DTEND").and_then(|p| tz.prop_utc(p));
+    match (from, to) {
+        (Some(f), Some(t)) if t > f => Ok((f, t, org.clone())),
+        _ => Err(Reason::Malformed(
+            "VFREEBUSY REQUEST needs DTSTART before DTEND".into(),
+        )),
+    }
+}
+
+/// Builds the VFREEBUSY REPLY message for a checked request.
+pub fn freebusy_reply(
+    inc: &Incoming,
+    ctx: &Context,
+    org: &Prop,
+    from: i64,
+    to: i64,
+    busy: &[Busy],
+) -> OutMessage {
+    let c = &inc.components[0];
+    let fb = freebusy_component(ctx.recipient, Some(org), c.uid(), from, to, busy, ctx.now);
+    OutMessage {
+        from: ctx.recipient.to_string(),
+        to: norm_addr(&org.value),
+        method: Method::Reply,
+        calendar: calendar_for(Method::Reply, &[fb], &[]),
+        summary: "Free/busy".into(),
+    }
+}

@@ -1,0 +1,167 @@
+//! Outgoing iMIP (RFC 6047): builds the message with mail-builder and hands it to a transport.
+
+use crate::itip::OutMessage;
+use mail_builder::headers::content_type::ContentType;
+use mail_builder::mime::MimePart;
+use mail_builder::MessageBuilder;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A unique token for Message-IDs and file names: time, process and a counter.
+pub fn unique_token() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{}.{:09}.{}.{}",
+        now.as_secs(),
+        now.subsec_nanos(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn domain_of(addr: &str) -> &str {
+    addr.rsplit_once('@').map(|(_, d)| d).unwrap_or("localhost")
+}
+
+/// Builds an iMIP message: multipart/alternative of text/plain and
+/// `text/calendar; method=...` (RFC 6047 2.4), with From/To/In-Reply-To set.
+pub fn build_imip(m: &OutMessage, in_reply_to: Option<&str>) -> Vec<u8> {
+    let method = m.method.as_str();
+    let ical = m.calendar.to_ical();
+    let what = match (
+        method,
+        m.calendar.subs.iter().any(|c| c.name == "VFREEBUSY"),
+    ) {
+        (_, true) => "Free/busy reply".to_string(),
+        ("REQUEST", _) => "Invitation (current version)".to_string(),
+        ("REFRESH", _) => "Request for the current version".to_string(),
+        (m, _) => format!("Calendar {}", m.to_ascii_lowercase()),
+    };
+    let subject = if m.summary.is_empty() {
+        what.clone()
+    } else {
+        format!("{what}: {}", m.summary)
+    };
+    let text = format!(
+        "{what} from {} sent by imipd on behalf of {}.\r\nYour calendar program reads the attached iCalendar object.\r\n",
+        m.from, m.from
+    );
+    let calendar_part = MimePart::new(
+        ContentType::new("text/calendar")
+            .attribute("method", method)
+            .attribute("charset", "utf-8"),
+        ical,
+    );
+    let body = MimePart::new(
+        "multipart/alternative",
+        vec![MimePart::new("text/plain", text), calendar_part],
+    );
+    let mut builder = MessageBuilder::new()
+        .from(m.from.clone())
+        .to(m.to.clone())
+        .subject(subject)
+        .message_id(format!("{}@{}", unique_token(), domain_of(&m.from)))
+        .header(
+            "Auto-Submitted",
+            mail_builder::headers::raw::Raw::new("auto-replied"),
+        )
+        .body(body);
+    if let Some(irt) = in_reply_to {
+        let irt = irt
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .to_string();
+        if !irt.is_empty() {
+            builder = builder.in_reply_to(irt.clone()).references(irt);
+        }
+    }
+    builder.write_to_vec().unwrap_or_default()
+}
+
+/// Where outgoing messages go.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// Write each message as a .eml file into a directory (tests, dry runs, a pickup spool).
+    Outbox(PathBuf),
+    /// Pipe into a sendmail-compatible binary.
+    Sendmail(PathBuf),
+    /// Submit over SMTP (host:port).
+    Smtp(String),
+}
+
+impl Transport {
+    pub fn parse(s: &str) -> Result<Transport, String> {
+        if let Some(p) = s.strip_prefix("outbox:") {
+            return Ok(Transport::Outbox(PathBuf::from(p)));
+        }
+        if let Some(p) = s.strip_prefix("sendmail:") {
+            return Ok(Transport::Sendmail(PathBuf::from(p)));
+        }
+        if let Some(hp) = s.strip_prefix("smtp://") {
+            let hp = hp.trim_end_matches('/');
+            if hp.is_empty() {
+                return Err("smtp:// needs host:port".into());
+            }
+            let hp = if hp.contains(':') {
+                hp.to_string()
+            } else {
+                format!("{hp}:25")
+            };
+            return Ok(Transport::Smtp(hp));
+        }
+        Err(format!(
+            "unknown transport {s:?}; use smtp://HOST:PORT, sendmail:/PATH or outbox:/DIR"
+        ))
+    }
+}
+
+/// Writes `data` into `dir` as a new .eml file, durably (tmp file, fsync, rename).
+pub fn write_eml(dir: &Path, data: &[u8]) -> std::io::Result<PathBuf> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let name = format!("{}.eml", unique_token());
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let dst = dir.join(&name);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &dst)?;
+    Ok(dst)
+}
+
+/// The durable queue of outgoing messages under the data dir.
+pub fn queue_dir(cfg: &crate::config::Config) -> PathBuf {
+    cfg.data_dir.join("outbox").join("queue")
+}
+
+/// Hands one outgoing message to the configured transport. Outbox transports write at once;
+/// everything else is queued durably (message + envelope) and sent by the daemon's queue runner,
+/// so that no reply is lost when the MTA is down.
+pub fn enqueue(
+    cfg: &crate::config::Config,
+    m: &crate::pipeline::Outgoing,
+) -> Result<PathBuf, String> {
+    let transport = match &cfg.outbound.transport {
+        Some(t) => Transport::parse(t)?,
+        None => Transport::Outbox(queue_dir(cfg)),
+    };
+    match transport {
+        Transport::Outbox(dir) if cfg.outbound.transport.is_some() => {
+            write_eml(&dir, &m.data).map_err(|e| format!("{}: {e}", dir.display()))
+        }
+        _ => {
+            let dir = queue_dir(cfg);
+            let envelope = serde_json::json!({"from": m.from, "to": m.to}).to_string();
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let p = write_eml(&dir, &m.data).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let env = p.with_extension("env");
+            std::fs::write(&env, envelope).map_err(|e| format!("{}: {e}", env.display()))?;
+            Ok(p)
+        }
+    }
+}

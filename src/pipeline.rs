@@ -1,0 +1,512 @@
+//! The pipeline every front door shares: extract -> (proof, given) -> iTIP decision -> commit ->
+//! effects. Front doors translate their protocol into a [`Delivery`] and the [`Verdict`] back.
+
+use crate::config::Config;
+use crate::extract::{self, Extracted};
+use crate::ical::{self, Component};
+use crate::itip::{self, Context, Decision, Incoming, Method, OutMessage, Reason, StoredObject};
+use crate::store::{Change, Commit, JournalEntry, Store, StoreError};
+use serde::Serialize;
+use std::sync::Arc;
+
+/// One message handed to the pipeline.
+pub struct Delivery<'a> {
+    pub raw: &'a [u8],
+    /// Local recipients (normalized). Empty: the message's local To/Cc recipients.
+    pub recipients: Vec<String>,
+    /// Addresses proven to have sent the message (normalized).
+    pub proven: Vec<String>,
+    /// A queue id or similar, for the log.
+    pub queue_id: Option<String>,
+    /// When set, the proof covers only calendars that also appear in this (signed) prefix.
+    pub signed_prefix: Option<Vec<u8>>,
+}
+
+/// What happened to one calendar object for one recipient.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ObjectOutcome {
+    pub recipient: String,
+    pub method: String,
+    pub component: String,
+    pub uid: String,
+    pub outcome: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub outcomes: Vec<ObjectOutcome>,
+    pub notes: Vec<String>,
+    /// Messages to send (already built as RFC 5322 bytes), with their envelope.
+    pub outgoing: Vec<Outgoing>,
+    pub message_id: Option<String>,
+    pub had_calendar: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub from: String,
+    pub to: String,
+    pub data: Vec<u8>,
+}
+
+impl Verdict {
+    /// A one-line summary for a header: `user: METHOD uid outcome (reason); ...`.
+    pub fn header_value(&self) -> String {
+        if self.outcomes.is_empty() {
+            return "no calendar object applied".into();
+        }
+        self.outcomes
+            .iter()
+            .map(|o| {
+                format!(
+                    "{}: {} {} {} ({})",
+                    ical::norm_addr(&o.recipient),
+                    o.method,
+                    if o.uid.is_empty() { "-" } else { &o.uid },
+                    o.outcome,
+                    o.reason
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    pub fn any_rejected_for_proof(&self) -> bool {
+        self.outcomes.iter().any(|o| {
+            o.outcome == "rejected"
+                && (o.reason.contains("must come from") || o.reason.contains("not proven"))
+        })
+    }
+}
+
+pub struct Pipeline {
+    pub store: Arc<dyn Store>,
+    pub config: Arc<Config>,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A stable key for "this object of this message", for the processed-message log.
+fn processed_key(message_id: Option<&str>, inc: &Incoming) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(message_id.unwrap_or("").as_bytes());
+    h.update([0]);
+    h.update(inc.method.as_str().as_bytes());
+    h.update([0]);
+    for c in &inc.components {
+        h.update(c.to_ical().as_bytes());
+    }
+    let d = h.finalize();
+    d.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+fn object_fingerprint(obj: &StoredObject, user: &str) -> String {
+    let mut s = String::new();
+    for c in &obj.components {
+        for p in &c.props {
+            let relevant = matches!(
+                p.name.as_str(),
+                "DTSTART"
+                    | "DTEND"
+                    | "DURATION"
+                    | "RRULE"
+                    | "RDATE"
+                    | "EXDATE"
+                    | "RECURRENCE-ID"
+                    | "STATUS"
+                    | "TRANSP"
+            ) || (p.name == "ATTENDEE" && ical::norm_addr(&p.value) == user);
+            if relevant {
+                s.push_str(&p.name);
+                for prm in &p.params {
+                    s.push(';');
+                    s.push_str(&prm.name);
+                    s.push('=');
+                    s.push_str(&prm.values.join(","));
+                }
+                s.push(':');
+                s.push_str(&p.value);
+                s.push('\n');
+            }
+        }
+        s.push('|');
+    }
+    s
+}
+
+impl Pipeline {
+    pub fn new(store: Arc<dyn Store>, config: Arc<Config>) -> Self {
+        Pipeline { store, config }
+    }
+
+    /// Runs one message through the pipeline. A store error aborts (the caller tempfails); what
+    /// was committed before stays, and the processed-message log makes a retry harmless.
+    pub fn process(&self, d: &Delivery) -> Result<Verdict, StoreError> {
+        let ex = extract::extract(d.raw);
+        self.process_extracted(d, ex)
+    }
+
+    pub fn process_extracted(&self, d: &Delivery, ex: Extracted) -> Result<Verdict, StoreError> {
+        let mut v = Verdict {
+            notes: ex.notes.clone(),
+            message_id: ex.message_id.clone(),
+            had_calendar: !ex.objects.is_empty() || !ex.refused.is_empty(),
+            ..Default::default()
+        };
+        let recipients: Vec<String> = if d.recipients.is_empty() {
+            ex.recipients
+                .iter()
+                .filter(|r| self.config.is_local(r))
+                .cloned()
+                .collect()
+        } else {
+            d.recipients.clone()
+        };
+        // Calendars outside the signed prefix (DKIM l=) get no proof.
+        let signed_objects: Option<Vec<String>> = d.signed_prefix.as_ref().map(|prefix| {
+            extract::extract(prefix)
+                .objects
+                .iter()
+                .map(|o| processed_key(None, o))
+                .collect()
+        });
+        let message_id = ex.message_id.clone().unwrap_or_default();
+        for rcpt in &recipients {
+            for r in &ex.refused {
+                v.outcomes.push(ObjectOutcome {
+                    recipient: ical::mailto(rcpt),
+                    method: r.method.clone(),
+                    component: r.component.clone(),
+                    uid: r.uid.clone(),
+                    outcome: "rejected".into(),
+                    reason: r.reason.clone(),
+                });
+            }
+            for inc in &ex.objects {
+                let proven: &[String] = match &signed_objects {
+                    Some(list) if !list.contains(&processed_key(None, inc)) => &[],
+                    _ => &d.proven,
+                };
+                let outcome = self.apply_one(
+                    rcpt,
+                    inc,
+                    proven,
+                    ex.message_id.as_deref(),
+                    &message_id,
+                    &mut v,
+                )?;
+                v.outcomes.push(outcome);
+            }
+        }
+        Ok(v)
+    }
+
+    fn apply_one(
+        &self,
+        rcpt: &str,
+        inc: &Incoming,
+        proven: &[String],
+        message_id: Option<&str>,
+        message_id_s: &str,
+        v: &mut Verdict,
+    ) -> Result<ObjectOutcome, StoreError> {
+        let ts = now();
+        let pkey = processed_key(message_id, inc);
+        let mut out = ObjectOutcome {
+            recipient: ical::mailto(rcpt),
+            method: inc.method.as_str().into(),
+            component: inc.kind.clone(),
+            uid: inc.uid.clone(),
+            outcome: String::new(),
+            reason: String::new(),
+        };
+        let journal = |outcome: &str, reason: &str| JournalEntry {
+            ts,
+            user: rcpt.to_string(),
+            message_id: message_id_s.to_string(),
+            method: inc.method.as_str().into(),
+            component: inc.kind.clone(),
+            uid: inc.uid.clone(),
+            outcome: outcome.into(),
+            reason: reason.into(),
+        };
+        if self.store.is_processed(rcpt, &pkey)? {
+            out.outcome = "ignored".into();
+            out.reason = Reason::Duplicate.to_string();
+            return Ok(out);
+        }
+        let ctx = Context {
+            recipient: rcpt,
+            proven,
+            delete_on_cancel: self.config.itip.delete_on_cancel,
+            now: ts,
+        };
+        if inc.kind == "VFREEBUSY" && inc.method == Method::Request {
+            return self.freebusy_request(rcpt, inc, &ctx, message_id, &pkey, out, v, journal);
+        }
+        let stored = if inc.uid.is_empty() {
+            None
+        } else {
+            self.store.get(rcpt, &inc.uid)?
+        };
+        let mut decision = itip::decide(stored.as_ref(), inc, &ctx);
+        if let Decision::Applied {
+            object: Some(_),
+            changed: true,
+            ..
+        } = &decision
+        {
+            if stored.is_none() {
+                if let Err(r) = self.may_create(rcpt, inc, proven) {
+                    decision = Decision::Rejected(r);
+                }
+            }
+        }
+        out.outcome = decision.outcome().into();
+        out.reason = decision.reason();
+        let entry = journal(&out.outcome, &out.reason);
+        match decision {
+            Decision::Applied {
+                object,
+                changed,
+                replies,
+                proposal,
+                ..
+            } => {
+                let busy;
+                let change = match (&object, changed) {
+                    (Some(obj), true) => {
+                        let unchanged_times = stored.as_ref().is_some_and(|s| {
+                            object_fingerprint(s, rcpt) == object_fingerprint(obj, rcpt)
+                        });
+                        busy = if unchanged_times {
+                            None
+                        } else {
+                            Some(itip::busy_periods(
+                                obj,
+                                rcpt,
+                                self.config.itip.max_instances,
+                            ))
+                        };
+                        match &busy {
+                            Some(b) => Change::Put(obj, b),
+                            None => Change::PutKeepBusy(obj),
+                        }
+                    }
+                    (None, true) => Change::Delete,
+                    _ => Change::Keep,
+                };
+                self.store.commit(&Commit {
+                    user: rcpt,
+                    uid: &inc.uid,
+                    change,
+                    processed_key: Some(&pkey),
+                    journal: &entry,
+                    proposal: proposal.as_ref(),
+                })?;
+                for r in replies {
+                    v.outgoing.push(self.build(&r, message_id));
+                }
+            }
+            Decision::Ignored(_) | Decision::Rejected(_) => {
+                self.store.commit(&Commit {
+                    user: rcpt,
+                    uid: &inc.uid,
+                    change: Change::Keep,
+                    processed_key: None,
+                    journal: &entry,
+                    proposal: None,
+                })?;
+            }
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn freebusy_request(
+        &self,
+        rcpt: &str,
+        inc: &Incoming,
+        ctx: &Context,
+        message_id: Option<&str>,
+        pkey: &str,
+        mut out: ObjectOutcome,
+        v: &mut Verdict,
+        journal: impl Fn(&str, &str) -> JournalEntry,
+    ) -> Result<ObjectOutcome, StoreError> {
+        match itip::check_freebusy_request(inc, ctx) {
+            Ok((from, to, org)) => {
+                let busy = itip::merge_busy(self.store.busy(rcpt, from, to)?, from, to);
+                let reply = itip::freebusy_reply(inc, ctx, &org, from, to, &busy);
+                out.outcome = "applied".into();
+                out.reason = format!(
+                    "free/busy reply with {} busy period(s) sent to {}",
+                    busy.len(),
+                    reply.to
+                );
+                self.store.commit(&Commit {
+                    user: rcpt,
+                    uid: &inc.uid,
+                    change: Change::Keep,
+                    processed_key: Some(pkey),
+                    journal: &journal(&out.outcome, &out.reason),
+                    proposal: None,
+                })?;
+                v.outgoing.push(self.build(&reply, message_id));
+            }
+            Err(r) => {
+                out.outcome = "rejected".into();
+                out.reason = r.to_string();
+                self.store.commit(&Commit {
+                    user: rcpt,
+                    uid: &inc.uid,
+                    change: Change::Keep,
+                    processed_key: None,
+                    journal: &journal(&out.outcome, &out.reason),
+                    proposal: None,
+                })?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Site policy: who may put a new object into `rcpt`'s calendar.
+    fn may_create(&self, rcpt: &str, inc: &Incoming, proven: &[String]) -> Result<(), Reason> {
+        let p = &self.config.policy;
+        let domain = rcpt.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        let mode = p
+            .create_for
+            .get(rcpt)
+            .or_else(|| p.create_for.get(domain))
+            .map(String::as_str)
+            .unwrap_or(p.create.as_str());
+        let allowed_by_list = proven.iter().any(|a| {
+            p.allow.iter().any(|e| {
+                let e = e.to_ascii_lowercase();
+                match e.strip_prefix('@') {
+                    Some(d) => a.ends_with(&format!("@{d}")),
+                    None => ical::norm_addr(&e) == *a,
+                }
+            })
+        });
+        let ok = match mode {
+            "everyone" => true,
+            "nobody" => false,
+            "local" => {
+                allowed_by_list
+                    || proven
+                        .iter()
+                        .any(|a| !self.config.local_domains.is_empty() && self.config.is_local(a))
+            }
+            "known" => {
+                allowed_by_list || {
+                    let known = self.store.list(rcpt).map(|objs| {
+                        objs.iter().any(|o| {
+                            o.components.iter().any(|c| {
+                                c.props
+                                    .iter()
+                                    .filter(|p| p.name == "ORGANIZER" || p.name == "ATTENDEE")
+                                    .any(|p| proven.contains(&ical::norm_addr(&p.value)))
+                            })
+                        })
+                    });
+                    known.unwrap_or(false)
+                }
+            }
+            _ => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Reason::Policy(format!(
+                "{} may not create objects in {rcpt}'s calendar (policy \"{mode}\"); {} was not stored",
+                if proven.is_empty() { "an unproven sender".to_string() } else { proven.join(", ") },
+                inc.uid
+            )))
+        }
+    }
+
+    fn build(&self, m: &OutMessage, in_reply_to: Option<&str>) -> Outgoing {
+        Outgoing {
+            from: self
+                .config
+                .outbound
+                .envelope_from
+                .clone()
+                .unwrap_or_else(|| m.from.clone()),
+            to: m.to.clone(),
+            data: crate::outbound::build_imip(m, in_reply_to),
+        }
+    }
+
+    /// Stores each UID of a calendar file as one object of `user` (replacing any stored one).
+    pub fn import(&self, user: &str, text: &str) -> Result<Vec<String>, String> {
+        let cals = ical::parse(text).map_err(|e| format!("cannot parse calendar: {e}"))?;
+        let mut uids = Vec::new();
+        for cal in cals {
+            let timezones: Vec<Component> = cal.subs_named("VTIMEZONE").cloned().collect();
+            let mut groups: Vec<StoredObject> = Vec::new();
+            for c in cal
+                .subs
+                .iter()
+                .filter(|c| matches!(c.name.as_str(), "VEVENT" | "VTODO" | "VJOURNAL"))
+            {
+                let Some(uid) = c.uid() else {
+                    return Err(format!("a {} has no UID", c.name));
+                };
+                match groups.iter_mut().find(|g| g.uid == uid) {
+                    Some(g) => g.components.push(c.clone()),
+                    None => groups.push(StoredObject {
+                        uid: uid.to_string(),
+                        kind: c.name.clone(),
+                        components: vec![c.clone()],
+                        timezones: Vec::new(),
+                        reply_stamps: Default::default(),
+                    }),
+                }
+            }
+            for mut obj in groups {
+                obj.timezones = timezones
+                    .iter()
+                    .filter(|tz| {
+                        let id = tz.value("TZID").unwrap_or("");
+                        obj.components
+                            .iter()
+                            .any(|c| c.props.iter().any(|p| p.param("TZID") == Some(id)))
+                    })
+                    .cloned()
+                    .collect();
+                let busy = itip::busy_periods(&obj, user, self.config.itip.max_instances);
+                let entry = JournalEntry {
+                    ts: now(),
+                    user: user.to_string(),
+                    message_id: String::new(),
+                    method: "IMPORT".into(),
+                    component: obj.kind.clone(),
+                    uid: obj.uid.clone(),
+                    outcome: "applied".into(),
+                    reason: "imported".into(),
+                };
+                self.store
+                    .commit(&Commit {
+                        user,
+                        uid: &obj.uid,
+                        change: Change::Put(&obj, &busy),
+                        processed_key: None,
+                        journal: &entry,
+                        proposal: None,
+                    })
+                    .map_err(|e| e.to_string())?;
+                uids.push(obj.uid.clone());
+            }
+        }
+        Ok(uids)
+    }
+}
