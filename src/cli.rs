@@ -147,6 +147,36 @@ fn need_user(args: &Args) -> Result<String, CliError> {
     Ok(n)
 }
 
+/// Output of an admin command: what goes to stdout and stderr.
+#[derive(Debug, Default)]
+pub struct Io {
+    pub out: Vec<u8>,
+    pub err: Vec<u8>,
+}
+
+impl Io {
+    fn outln(&mut self, s: impl AsRef<str>) {
+        self.out.extend_from_slice(s.as_ref().as_bytes());
+        self.out.push(b'\n');
+    }
+    fn errln(&mut self, s: impl AsRef<str>) {
+        self.err.extend_from_slice(b"imipd: ");
+        self.err.extend_from_slice(s.as_ref().as_bytes());
+        self.err.push(b'\n');
+    }
+}
+
+/// What an admin command works on: the daemon's, or one opened for this command.
+pub struct Env {
+    pub cfg: Arc<Config>,
+    pub store: Arc<dyn Store>,
+}
+
+/// The commands that need the store, and so go through the control socket while the daemon runs.
+pub fn is_admin(command: &str) -> bool {
+    matches!(command, "process" | "import" | "export" | "freebusy")
+}
+
 /// Runs the command; returns the exit code.
 pub fn main_with(argv: &[String]) -> i32 {
     let args = match parse_args(argv) {
@@ -160,10 +190,93 @@ pub fn main_with(argv: &[String]) -> i32 {
             return e.code;
         }
     };
-    match dispatch(&args) {
+    let res = if is_admin(&args.command) {
+        admin_local_or_remote(argv, &args)
+    } else {
+        dispatch(&args)
+    };
+    match res {
         Ok(code) => code,
         Err(e) => {
             eprintln!("imipd: {}", e.message);
+            e.code
+        }
+    }
+}
+
+/// Reads the command's input here (a relative path means this process's directory).
+fn command_input(args: &Args) -> Result<Option<Vec<u8>>, CliError> {
+    match args.command.as_str() {
+        "process" => read_input(args.file.as_deref()).map(Some),
+        "import" => {
+            let file = args
+                .file
+                .as_deref()
+                .ok_or_else(|| CliError::usage("import needs FILE.ics"))?;
+            read_input(Some(file)).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+fn admin_local_or_remote(argv: &[String], args: &Args) -> Result<i32, CliError> {
+    // Validate what can be validated before touching the store.
+    if args.command != "process" {
+        need_user(args)?;
+    }
+    let cfg = Arc::new(load_config(args)?);
+    let input = command_input(args)?;
+    let mut io = Io::default();
+    let code = match Sled::open(&cfg.data_dir) {
+        Ok(store) => {
+            let env = Env {
+                cfg: cfg.clone(),
+                store: Arc::new(store),
+            };
+            run_admin(args, &env, input, &mut io)
+        }
+        Err(e) => {
+            let sock = crate::control::socket_path(&cfg);
+            if !sock.exists() {
+                return Err(CliError::new(EX_TEMPFAIL, e.to_string()));
+            }
+            let mut argv = argv.to_vec();
+            // The daemon runs elsewhere: make the outbox path absolute.
+            if let Some(pos) = argv.iter().position(|a| a == "--outbox") {
+                if let Some(p) = argv.get(pos + 1) {
+                    let abs = std::env::current_dir()
+                        .map(|d| d.join(p))
+                        .unwrap_or_else(|_| PathBuf::from(p));
+                    argv[pos + 1] = abs.display().to_string();
+                }
+            }
+            crate::control::call(&sock, &argv, input.as_deref(), &mut io).map_err(|e| {
+                CliError::new(
+                    EX_TEMPFAIL,
+                    format!("control socket {}: {e}", sock.display()),
+                )
+            })?
+        }
+    };
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(&io.out);
+    let _ = std::io::stderr().write_all(&io.err);
+    Ok(code)
+}
+
+/// Runs an admin command against `env`, writing into `io`. Returns the exit code.
+pub fn run_admin(args: &Args, env: &Env, input: Option<Vec<u8>>, io: &mut Io) -> i32 {
+    let res = match args.command.as_str() {
+        "process" => cmd_process(args, env, input.unwrap_or_default(), io),
+        "import" => cmd_import(args, env, input.unwrap_or_default(), io),
+        "export" => cmd_export(args, env, io),
+        "freebusy" => cmd_freebusy(args, env, io),
+        other => Err(CliError::usage(format!("unknown command {other:?}"))),
+    };
+    match res {
+        Ok(c) => c,
+        Err(e) => {
+            io.errln(&e.message);
             e.code
         }
     }
@@ -190,10 +303,6 @@ fn dispatch(args: &Args) -> Result<i32, CliError> {
             );
             Ok(0)
         }
-        "process" => cmd_process(args),
-        "import" => cmd_import(args),
-        "export" => cmd_export(args),
-        "freebusy" => cmd_freebusy(args),
         "run" => crate::daemon_entry(args),
         other => Err(CliError::usage(format!("unknown command {other:?}"))),
     }
@@ -212,11 +321,8 @@ fn read_input(file: Option<&str>) -> Result<Vec<u8>, CliError> {
     }
 }
 
-fn cmd_process(args: &Args) -> Result<i32, CliError> {
-    let cfg = Arc::new(load_config(args)?);
-    let raw = read_input(args.file.as_deref())?;
-    let store = open_store(&cfg)?;
-    let pipeline = Pipeline::new(store.clone(), cfg.clone());
+fn cmd_process(args: &Args, env: &Env, raw: Vec<u8>, io: &mut Io) -> Result<i32, CliError> {
+    let pipeline = Pipeline::new(env.store.clone(), env.cfg.clone());
     let ex = crate::extract::extract(&raw);
     let mut proven = Vec::new();
     if args.trust_sender {
@@ -235,81 +341,71 @@ fn cmd_process(args: &Args) -> Result<i32, CliError> {
     let verdict = pipeline
         .process_extracted(&delivery, ex)
         .map_err(|e| CliError::new(EX_TEMPFAIL, e.to_string()))?;
-    store
+    env.store
         .flush()
         .map_err(|e| CliError::new(EX_TEMPFAIL, e.to_string()))?;
     for note in &verdict.notes {
-        eprintln!("imipd: note: {note}");
+        io.errln(format!("note: {note}"));
     }
-    send_outgoing(&cfg, args.outbox.as_deref(), &verdict.outgoing)?;
+    send_outgoing(&env.cfg, args.outbox.as_deref(), &verdict.outgoing, io)?;
     for o in &verdict.outcomes {
-        println!("{}", serde_json::to_string(o).unwrap_or_default());
-        eprintln!(
-            "imipd: msgid={} rcpt={} uid={} method={} outcome={} reason={}",
+        io.outln(serde_json::to_string(o).unwrap_or_default());
+        io.errln(format!(
+            "msgid={} rcpt={} uid={} method={} outcome={} reason={}",
             verdict.message_id.as_deref().unwrap_or("-"),
             o.recipient,
             o.uid,
             o.method,
             o.outcome,
             o.reason
-        );
+        ));
     }
     Ok(0)
 }
 
 /// Sends (or writes) what the pipeline produced.
-pub fn send_outgoing(
+fn send_outgoing(
     cfg: &Config,
     outbox: Option<&Path>,
     out: &[Outgoing],
+    io: &mut Io,
 ) -> Result<(), CliError> {
     for m in out {
-        match outbox {
-            Some(dir) => {
-                let p = crate::outbound::write_eml(dir, &m.data)
-                    .map_err(|e| CliError::new(EX_IOERR, format!("{}: {e}", dir.display())))?;
-                eprintln!("imipd: {} for {} written to {}", "reply", m.to, p.display());
-            }
-            None => {
-                crate::outbound::enqueue(cfg, m).map_err(|e| CliError::new(EX_IOERR, e))?;
-            }
-        }
+        let p = match outbox {
+            Some(dir) => crate::outbound::write_eml(dir, &m.data)
+                .map_err(|e| CliError::new(EX_IOERR, format!("{}: {e}", dir.display())))?,
+            None => crate::outbound::enqueue(cfg, m).map_err(|e| CliError::new(EX_IOERR, e))?,
+        };
+        io.errln(format!("message for {} written to {}", m.to, p.display()));
     }
     Ok(())
 }
 
-fn cmd_import(args: &Args) -> Result<i32, CliError> {
+fn cmd_import(args: &Args, env: &Env, text: Vec<u8>, io: &mut Io) -> Result<i32, CliError> {
     let user = need_user(args)?;
-    let file = args
-        .file
-        .as_deref()
-        .ok_or_else(|| CliError::usage("import needs FILE.ics"))?;
-    let text = read_input(Some(file))?;
+    let file = args.file.as_deref().unwrap_or("-");
     let text = String::from_utf8_lossy(&text);
-    let cfg = Arc::new(load_config(args)?);
-    let store = open_store(&cfg)?;
-    let pipeline = Pipeline::new(store.clone(), cfg);
+    let pipeline = Pipeline::new(env.store.clone(), env.cfg.clone());
     let uids = pipeline
         .import(&user, &text)
         .map_err(|e| CliError::new(EX_DATAERR, format!("{file}: {e}")))?;
-    store
+    env.store
         .flush()
         .map_err(|e| CliError::new(EX_TEMPFAIL, e.to_string()))?;
     for uid in uids {
-        println!(
-            "{}",
+        io.outln(
             serde_json::json!({"user": ical::mailto(&user), "uid": uid, "outcome": "imported"})
+                .to_string(),
         );
     }
     Ok(0)
 }
 
-fn cmd_export(args: &Args) -> Result<i32, CliError> {
+fn cmd_export(args: &Args, env: &Env, io: &mut Io) -> Result<i32, CliError> {
     let user = need_user(args)?;
-    let cfg = load_config(args)?;
-    let store = open_store(&cfg)?;
     let text = match &args.uid {
-        Some(uid) => match store
+        Some(uid) => match env
+            .store
             .get(&user, uid)
             .map_err(|e| CliError::new(EX_IOERR, e.to_string()))?
         {
@@ -322,17 +418,18 @@ fn cmd_export(args: &Args) -> Result<i32, CliError> {
             }
         },
         None => {
-            let objs = store
+            let objs = env
+                .store
                 .list(&user)
                 .map_err(|e| CliError::new(EX_IOERR, e.to_string()))?;
             store::objects_to_ical(&objs)
         }
     };
-    print!("{text}");
+    io.out.extend_from_slice(text.as_bytes());
     Ok(0)
 }
 
-fn cmd_freebusy(args: &Args) -> Result<i32, CliError> {
+fn cmd_freebusy(args: &Args, env: &Env, io: &mut Io) -> Result<i32, CliError> {
     let user = need_user(args)?;
     let parse = |name: &str, v: &Option<String>| -> Result<i64, CliError> {
         let s = v
@@ -349,9 +446,8 @@ fn cmd_freebusy(args: &Args) -> Result<i32, CliError> {
     if to <= from {
         return Err(CliError::usage("--to must be after --from"));
     }
-    let cfg = load_config(args)?;
-    let store = open_store(&cfg)?;
-    let busy = store
+    let busy = env
+        .store
         .busy(&user, from, to)
         .map_err(|e| CliError::new(EX_IOERR, e.to_string()))?;
     let busy = crate::itip::merge_busy(busy, from, to);
@@ -365,6 +461,6 @@ fn cmd_freebusy(args: &Args) -> Result<i32, CliError> {
     cal.props
         .push(ical::Prop::new("PRODID", "-//imipd//imipd//EN"));
     cal.subs.push(fb);
-    print!("{}", cal.to_ical());
+    io.out.extend_from_slice(cal.to_ical().as_bytes());
     Ok(0)
 }

@@ -11,6 +11,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Recipients in these domains have calendars here. Empty: every recipient (CLI use).
     pub local_domains: Vec<String>,
+    /// authserv-id for Authentication-Results headers; default the host name.
+    pub authserv_id: Option<String>,
     pub milter: Milter,
     pub lmtp: Lmtp,
     pub dns: Dns,
@@ -28,6 +30,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("/var/lib/imipd"),
             local_domains: Vec::new(),
+            authserv_id: None,
             milter: Milter::default(),
             lmtp: Lmtp::default(),
             dns: Dns::default(),

@@ -1,17 +1,659 @@
-//! `imipd run`: opens the store and serves the front doors the config enables.
+//! `imipd run`: the daemon. Starts the front doors the config enables (milter, LMTP), the
+//! control socket for the admin commands, and the outbound queue runner. SIGTERM/SIGINT finish
+//! in-flight work and stop; SIGHUP reloads the configuration.
 
-use crate::cli::{load_config, open_store, Args, CliError};
+use crate::cli::{load_config, Args, CliError, Env, EX_CONFIG, EX_IOERR, EX_TEMPFAIL};
+use crate::config::{parse_listen, Config, Deliver, Listen};
+use crate::ical;
+use crate::milter::{self, Envelope, EomActions, Verdict as MilterVerdict};
+use crate::pipeline::{Delivery, Pipeline, Verdict};
+use crate::proof::{Facts, Proof, Prover};
+use crate::store::{Sled, Store};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{watch, Notify, Semaphore};
+
+/// Shared state of the running daemon.
+pub struct Core {
+    store: Arc<dyn Store>,
+    state: RwLock<State>,
+    queue_wakeup: Notify,
+    inflight: AtomicUsize,
+    config_path: Option<std::path::PathBuf>,
+    data_dir: std::path::PathBuf,
+}
+
+#[derive(Clone)]
+struct State {
+    cfg: Arc<Config>,
+    pipeline: Arc<Pipeline>,
+    prover: Arc<Prover>,
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("imipd: {}", msg.as_ref());
+}
+
+impl Core {
+    fn state(&self) -> State {
+        self.state
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn build_state(store: Arc<dyn Store>, cfg: Config) -> Result<State, String> {
+        let cfg = Arc::new(cfg);
+        let prover = Arc::new(Prover::new(&cfg)?);
+        Ok(State {
+            pipeline: Arc::new(Pipeline::new(store, cfg.clone())),
+            cfg,
+            prover,
+        })
+    }
+
+    fn reload(&self) {
+        let Some(path) = &self.config_path else {
+            log("SIGHUP: no config file to reload (running on built-in defaults)");
+            return;
+        };
+        match Config::load(path) {
+            Ok(mut cfg) => {
+                cfg.data_dir = self.data_dir.clone();
+                match Core::build_state(self.store.clone(), cfg) {
+                    Ok(st) => {
+                        if let Ok(mut s) = self.state.write() {
+                            *s = st;
+                        }
+                        log(format!(
+                            "configuration reloaded from {} (listen addresses change on restart)",
+                            path.display()
+                        ));
+                    }
+                    Err(e) => log(format!("reload failed, keeping the old configuration: {e}")),
+                }
+            }
+            Err(e) => log(format!("reload failed, keeping the old configuration: {e}")),
+        }
+    }
+
+    /// Runs the pipeline in a blocking thread and makes the result durable.
+    async fn run_pipeline(
+        &self,
+        st: &State,
+        raw: Vec<u8>,
+        recipients: Vec<String>,
+        proof: &Proof,
+        queue_id: Option<String>,
+    ) -> Result<Verdict, String> {
+        let pipeline = st.pipeline.clone();
+        let store = self.store.clone();
+        let proven = proof.proven.clone();
+        let signed_prefix = proof.signed_prefix.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let d = Delivery {
+                raw: &raw,
+                recipients,
+                proven,
+                queue_id,
+                signed_prefix,
+            };
+            let v = pipeline.process(&d).map_err(|e| e.to_string())?;
+            if !v.outcomes.is_empty() {
+                store.flush().map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(v)
+        })
+        .await
+        .map_err(|e| format!("pipeline task failed: {e}"))??;
+        Ok(res)
+    }
+
+    fn enqueue_outgoing(&self, st: &State, v: &Verdict) {
+        for m in &v.outgoing {
+            match crate::outbound::enqueue(&st.cfg, m) {
+                Ok(p) => log(format!(
+                    "queued iMIP {} -> {} ({})",
+                    m.from,
+                    m.to,
+                    p.display()
+                )),
+                Err(e) => log(format!("cannot queue iMIP for {}: {e}", m.to)),
+            }
+        }
+        if !v.outgoing.is_empty() {
+            self.queue_wakeup.notify_one();
+        }
+    }
+
+    fn log_verdict(door: &str, queue_id: Option<&str>, v: &Verdict) {
+        for o in &v.outcomes {
+            log(format!(
+                "{door}: queue_id={} msgid={} rcpt={} uid={} method={} outcome={} reason={}",
+                queue_id.unwrap_or("-"),
+                v.message_id.as_deref().unwrap_or("-"),
+                ical::norm_addr(&o.recipient),
+                if o.uid.is_empty() { "-" } else { &o.uid },
+                o.method,
+                o.outcome,
+                o.reason
+            ));
+        }
+    }
+}
+
+fn strip_angle(a: &str) -> String {
+    ical::norm_addr(a.trim().trim_start_matches('<').trim_end_matches('>'))
+}
+
+/// The header that says what imipd did, per recipient. Recipients not named in To/Cc are not
+/// named in the header either (no Bcc leak).
+fn result_header(v: &Verdict, visible: &[String]) -> String {
+    if v.outcomes.is_empty() {
+        return "no calendar object applied".into();
+    }
+    v.outcomes
+        .iter()
+        .map(|o| {
+            let r = ical::norm_addr(&o.recipient);
+            let who = if visible.contains(&r) {
+                r
+            } else {
+                "(undisclosed recipient)".into()
+            };
+            format!(
+                "{who}: {} {} {} ({})",
+                o.method,
+                if o.uid.is_empty() { "-" } else { &o.uid },
+                o.outcome,
+                o.reason
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn visible_recipients(raw: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    for h in ["To", "Cc"] {
+        for v in crate::proof::header_values(raw, h) {
+            for part in v.split(',') {
+                let addr = match (part.find('<'), part.find('>')) {
+                    (Some(a), Some(b)) if b > a => &part[a + 1..b],
+                    _ => part.trim(),
+                };
+                out.push(ical::norm_addr(addr));
+            }
+        }
+    }
+    out
+}
+
+pub const RESULT_HEADER: &str = "X-Imipd-Result";
+
+impl milter::Handler for Arc<Core> {
+    async fn end_of_message(&self, env: Envelope) -> EomActions {
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+        let a = self.milter_eom(env).await;
+        self.inflight.fetch_sub(1, Ordering::SeqCst);
+        a
+    }
+}
+
+impl Core {
+    async fn milter_eom(&self, env: Envelope) -> EomActions {
+        let st = self.state();
+        let facts = Facts {
+            client_ip: env.client_ip,
+            auth_authen: env.auth_authen.clone(),
+        };
+        let proof = st.prover.prove(&env.message, &facts).await;
+        let mut actions = EomActions::default();
+        for i in &proof.remove_results {
+            actions
+                .delete_headers
+                .push(("Authentication-Results".into(), *i as u32 + 1));
+        }
+        let all_rcpts: Vec<String> = env.rcpt_to.iter().map(|r| strip_angle(r)).collect();
+        let local: Vec<String> = all_rcpts
+            .iter()
+            .filter(|r| st.cfg.is_local(r))
+            .cloned()
+            .collect();
+        let raw = proof.inner.clone().unwrap_or_else(|| env.message.clone());
+        // Outgoing iTIP from a local user on authenticated submission: keep their copy.
+        if env.auth_authen.is_some() {
+            if let Some(from) = proof
+                .from
+                .clone()
+                .filter(|f| st.cfg.is_local(f) && !st.cfg.local_domains.is_empty())
+            {
+                let pipeline = st.pipeline.clone();
+                let store = self.store.clone();
+                let raw2 = raw.clone();
+                let rc = all_rcpts.clone();
+                let res = tokio::task::spawn_blocking(move || {
+                    let r = pipeline.record_outgoing(&raw2, &from, &rc);
+                    if matches!(&r, Ok(v) if !v.is_empty()) {
+                        let _ = store.flush();
+                    }
+                    r
+                })
+                .await;
+                if let Ok(Ok(outs)) = res {
+                    for o in outs {
+                        log(format!(
+                            "milter: queue_id={} sender={} uid={} method={} outcome={} reason={}",
+                            env.queue_id.as_deref().unwrap_or("-"),
+                            ical::norm_addr(&o.recipient),
+                            o.uid,
+                            o.method,
+                            o.outcome,
+                            o.reason
+                        ));
+                    }
+                }
+            }
+        }
+        let verdict = match self
+            .run_pipeline(&st, raw, local, &proof, env.queue_id.clone())
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                log(format!(
+                    "milter: queue_id={} store unavailable, tempfail: {e}",
+                    env.queue_id.as_deref().unwrap_or("-")
+                ));
+                actions.verdict = MilterVerdict::Tempfail(
+                    "Calendar store temporarily unavailable, try again later".into(),
+                );
+                return actions;
+            }
+        };
+        Core::log_verdict("milter", env.queue_id.as_deref(), &verdict);
+        self.enqueue_outgoing(&st, &verdict);
+        actions
+            .insert_headers
+            .push(("Authentication-Results".into(), proof.results.clone()));
+        if verdict.had_calendar {
+            actions.add_headers.push((
+                RESULT_HEADER.into(),
+                result_header(&verdict, &visible_recipients(&env.message)),
+            ));
+            if verdict.any_rejected_for_proof() {
+                match st.cfg.milter.on_forged.as_str() {
+                    "reject" => {
+                        actions.verdict = MilterVerdict::Reject(
+                            "Calendar message from an unproven sender refused".into(),
+                        )
+                    }
+                    "quarantine" => {
+                        actions.quarantine =
+                            Some("imipd: calendar message from an unproven sender".into())
+                    }
+                    _ => {}
+                }
+            }
+        }
+        actions
+    }
+}
+
+/// The LMTP delivery handler.
+struct LmtpDoor(Arc<Core>);
+
+impl crate::lmtp::Deliver for LmtpDoor {
+    async fn deliver(&self, t: crate::lmtp::Transaction) -> Vec<crate::lmtp::Reply> {
+        use crate::lmtp::Reply;
+        let core = &self.0;
+        core.inflight.fetch_add(1, Ordering::SeqCst);
+        let st = core.state();
+        let proof = st.prover.prove(&t.data, &Facts::default()).await;
+        let deliver = Deliver::parse(&st.cfg.lmtp.deliver);
+        let visible = visible_recipients(&t.data);
+        let mut replies = Vec::with_capacity(t.rcpt_to.len());
+        for rcpt in &t.rcpt_to {
+            let r = strip_angle(rcpt);
+            let mut headers = vec![("Authentication-Results".to_string(), proof.results.clone())];
+            if st.cfg.is_local(&r) {
+                let raw = proof.inner.clone().unwrap_or_else(|| t.data.clone());
+                match core
+                    .run_pipeline(&st, raw, vec![r.clone()], &proof, None)
+                    .await
+                {
+                    Ok(v) => {
+                        Core::log_verdict("lmtp", None, &v);
+                        core.enqueue_outgoing(&st, &v);
+                        if v.had_calendar {
+                            headers.push((RESULT_HEADER.into(), result_header(&v, &visible)));
+                        }
+                    }
+                    Err(e) => {
+                        log(format!("lmtp: rcpt={r} store unavailable, tempfail: {e}"));
+                        replies.push(Reply::new(
+                            451,
+                            "4.3.0",
+                            format!("<{r}> calendar store temporarily unavailable"),
+                        ));
+                        continue;
+                    }
+                }
+            }
+            let copy = crate::proof::rewrite_headers(
+                &t.data,
+                "Authentication-Results",
+                &proof.remove_results,
+                &headers,
+            );
+            let res = match &deliver {
+                Ok(Deliver::Maildir(template)) => {
+                    match crate::maildir::expand_template(template, &r) {
+                        Ok(dir) => {
+                            let copy2 = copy.clone();
+                            tokio::task::spawn_blocking(move || {
+                                crate::maildir::deliver(&dir, &copy2)
+                                    .map(|p| p.display().to_string())
+                            })
+                            .await
+                            .map_err(|e| (true, e.to_string()))
+                            .and_then(|r| r.map_err(|e| (true, e.to_string())))
+                        }
+                        Err(e) => Err((false, e)),
+                    }
+                }
+                Ok(Deliver::Lmtp(target)) => {
+                    crate::lmtp::send(target, &t.mail_from, &r, &copy, Duration::from_secs(120))
+                        .await
+                        .map(|_| "downstream LMTP".to_string())
+                        .map_err(|e| (e.temporary, e.message))
+                }
+                Err(e) => Err((true, e.clone())),
+            };
+            match res {
+                Ok(where_) => {
+                    log(format!("lmtp: rcpt={r} delivered to {where_}"));
+                    replies.push(Reply::new(250, "2.0.0", format!("<{r}> delivered")));
+                }
+                Err((temp, e)) => {
+                    log(format!("lmtp: rcpt={r} delivery failed: {e}"));
+                    replies.push(if temp {
+                        Reply::new(
+                            451,
+                            "4.3.0",
+                            format!("<{r}> delivery failed, try again later"),
+                        )
+                    } else {
+                        Reply::new(550, "5.1.1", format!("<{r}> cannot be delivered: {e}"))
+                    });
+                }
+            }
+        }
+        core.inflight.fetch_sub(1, Ordering::SeqCst);
+        replies
+    }
+}
+
+enum Bound {
+    Tcp(TcpListener),
+    Unix(UnixListener, std::path::PathBuf),
+}
+
+async fn bind(l: &Listen) -> std::io::Result<Bound> {
+    match l {
+        Listen::Inet(hp) => Ok(Bound::Tcp(TcpListener::bind(hp).await?)),
+        Listen::Unix(p) => {
+            if p.exists() {
+                // A stale socket from an earlier run; a live one would answer.
+                if std::os::unix::net::UnixStream::connect(p).is_ok() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        format!("{} is in use", p.display()),
+                    ));
+                }
+                let _ = std::fs::remove_file(p);
+            }
+            if let Some(dir) = p.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let l = UnixListener::bind(p)?;
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o660));
+            Ok(Bound::Unix(l, p.clone()))
+        }
+    }
+}
+
+fn describe(b: &Bound) -> String {
+    match b {
+        Bound::Tcp(l) => l
+            .local_addr()
+            .map(|a| format!("inet:{a}"))
+            .unwrap_or_default(),
+        Bound::Unix(_, p) => format!("unix:{}", p.display()),
+    }
+}
+
+/// Accepts connections until shutdown, each served by `serve`.
+async fn accept_loop<F, Fut>(
+    b: Bound,
+    mut shutdown: watch::Receiver<bool>,
+    limit: Arc<Semaphore>,
+    serve: F,
+) where
+    F: Fn(Box<dyn AsyncStream>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shutdown.changed() => return,
+        };
+        let stream: Box<dyn AsyncStream> = tokio::select! {
+            r = async {
+                match &b {
+                    Bound::Tcp(l) => l.accept().await.map(|(s, _)| {
+                        let _ = s.set_nodelay(true);
+                        Box::new(s) as Box<dyn AsyncStream>
+                    }),
+                    Bound::Unix(l, _) => l.accept().await.map(|(s, _)| Box::new(s) as Box<dyn AsyncStream>),
+                }
+            } => match r {
+                Ok(s) => s,
+                Err(e) => { log(format!("accept failed: {e}")); tokio::time::sleep(Duration::from_millis(100)).await; continue; }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let fut = serve(stream);
+        tokio::spawn(async move {
+            fut.await;
+            drop(permit);
+        });
+    }
+}
+
+pub trait AsyncStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AsyncStream for T {}
+
+/// Sends queued outgoing messages; a failed one stays queued and is retried.
+async fn queue_runner(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = core.queue_wakeup.notified() => {},
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {},
+            _ = shutdown.changed() => return,
+        }
+        let st = core.state();
+        let Some(t) = st.cfg.outbound.transport.as_deref() else {
+            continue;
+        };
+        let transport = match crate::outbound::Transport::parse(t) {
+            Ok(crate::outbound::Transport::Outbox(_)) | Err(_) => continue,
+            Ok(t) => t,
+        };
+        let dir = crate::outbound::queue_dir(&st.cfg);
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut items: Vec<_> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+            .collect();
+        items.sort();
+        for eml in items {
+            let envf = eml.with_extension("env");
+            let (Ok(data), Ok(env)) = (std::fs::read(&eml), std::fs::read_to_string(&envf)) else {
+                continue;
+            };
+            let env: serde_json::Value = serde_json::from_str(&env).unwrap_or_default();
+            let from = env["from"].as_str().unwrap_or("").to_string();
+            let to = env["to"].as_str().unwrap_or("").to_string();
+            match crate::outbound::send(&transport, &from, &to, &data).await {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(&envf);
+                    let _ = std::fs::remove_file(&eml);
+                    log(format!("outbound: {from} -> {to} sent"));
+                }
+                Err(e) => log(format!("outbound: {from} -> {to} deferred: {e}")),
+            }
+        }
+    }
+}
+
+async fn control_server(core: Arc<Core>, l: UnixListener, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let s = tokio::select! {
+            r = l.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+            _ = shutdown.changed() => return,
+        };
+        let core = core.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+            let (r, mut w) = s.into_split();
+            let mut line = String::new();
+            if BufReader::new(r).read_line(&mut line).await.is_err() {
+                return;
+            }
+            let st = core.state();
+            let env = Env {
+                cfg: st.cfg.clone(),
+                store: core.store.clone(),
+            };
+            let answer = tokio::task::spawn_blocking(move || crate::control::answer(&line, &env))
+                .await
+                .unwrap_or_default();
+            let _ = w.write_all(answer.as_bytes()).await;
+            let _ = w.write_all(b"\n").await;
+        });
+    }
+}
 
 pub fn run(args: &Args) -> Result<i32, CliError> {
     let cfg = load_config(args)?;
-    let _store = open_store(&cfg)?;
-    eprintln!("imipd: store open at {}", cfg.data_dir.display());
+    let config_path = args.config.clone().or_else(|| {
+        let p = std::path::PathBuf::from(crate::cli::DEFAULT_CONFIG);
+        p.exists().then_some(p)
+    });
+    let store: Arc<dyn Store> =
+        Arc::new(Sled::open(&cfg.data_dir).map_err(|e| CliError::new(EX_TEMPFAIL, e.to_string()))?);
+    let data_dir = cfg.data_dir.clone();
+    let state =
+        Core::build_state(store.clone(), cfg.clone()).map_err(|e| CliError::new(EX_CONFIG, e))?;
+    let core = Arc::new(Core {
+        store: store.clone(),
+        state: RwLock::new(state),
+        queue_wakeup: Notify::new(),
+        inflight: AtomicUsize::new(0),
+        config_path,
+        data_dir: data_dir.clone(),
+    });
+    if cfg.local_domains.is_empty() {
+        log("local_domains is empty: every recipient is treated as local");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| CliError::new(crate::cli::EX_IOERR, e.to_string()))?;
-    rt.block_on(async {
-        let _ = tokio::signal::ctrl_c().await;
-    });
-    Ok(0)
+        .map_err(|e| CliError::new(EX_IOERR, e.to_string()))?;
+    rt.block_on(async move {
+        let (tx, rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let timeout = Duration::from_secs(300);
+        if cfg.milter.enabled {
+            let l = parse_listen(&cfg.milter.listen).map_err(|e| CliError::new(EX_CONFIG, e))?;
+            let b = bind(&l).await.map_err(|e| CliError::new(EX_IOERR, format!("milter {}: {e}", cfg.milter.listen)))?;
+            println!("{}", serde_json::json!({"listening": "milter", "address": describe(&b)}));
+            log(format!("milter listening on {}", describe(&b)));
+            let core2 = core.clone();
+            let max = cfg.lmtp.max_message_size;
+            tasks.push(tokio::spawn(accept_loop(b, rx.clone(), Arc::new(Semaphore::new(256)), move |s| {
+                let core = core2.clone();
+                async move {
+                    if let Err(e) = milter::serve(s, &core, timeout, max).await {
+                        log(format!("milter connection: {e}"));
+                    }
+                }
+            })));
+        }
+        if cfg.lmtp.enabled {
+            let l = parse_listen(&cfg.lmtp.listen).map_err(|e| CliError::new(EX_CONFIG, e))?;
+            let b = bind(&l).await.map_err(|e| CliError::new(EX_IOERR, format!("lmtp {}: {e}", cfg.lmtp.listen)))?;
+            println!("{}", serde_json::json!({"listening": "lmtp", "address": describe(&b)}));
+            log(format!("LMTP listening on {} (delivering to {})", describe(&b), cfg.lmtp.deliver));
+            let door = Arc::new(LmtpDoor(core.clone()));
+            let host = cfg.authserv_id.clone().unwrap_or_else(crate::proof::hostname);
+            let max = cfg.lmtp.max_message_size;
+            tasks.push(tokio::spawn(accept_loop(b, rx.clone(), Arc::new(Semaphore::new(256)), move |s| {
+                let door = door.clone();
+                let host = host.clone();
+                async move {
+                    if let Err(e) = crate::lmtp::serve(s, &host, door.as_ref(), max, timeout).await {
+                        log(format!("lmtp connection: {e}"));
+                    }
+                }
+            })));
+        }
+        let sock = crate::control::socket_path(&cfg);
+        let _ = std::fs::remove_file(&sock);
+        match UnixListener::bind(&sock) {
+            Ok(l) => {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600));
+                println!("{}", serde_json::json!({"listening": "control", "address": format!("unix:{}", sock.display())}));
+                tasks.push(tokio::spawn(control_server(core.clone(), l, rx.clone())));
+            }
+            Err(e) => log(format!("control socket {}: {e} (admin commands need the daemon stopped)", sock.display())),
+        }
+        tasks.push(tokio::spawn(queue_runner(core.clone(), rx.clone())));
+        core.queue_wakeup.notify_one();
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| CliError::new(EX_IOERR, e.to_string()))?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| CliError::new(EX_IOERR, e.to_string()))?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => { log("SIGTERM: finishing in-flight messages"); break; }
+                _ = tokio::signal::ctrl_c() => { log("SIGINT: finishing in-flight messages"); break; }
+                _ = hup.recv() => core.reload(),
+            }
+        }
+        let _ = tx.send(true);
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        // Give messages already in the pipeline time to finish, then make everything durable.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while core.inflight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = core.store.flush();
+        let _ = std::fs::remove_file(&sock);
+        log("stopped");
+        Ok::<i32, CliError>(0)
+    })
 }

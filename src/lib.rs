@@ -1,16 +1,21 @@
 //! imipd: the calendar-scheduling gateway for mail systems (iMIP, iTIP, iSchedule).
 //!
-//! The pipeline: front doors (milter, LMTP, iSchedule, CLI) -> [`extract`] -> authenticate ->
+//! The pipeline: front doors ([`milter`], [`lmtp`], CLI) -> [`extract`] -> [`proof`] ->
 //! [`itip`] (a pure engine) -> [`store`] -> effects ([`outbound`]).
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod extract;
 pub mod ical;
 pub mod itip;
+pub mod lmtp;
+pub mod maildir;
+pub mod milter;
 pub mod outbound;
 pub mod pipeline;
+pub mod proof;
 pub mod store;
 
 /// Entry for `imipd run`.

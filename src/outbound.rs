@@ -165,3 +165,61 @@ pub fn enqueue(
         }
     }
 }
+
+/// Sends one message now over `transport`.
+pub async fn send(transport: &Transport, from: &str, to: &str, data: &[u8]) -> Result<(), String> {
+    match transport {
+        Transport::Outbox(dir) => write_eml(dir, data).map(|_| ()).map_err(|e| e.to_string()),
+        Transport::Sendmail(bin) => {
+            use tokio::io::AsyncWriteExt;
+            let mut child = tokio::process::Command::new(bin)
+                .arg("-i")
+                .arg("-f")
+                .arg(from)
+                .arg("--")
+                .arg(to)
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("{}: {e}", bin.display()))?;
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(data).await.map_err(|e| e.to_string())?;
+            }
+            let status = tokio::time::timeout(std::time::Duration::from_secs(120), child.wait())
+                .await
+                .map_err(|_| "sendmail timed out".to_string())?
+                .map_err(|e| e.to_string())?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(format!("{} exited with {status}", bin.display()))
+            }
+        }
+        Transport::Smtp(hp) => {
+            use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+            let (host, port) = hp.rsplit_once(':').unwrap_or((hp.as_str(), "25"));
+            let port: u16 = port.parse().map_err(|_| format!("bad port in {hp}"))?;
+            let mailer = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+                .port(port)
+                .timeout(Some(std::time::Duration::from_secs(60)))
+                .build();
+            let from_addr = if from.is_empty() {
+                None
+            } else {
+                Some(
+                    from.parse::<lettre::Address>()
+                        .map_err(|e| format!("{from}: {e}"))?,
+                )
+            };
+            let to_addr = to
+                .parse::<lettre::Address>()
+                .map_err(|e| format!("{to}: {e}"))?;
+            let envelope = lettre::address::Envelope::new(from_addr, vec![to_addr])
+                .map_err(|e| e.to_string())?;
+            mailer
+                .send_raw(&envelope, data)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    }
+}

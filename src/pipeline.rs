@@ -446,6 +446,65 @@ impl Pipeline {
         }
     }
 
+    /// Records iTIP that a local user sent (authenticated submission) in their own calendar.
+    pub fn record_outgoing(
+        &self,
+        raw: &[u8],
+        sender: &str,
+        recipients: &[String],
+    ) -> Result<Vec<ObjectOutcome>, StoreError> {
+        let ex = extract::extract(raw);
+        let mut outs = Vec::new();
+        let message_id = ex.message_id.clone().unwrap_or_default();
+        for inc in &ex.objects {
+            if inc.uid.is_empty() {
+                continue;
+            }
+            let stored = self.store.get(sender, &inc.uid)?;
+            let d = itip::record_sent(stored.as_ref(), inc, sender, recipients);
+            let o = ObjectOutcome {
+                recipient: ical::mailto(sender),
+                method: inc.method.as_str().into(),
+                component: inc.kind.clone(),
+                uid: inc.uid.clone(),
+                outcome: d.outcome().into(),
+                reason: format!("outgoing: {}", d.reason()),
+            };
+            let entry = JournalEntry {
+                ts: now(),
+                user: sender.to_string(),
+                message_id: message_id.clone(),
+                method: o.method.clone(),
+                component: o.component.clone(),
+                uid: o.uid.clone(),
+                outcome: o.outcome.clone(),
+                reason: o.reason.clone(),
+            };
+            let busy;
+            let change = match &d {
+                Decision::Applied {
+                    object: Some(obj),
+                    changed: true,
+                    ..
+                } => {
+                    busy = itip::busy_periods(obj, sender, self.config.itip.max_instances);
+                    Change::Put(obj, &busy)
+                }
+                _ => Change::Keep,
+            };
+            self.store.commit(&Commit {
+                user: sender,
+                uid: &inc.uid,
+                change,
+                processed_key: None,
+                journal: &entry,
+                proposal: None,
+            })?;
+            outs.push(o);
+        }
+        Ok(outs)
+    }
+
     /// Stores each UID of a calendar file as one object of `user` (replacing any stored one).
     pub fn import(&self, user: &str, text: &str) -> Result<Vec<String>, String> {
         let cals = ical::parse(text).map_err(|e| format!("cannot parse calendar: {e}"))?;

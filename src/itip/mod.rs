@@ -2,7 +2,9 @@
 //! proven senders) to a [`Decision`]. No I/O happens here; the pipeline commits what it returns.
 
 mod reason;
+mod sent;
 pub use reason::Reason;
+pub use sent::record_sent;
 
 use crate::ical::time::{format_utc, parse_date_value, TzMap};
 use crate::ical::{norm_addr, Component, Prop};

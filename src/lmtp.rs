@@ -1,0 +1,366 @@
+//! The LMTP front door (RFC 2033) and an LMTP client for handing messages on (Dovecot).
+//!
+//! Server: LHLO, MAIL, RCPT, DATA, RSET, NOOP, VRFY, QUIT with PIPELINING, ENHANCEDSTATUSCODES,
+//! 8BITMIME and SIZE; after DATA one reply per accepted recipient, as the delivery handler
+//! decides them.
+
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+
+/// One reply line: code, enhanced code, text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub enhanced: &'static str,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn new(code: u16, enhanced: &'static str, text: impl Into<String>) -> Reply {
+        Reply {
+            code,
+            enhanced,
+            text: text.into(),
+        }
+    }
+    fn line(&self) -> String {
+        format!("{} {} {}\r\n", self.code, self.enhanced, self.text)
+    }
+}
+
+/// A message received over LMTP.
+#[derive(Debug, Clone, Default)]
+pub struct Transaction {
+    pub mail_from: String,
+    pub rcpt_to: Vec<String>,
+    pub data: Vec<u8>,
+    pub lhlo: String,
+}
+
+pub trait Deliver: Send + Sync + 'static {
+    /// Returns one reply per recipient, in order.
+    fn deliver(&self, t: Transaction) -> impl std::future::Future<Output = Vec<Reply>> + Send;
+}
+
+/// Extracts the address from `FROM:<a@b> PARAMS` / `TO:<a@b>`.
+fn path_arg(arg: &str, prefix: &str) -> Option<(String, String)> {
+    let rest = arg.get(..prefix.len())?;
+    if !rest.eq_ignore_ascii_case(prefix) {
+        return None;
+    }
+    let rest = arg[prefix.len()..].trim_start();
+    if let Some(r) = rest.strip_prefix('<') {
+        let end = r.find('>')?;
+        Some((r[..end].to_string(), r[end + 1..].trim().to_string()))
+    } else {
+        let mut it = rest.splitn(2, ' ');
+        Some((it.next()?.to_string(), it.next().unwrap_or("").to_string()))
+    }
+}
+
+/// Serves one LMTP connection.
+pub async fn serve<S, D>(
+    stream: S,
+    hostname: &str,
+    handler: &D,
+    max_size: usize,
+    timeout: Duration,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    D: Deliver,
+{
+    let (r, mut w) = tokio::io::split(stream);
+    let mut r = BufReader::new(r);
+    let mut out = String::new();
+    out.push_str(&format!("220 {hostname} LMTP imipd ready\r\n"));
+    let mut t = Transaction::default();
+    let mut have_mail = false;
+    let mut line = Vec::with_capacity(256);
+    loop {
+        if r.buffer().is_empty() && !out.is_empty() {
+            w.write_all(out.as_bytes()).await?;
+            w.flush().await?;
+            out.clear();
+        }
+        line.clear();
+        let n = tokio::time::timeout(timeout, r.read_until(b'\n', &mut line))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "LMTP client idle"))??;
+        if n == 0 {
+            return Ok(());
+        }
+        if line.len() > 4096 {
+            out.push_str("500 5.5.2 Line too long\r\n");
+            continue;
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches(['\r', '\n']);
+        let (verb, arg) = match text.split_once(' ') {
+            Some((v, a)) => (v.to_ascii_uppercase(), a.trim().to_string()),
+            None => (text.to_ascii_uppercase(), String::new()),
+        };
+        match verb.as_str() {
+            "LHLO" => {
+                t = Transaction {
+                    lhlo: arg,
+                    ..Default::default()
+                };
+                have_mail = false;
+                out.push_str(&format!(
+                    "250-{hostname}\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250 SIZE {max_size}\r\n"
+                ));
+            }
+            "HELO" | "EHLO" => out.push_str("500 5.5.1 This is LMTP: use LHLO\r\n"),
+            "MAIL" => match path_arg(&arg, "FROM:") {
+                _ if have_mail => out.push_str("503 5.5.1 Nested MAIL command\r\n"),
+                Some((addr, params)) => {
+                    let size = params
+                        .split_whitespace()
+                        .find_map(|p| p.strip_prefix("SIZE=").or_else(|| p.strip_prefix("size=")))
+                        .and_then(|s| s.parse::<usize>().ok());
+                    if size.is_some_and(|s| s > max_size) {
+                        out.push_str("552 5.3.4 Message size exceeds fixed limit\r\n");
+                    } else {
+                        t.mail_from = addr;
+                        t.rcpt_to.clear();
+                        have_mail = true;
+                        out.push_str("250 2.1.0 Ok\r\n");
+                    }
+                }
+                None => out.push_str("501 5.5.4 Syntax: MAIL FROM:<address>\r\n"),
+            },
+            "RCPT" => match path_arg(&arg, "TO:") {
+                _ if !have_mail => out.push_str("503 5.5.1 Need MAIL command\r\n"),
+                Some((addr, _)) if addr.contains('@') && t.rcpt_to.len() < 1000 => {
+                    t.rcpt_to.push(addr);
+                    out.push_str("250 2.1.5 Ok\r\n");
+                }
+                Some(_) => out.push_str("550 5.1.3 Bad recipient address syntax\r\n"),
+                None => out.push_str("501 5.5.4 Syntax: RCPT TO:<address>\r\n"),
+            },
+            "DATA" => {
+                if !have_mail || t.rcpt_to.is_empty() {
+                    out.push_str("503 5.5.1 Need RCPT command\r\n");
+                    continue;
+                }
+                out.push_str("354 End data with <CR><LF>.<CR><LF>\r\n");
+                w.write_all(out.as_bytes()).await?;
+                w.flush().await?;
+                out.clear();
+                let mut data = Vec::with_capacity(16 * 1024);
+                let mut overflow = false;
+                loop {
+                    line.clear();
+                    let n = tokio::time::timeout(timeout, r.read_until(b'\n', &mut line))
+                        .await
+                        .map_err(|_| {
+                            std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "LMTP client idle in DATA",
+                            )
+                        })??;
+                    if n == 0 {
+                        return Ok(()); // connection lost: nothing was accepted
+                    }
+                    if line == b".\r\n" || line == b".\n" {
+                        break;
+                    }
+                    let content = if line.first() == Some(&b'.') {
+                        &line[1..]
+                    } else {
+                        &line[..]
+                    };
+                    if data.len() + content.len() > max_size {
+                        overflow = true;
+                    } else if !overflow {
+                        data.extend_from_slice(content);
+                    }
+                }
+                let replies = if overflow {
+                    t.rcpt_to
+                        .iter()
+                        .map(|_| Reply::new(552, "5.3.4", "Message size exceeds fixed limit"))
+                        .collect()
+                } else {
+                    let mut tx = std::mem::take(&mut t);
+                    tx.data = data;
+                    let n = tx.rcpt_to.len();
+                    let lhlo = tx.lhlo.clone();
+                    let mut replies = handler.deliver(tx).await;
+                    replies.resize(
+                        n,
+                        Reply::new(451, "4.3.0", "Internal error: no reply for recipient"),
+                    );
+                    t.lhlo = lhlo;
+                    replies
+                };
+                for rep in replies {
+                    out.push_str(&rep.line());
+                }
+                t.rcpt_to.clear();
+                have_mail = false;
+            }
+            "RSET" => {
+                let lhlo = std::mem::take(&mut t.lhlo);
+                t = Transaction {
+                    lhlo,
+                    ..Default::default()
+                };
+                have_mail = false;
+                out.push_str("250 2.0.0 Ok\r\n");
+            }
+            "NOOP" => out.push_str("250 2.0.0 Ok\r\n"),
+            "VRFY" => out.push_str("252 2.5.0 Cannot verify, but will try delivery\r\n"),
+            "QUIT" => {
+                out.push_str("221 2.0.0 Bye\r\n");
+                w.write_all(out.as_bytes()).await?;
+                w.flush().await?;
+                return Ok(());
+            }
+            _ => out.push_str("500 5.5.2 Command not recognized\r\n"),
+        }
+    }
+}
+
+/// An error from a downstream LMTP server, with whether it is temporary.
+#[derive(Debug)]
+pub struct ClientError {
+    pub temporary: bool,
+    pub message: String,
+}
+
+async fn read_reply<R: AsyncBufReadExt + Unpin>(r: &mut R) -> Result<(u16, String), ClientError> {
+    let mut text = String::new();
+    loop {
+        let mut line = String::new();
+        let n = r.read_line(&mut line).await.map_err(|e| ClientError {
+            temporary: true,
+            message: e.to_string(),
+        })?;
+        if n == 0 {
+            return Err(ClientError {
+                temporary: true,
+                message: "connection closed".into(),
+            });
+        }
+        let code: u16 = line
+            .get(..3)
+            .and_then(|c| c.parse().ok())
+            .ok_or(ClientError {
+                temporary: true,
+                message: format!("bad reply {line:?}"),
+            })?;
+        text.push_str(line.get(4..).unwrap_or("").trim_end());
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return Ok((code, text));
+        }
+        text.push(' ');
+    }
+}
+
+/// Delivers `data` to one recipient over LMTP (`inet:host:port` or `unix:/path`).
+pub async fn send(
+    target: &crate::config::Listen,
+    from: &str,
+    rcpt: &str,
+    data: &[u8],
+    timeout: Duration,
+) -> Result<(), ClientError> {
+    let fut = async {
+        match target {
+            crate::config::Listen::Inet(hp) => {
+                let s = tokio::net::TcpStream::connect(hp)
+                    .await
+                    .map_err(|e| ClientError {
+                        temporary: true,
+                        message: format!("connect {hp}: {e}"),
+                    })?;
+                let _ = s.set_nodelay(true);
+                send_on(s, from, rcpt, data).await
+            }
+            crate::config::Listen::Unix(p) => {
+                let s = tokio::net::UnixStream::connect(p)
+                    .await
+                    .map_err(|e| ClientError {
+                        temporary: true,
+                        message: format!("connect {}: {e}", p.display()),
+                    })?;
+                send_on(s, from, rcpt, data).await
+            }
+        }
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ClientError {
+                temporary: true,
+                message: "downstream LMTP timed out".into(),
+            })
+        })
+}
+
+async fn send_on<S: AsyncRead + AsyncWrite + Unpin>(
+    s: S,
+    from: &str,
+    rcpt: &str,
+    data: &[u8],
+) -> Result<(), ClientError> {
+    let (r, mut w) = tokio::io::split(s);
+    let mut r = BufReader::new(r);
+    let io = |e: std::io::Error| ClientError {
+        temporary: true,
+        message: e.to_string(),
+    };
+    let expect = |(code, text): (u16, String), want: u16, what: &str| -> Result<(), ClientError> {
+        if code == want {
+            Ok(())
+        } else {
+            Err(ClientError {
+                temporary: code < 500,
+                message: format!("{what}: {code} {text}"),
+            })
+        }
+    };
+    expect(read_reply(&mut r).await?, 220, "greeting")?;
+    w.write_all(b"LHLO imipd\r\n").await.map_err(io)?;
+    expect(read_reply(&mut r).await?, 250, "LHLO")?;
+    let cmds = format!("MAIL FROM:<{from}>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n");
+    w.write_all(cmds.as_bytes()).await.map_err(io)?;
+    expect(read_reply(&mut r).await?, 250, "MAIL")?;
+    expect(read_reply(&mut r).await?, 250, "RCPT")?;
+    expect(read_reply(&mut r).await?, 354, "DATA")?;
+    // Dot-stuff and make sure the data ends with CRLF.
+    let mut buf = Vec::with_capacity(data.len() + 64);
+    let mut at_line_start = true;
+    for &b in data {
+        if at_line_start && b == b'.' {
+            buf.push(b'.');
+        }
+        buf.push(b);
+        at_line_start = b == b'\n';
+    }
+    if !buf.ends_with(b"\r\n") {
+        buf.extend_from_slice(b"\r\n");
+    }
+    buf.extend_from_slice(b".\r\n");
+    w.write_all(&buf).await.map_err(io)?;
+    let res = read_reply(&mut r).await?;
+    let _ = w.write_all(b"QUIT\r\n").await;
+    expect(res, 250, "delivery")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_parse_with_and_without_brackets() {
+        assert_eq!(
+            path_arg("FROM:<a@b> SIZE=10", "FROM:"),
+            Some(("a@b".into(), "SIZE=10".into()))
+        );
+        assert_eq!(path_arg("to: x@y", "TO:"), Some(("x@y".into(), "".into())));
+        assert_eq!(path_arg("FROM:<>", "FROM:"), Some(("".into(), "".into())));
+    }
+}
