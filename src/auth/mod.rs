@@ -123,7 +123,8 @@ pub struct Proof {
     /// Lowercase bare addr-spec, without `mailto:`.
     pub address: String,
     pub method: ProofMethod,
-    /// DKIM `l=`: the proof covers only the first N octets of the body.
+    /// DKIM `l=`: the proof covers only the first N octets of the body. N counts canonicalized
+    /// octets, which never outnumber the raw ones, so trusting the first N raw octets is safe.
     pub body_limit: Option<usize>,
 }
 
@@ -157,18 +158,14 @@ impl AuthVerdict {
     /// The proof for `addr`, preferring one that covers the whole body.
     pub fn proof_for(&self, addr: &str) -> Option<&Proof> {
         let wanted = normalize_address(addr);
-        let mut matching = self.proofs.iter().filter(|p| p.address == wanted);
-        let first = matching.next()?;
-        if first.body_limit.is_none() {
-            return Some(first);
+        let mut limited = None;
+        for proof in self.proofs.iter().filter(|p| p.address == wanted) {
+            if proof.body_limit.is_none() {
+                return Some(proof);
+            }
+            limited = limited.or(Some(proof));
         }
-        Some(
-            self.proofs
-                .iter()
-                .filter(|p| p.address == wanted)
-                .find(|p| p.body_limit.is_none())
-                .unwrap_or(first),
-        )
+        limited
     }
 }
 
@@ -393,6 +390,34 @@ mod tests {
         assert!(verdict.proves("alice@example.com"));
         assert!(!verdict.proves("bob@example.com"));
         assert!(!verdict.proves(""));
+    }
+
+    #[test]
+    fn proof_for_prefers_whole_body_proofs() {
+        let limited = Proof {
+            address: "alice@example.com".into(),
+            method: ProofMethod::Dkim {
+                domain: "example.com".into(),
+                selector: "s".into(),
+            },
+            body_limit: Some(10),
+        };
+        let whole = Proof {
+            address: "alice@example.com".into(),
+            method: ProofMethod::Pgp,
+            body_limit: None,
+        };
+        let verdict = AuthVerdict {
+            proofs: vec![limited.clone(), whole.clone()],
+            ..Default::default()
+        };
+        assert_eq!(verdict.proof_for("mailto:alice@example.com"), Some(&whole));
+        let only_limited = AuthVerdict {
+            proofs: vec![limited.clone()],
+            ..Default::default()
+        };
+        assert_eq!(only_limited.proof_for("alice@example.com"), Some(&limited));
+        assert_eq!(only_limited.proof_for("bob@example.com"), None);
     }
 
     #[test]

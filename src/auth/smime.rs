@@ -109,6 +109,16 @@ pub(crate) fn verify(
             return SmimeOutcome::fail("malformed PKCS #7 signature", detached.map(<[u8]>::to_vec))
         }
     };
+    if pkcs7.type_().map(|t| t.nid()) != Some(Nid::PKCS7_SIGNED) {
+        // An encrypted (enveloped-data) message carries no signature to check here.
+        return SmimeOutcome {
+            result: "none",
+            reason: Some("not signed-data".to_string()),
+            signer: None,
+            proven: false,
+            inner: None,
+        };
+    }
     let no_certs = match Stack::<X509>::new() {
         Ok(s) => s,
         Err(e) => return SmimeOutcome::fail(describe(&e), None),
@@ -163,7 +173,7 @@ pub(crate) fn verify(
             inner,
         },
         None => {
-            let names: Vec<String> = signers.iter().flat_map(|c| cert_emails(c)).collect();
+            let names: Vec<String> = signers.iter().flat_map(cert_emails).collect();
             let mut outcome =
                 SmimeOutcome::fail("signer certificate does not name the From address", inner);
             outcome.signer = names.into_iter().next();
