@@ -921,3 +921,44 @@ fn bad_trust_files_are_named_in_errors() {
     .expect("error");
     assert!(err.to_string().contains("empty.pem"), "{err}");
 }
+
+/// Truncated or cut signed messages never panic and never prove anything they should not.
+#[tokio::test]
+async fn truncated_signed_messages_never_panic() {
+    if !common::tools_present("truncated", &["dnsmasq", "openssl", "sq"]) {
+        return;
+    }
+    let fx = SmimeFixture::new();
+    let opaque = fx.message(
+        &Leaf::email("alice", "alice@example.com"),
+        &fx.ca,
+        "alice@example.com",
+        true,
+    );
+    let detached = fx.message(
+        &Leaf::email("alice", "alice@example.com"),
+        &fx.ca,
+        "alice@example.com",
+        false,
+    );
+    let (key, cert) = sq_key(fx.dir.path(), "alice", "Alice <alice@example.com>");
+    let pgp = pgp_message(
+        fx.dir.path(),
+        &key,
+        "alice@example.com",
+        &calendar_entity(REQUEST),
+    );
+    let auth = Authenticator::new(&AuthConfig {
+        pgp_keyring: Some(keyring(fx.dir.path(), &[&cert])),
+        ..fx.config()
+    })
+    .expect("authenticator");
+    for raw in [&opaque, &detached, &pgp] {
+        let full = auth.verify(raw, &facts()).await;
+        assert!(full.proves("alice@example.com"), "{full:?}");
+        for cut in (0..raw.len()).step_by(61) {
+            let verdict = auth.verify(&raw[..cut], &facts()).await;
+            assert!(verdict.header_value.starts_with("mx.test.example; "));
+        }
+    }
+}
