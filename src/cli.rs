@@ -170,6 +170,20 @@ impl Io {
 pub struct Env {
     pub cfg: Arc<Config>,
     pub store: Arc<dyn Store>,
+    /// The daemon's sender-proof checks; built on demand for a one-off command.
+    pub prover: Option<Arc<crate::proof::Prover>>,
+}
+
+/// Runs a future from synchronous code, inside or outside a tokio runtime's blocking thread.
+fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, CliError> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => Ok(h.block_on(f)),
+        Err(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|rt| rt.block_on(f))
+            .map_err(|e| CliError::new(EX_IOERR, e.to_string())),
+    }
 }
 
 /// The commands that need the store, and so go through the control socket while the daemon runs.
@@ -232,6 +246,7 @@ fn admin_local_or_remote(argv: &[String], args: &Args) -> Result<i32, CliError> 
             let env = Env {
                 cfg: cfg.clone(),
                 store: Arc::new(store),
+                prover: None,
             };
             run_admin(args, &env, input, &mut io)
         }
@@ -323,20 +338,34 @@ fn read_input(file: Option<&str>) -> Result<Vec<u8>, CliError> {
 
 fn cmd_process(args: &Args, env: &Env, raw: Vec<u8>, io: &mut Io) -> Result<i32, CliError> {
     let pipeline = Pipeline::new(env.store.clone(), env.cfg.clone());
-    let ex = crate::extract::extract(&raw);
     let mut proven = Vec::new();
+    let mut signed_prefix = None;
+    let mut raw = raw;
     if args.trust_sender {
-        if let Some(f) = &ex.from {
-            proven.push(f.clone());
+        if let Some(f) = crate::proof::from_address(&raw) {
+            proven.push(f);
+        }
+    } else {
+        let prover = match &env.prover {
+            Some(p) => p.clone(),
+            None => Arc::new(crate::proof::Prover::new(&env.cfg).map_err(|e| CliError::new(EX_CONFIG, e))?),
+        };
+        let proof = block_on(prover.prove(&raw, &crate::proof::Facts::default()))?;
+        io.errln(format!("Authentication-Results: {}", proof.results));
+        proven = proof.proven;
+        signed_prefix = proof.signed_prefix;
+        if let Some(inner) = proof.inner {
+            raw = inner;
         }
     }
+    let ex = crate::extract::extract(&raw);
     let recipients: Vec<String> = args.recipients.iter().map(|r| ical::norm_addr(r)).collect();
     let delivery = Delivery {
         raw: &raw,
         recipients,
         proven,
         queue_id: None,
-        signed_prefix: None,
+        signed_prefix,
     };
     let verdict = pipeline
         .process_extracted(&delivery, ex)

@@ -541,6 +541,7 @@ async fn control_server(core: Arc<Core>, l: UnixListener, mut shutdown: watch::R
             let env = Env {
                 cfg: st.cfg.clone(),
                 store: core.store.clone(),
+                prover: Some(st.prover.clone()),
             };
             let answer = tokio::task::spawn_blocking(move || crate::control::answer(&line, &env))
                 .await

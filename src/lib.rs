@@ -3,6 +3,7 @@
 //! The pipeline: front doors ([`milter`], [`lmtp`], CLI) -> [`extract`] -> [`proof`] ->
 //! [`itip`] (a pure engine) -> [`store`] -> effects ([`outbound`]).
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -26,11 +26,11 @@ pub struct Proof {
     pub inner: Option<Vec<u8>>,
 }
 
-/// The proof checks configured for this daemon.
+/// The proof checks configured for this daemon: DKIM with alignment, S/MIME, PGP/MIME and the
+/// trusted paths, through [`crate::auth::Authenticator`].
 pub struct Prover {
     authserv_id: String,
-    trust_submission: bool,
-    trusted_relays: Vec<IpAddr>,
+    auth: crate::auth::Authenticator,
 }
 
 pub fn hostname() -> String {
@@ -41,17 +41,30 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// The authenticator's settings from the config.
+pub fn auth_config(cfg: &Config) -> Result<crate::auth::AuthConfig, String> {
+    let mut nameservers = Vec::new();
+    for ns in &cfg.dns.nameservers {
+        nameservers.push(crate::config::parse_nameserver(ns)?);
+    }
+    Ok(crate::auth::AuthConfig {
+        authserv_id: cfg.authserv_id.clone().unwrap_or_else(hostname),
+        nameservers,
+        smime_trust_anchors: cfg.smime.trust_anchors.clone(),
+        pgp_keyring: cfg.pgp.keyring.clone(),
+        trusted_authserv_ids: cfg.policy.trusted_authserv_ids.clone(),
+        trusted_relays: cfg.policy.trusted_relays.iter().filter_map(|s| s.parse().ok()).collect(),
+        trust_authenticated_submission: cfg.policy.trust_authenticated_submission,
+        dns_timeout: std::time::Duration::from_secs(cfg.dns.timeout_secs.unwrap_or(5).clamp(1, 60)),
+    })
+}
+
 impl Prover {
     pub fn new(cfg: &Config) -> Result<Prover, String> {
+        let ac = auth_config(cfg)?;
         Ok(Prover {
-            authserv_id: cfg.authserv_id.clone().unwrap_or_else(hostname),
-            trust_submission: cfg.policy.trust_authenticated_submission,
-            trusted_relays: cfg
-                .policy
-                .trusted_relays
-                .iter()
-                .filter_map(|s| s.parse().ok())
-                .collect(),
+            authserv_id: ac.authserv_id.clone(),
+            auth: crate::auth::Authenticator::new(&ac).map_err(|e| e.to_string())?,
         })
     }
 
@@ -60,37 +73,78 @@ impl Prover {
     }
 
     pub async fn prove(&self, raw: &[u8], facts: &Facts) -> Proof {
-        let ex_from = from_address(raw);
+        let tf = crate::auth::TransportFacts {
+            client_ip: facts.client_ip,
+            auth_authen: facts.auth_authen.clone(),
+        };
+        let v = self.auth.verify(raw, &tf).await;
         let mut proof = Proof {
-            from: ex_from.clone(),
+            from: v.from.clone().map(|f| crate::ical::norm_addr(&f)),
+            results: v.header_value.clone(),
+            remove_results: v.remove_headers.clone(),
+            inner: v.inner.as_deref().and_then(|inner| splice_opaque(raw, inner)),
             ..Default::default()
         };
-        let mut results = vec!["dkim=none".to_string()];
-        if let Some(from) = &ex_from {
-            if self.trust_submission && facts.auth_authen.is_some() {
-                proof.proven.push(from.clone());
-                results.push(format!(
-                    "auth=pass smtp.auth={}",
-                    facts.auth_authen.as_deref().unwrap_or("")
-                ));
-            } else if facts
-                .client_ip
-                .is_some_and(|ip| self.trusted_relays.contains(&ip))
-            {
-                proof.proven.push(from.clone());
+        for p in &v.proofs {
+            let addr = crate::ical::norm_addr(&p.address);
+            match p.body_limit {
+                None => {
+                    if !proof.proven.contains(&addr) {
+                        proof.proven.push(addr);
+                    }
+                }
+                Some(limit) => {
+                    // DKIM l=: only what lies inside the signed body counts.
+                    if v.proofs.iter().any(|q| q.body_limit.is_none() && crate::ical::norm_addr(&q.address) == addr) {
+                        continue;
+                    }
+                    let body_start = body_offset(raw);
+                    let end = body_start.saturating_add(limit).min(raw.len());
+                    proof.signed_prefix = Some(raw[..end].to_vec());
+                    if !proof.proven.contains(&addr) {
+                        proof.proven.push(addr);
+                    }
+                }
             }
         }
-        // RFC 8601 5: A-R headers claiming our id come from outside; remove them.
-        for (i, v) in auth_results_headers(raw).iter().enumerate() {
-            let id = v.split(';').next().unwrap_or("").trim();
-            let id = id.split_whitespace().next().unwrap_or("");
-            if id.eq_ignore_ascii_case(&self.authserv_id) {
-                proof.remove_results.push(i);
-            }
-        }
-        proof.results = format!("{}; {}", self.authserv_id, results.join("; "));
         proof
     }
+}
+
+/// For an opaque S/MIME message, the outer headers (From, To, Message-ID, ...) around the
+/// verified inner entity, so that extract sees one ordinary message. None for other messages
+/// (a detached signature leaves the calendar readable where it is).
+pub fn splice_opaque(outer: &[u8], inner: &[u8]) -> Option<Vec<u8>> {
+    let ct = header_values(outer, "Content-Type").into_iter().next()?.to_ascii_lowercase();
+    let ct = ct.trim();
+    if !(ct.starts_with("application/pkcs7-mime") || ct.starts_with("application/x-pkcs7-mime")) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(outer.len() + inner.len());
+    for (name, value) in header_fields(outer) {
+        let n = name.to_ascii_lowercase();
+        if n.starts_with("content-") || n == "mime-version" {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.push(b':');
+        out.extend_from_slice(value.strip_suffix(b"\r").unwrap_or(value));
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"MIME-Version: 1.0\r\n");
+    out.extend_from_slice(inner);
+    Some(out)
+}
+
+/// Offset of the body (after the blank line ending the header section).
+pub fn body_offset(raw: &[u8]) -> usize {
+    if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+        return p + 4;
+    }
+    if let Some(p) = raw.windows(2).position(|w| w == b"\n\n") {
+        return p + 2;
+    }
+    raw.len()
 }
 
 /// The single From address of a message, normalized.

@@ -1,0 +1,111 @@
+//! The DNS resolver and TXT cache shared by DKIM and DMARC checks.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use mail_auth::hickory_resolver::system_conf::read_system_conf;
+use mail_auth::{MessageAuthenticator, ResolverCache, Txt};
+
+use super::AuthError;
+
+/// Entries kept at most; a full cache drops its expired entries, then everything.
+const CACHE_CAPACITY: usize = 4096;
+/// Negative or failed answers are kept this long at most, so a fixed record is seen soon.
+const MAX_ERROR_TTL: Duration = Duration::from_secs(60);
+
+pub(crate) struct Dns {
+    pub(crate) resolver: MessageAuthenticator,
+    pub(crate) cache: TxtCache,
+    pub(crate) timeout: Duration,
+}
+
+impl Dns {
+    pub(crate) fn new(nameservers: &[SocketAddr], timeout: Duration) -> Result<Self, AuthError> {
+        let (config, mut opts) = if nameservers.is_empty() {
+            read_system_conf().map_err(|e| AuthError::Resolver(e.to_string()))?
+        } else {
+            let servers = nameservers
+                .iter()
+                .map(|addr| {
+                    let mut server = NameServerConfig::udp_and_tcp(addr.ip());
+                    for connection in &mut server.connections {
+                        connection.port = addr.port();
+                    }
+                    server
+                })
+                .collect();
+            (
+                ResolverConfig::from_name_servers(servers),
+                ResolverOpts::default(),
+            )
+        };
+        opts.timeout = timeout;
+        opts.attempts = 1;
+        let resolver = MessageAuthenticator::new(config, opts)
+            .map_err(|e| AuthError::Resolver(e.to_string()))?;
+        Ok(Dns {
+            resolver,
+            cache: TxtCache::default(),
+            timeout,
+        })
+    }
+}
+
+/// A bounded TXT cache honouring the records' TTLs.
+#[derive(Default)]
+pub(crate) struct TxtCache {
+    entries: Mutex<HashMap<Box<str>, (Txt, Instant)>>,
+}
+
+impl TxtCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, (Txt, Instant)>> {
+        // A panic elsewhere while holding the lock leaves a usable map.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ResolverCache<Box<str>, Txt> for TxtCache {
+    fn get<Q>(&self, name: &Q) -> Option<Txt>
+    where
+        Box<str>: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let mut entries = self.lock();
+        match entries.get(name) {
+            Some((value, expires)) if *expires > Instant::now() => Some(value.clone()),
+            Some(_) => {
+                entries.remove(name);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remove<Q>(&self, name: &Q) -> Option<Txt>
+    where
+        Box<str>: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.lock().remove(name).map(|(value, _)| value)
+    }
+
+    fn insert(&self, key: Box<str>, value: Txt, valid_until: Instant) {
+        let valid_until = if matches!(value, Txt::Error(_)) {
+            valid_until.min(Instant::now() + MAX_ERROR_TTL)
+        } else {
+            valid_until
+        };
+        let mut entries = self.lock();
+        if entries.len() >= CACHE_CAPACITY {
+            let now = Instant::now();
+            entries.retain(|_, (_, expires)| *expires > now);
+            if entries.len() >= CACHE_CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(key, (value, valid_until));
+    }
+}
