@@ -348,7 +348,9 @@ fn cmd_process(args: &Args, env: &Env, raw: Vec<u8>, io: &mut Io) -> Result<i32,
     } else {
         let prover = match &env.prover {
             Some(p) => p.clone(),
-            None => Arc::new(crate::proof::Prover::new(&env.cfg).map_err(|e| CliError::new(EX_CONFIG, e))?),
+            None => Arc::new(
+                crate::proof::Prover::new(&env.cfg).map_err(|e| CliError::new(EX_CONFIG, e))?,
+            ),
         };
         let proof = block_on(prover.prove(&raw, &crate::proof::Facts::default()))?;
         io.errln(format!("Authentication-Results: {}", proof.results));

@@ -53,7 +53,12 @@ pub fn auth_config(cfg: &Config) -> Result<crate::auth::AuthConfig, String> {
         smime_trust_anchors: cfg.smime.trust_anchors.clone(),
         pgp_keyring: cfg.pgp.keyring.clone(),
         trusted_authserv_ids: cfg.policy.trusted_authserv_ids.clone(),
-        trusted_relays: cfg.policy.trusted_relays.iter().filter_map(|s| s.parse().ok()).collect(),
+        trusted_relays: cfg
+            .policy
+            .trusted_relays
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect(),
         trust_authenticated_submission: cfg.policy.trust_authenticated_submission,
         dns_timeout: std::time::Duration::from_secs(cfg.dns.timeout_secs.unwrap_or(5).clamp(1, 60)),
     })
@@ -82,7 +87,10 @@ impl Prover {
             from: v.from.clone().map(|f| crate::ical::norm_addr(&f)),
             results: v.header_value.clone(),
             remove_results: v.remove_headers.clone(),
-            inner: v.inner.as_deref().and_then(|inner| splice_opaque(raw, inner)),
+            inner: v
+                .inner
+                .as_deref()
+                .and_then(|inner| splice_opaque(raw, inner)),
             ..Default::default()
         };
         for p in &v.proofs {
@@ -95,7 +103,9 @@ impl Prover {
                 }
                 Some(limit) => {
                     // DKIM l=: only what lies inside the signed body counts.
-                    if v.proofs.iter().any(|q| q.body_limit.is_none() && crate::ical::norm_addr(&q.address) == addr) {
+                    if v.proofs.iter().any(|q| {
+                        q.body_limit.is_none() && crate::ical::norm_addr(&q.address) == addr
+                    }) {
                         continue;
                     }
                     let body_start = body_offset(raw);
@@ -115,7 +125,10 @@ impl Prover {
 /// verified inner entity, so that extract sees one ordinary message. None for other messages
 /// (a detached signature leaves the calendar readable where it is).
 pub fn splice_opaque(outer: &[u8], inner: &[u8]) -> Option<Vec<u8>> {
-    let ct = header_values(outer, "Content-Type").into_iter().next()?.to_ascii_lowercase();
+    let ct = header_values(outer, "Content-Type")
+        .into_iter()
+        .next()?
+        .to_ascii_lowercase();
     let ct = ct.trim();
     if !(ct.starts_with("application/pkcs7-mime") || ct.starts_with("application/x-pkcs7-mime")) {
         return None;

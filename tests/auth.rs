@@ -10,13 +10,15 @@
 //!   pip install dkimpy pynacl
 //! (the build itself needs libclang-dev, libssl-dev and pkg-config for Sequoia and OpenSSL).
 
-mod common;
+mod signers;
 
 use std::net::{IpAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::{config, crlf, keyring, smime_sign, sq_key, sq_sign_detached, Ca, DkimKey, Dns, Leaf};
 use imipd::auth::{AuthConfig, AuthError, Authenticator, ProofMethod, TransportFacts};
+use signers::{
+    config, crlf, keyring, smime_sign, sq_key, sq_sign_detached, Ca, DkimKey, Dns, Leaf,
+};
 use tempfile::TempDir;
 
 const DKIM_TOOLS: &[&str] = &["dnsmasq", "dkimpy", "openssl", "python3", "base64"];
@@ -73,7 +75,7 @@ async fn verify(cfg: &AuthConfig, raw: &[u8]) -> imipd::auth::AuthVerdict {
 /// RFC 6376 §6.1 with rsa-sha256: a valid signature by the From domain proves From.
 #[tokio::test]
 async fn dkim_rsa_signature_by_from_domain_proves_from() {
-    if !common::tools_present("dkim_rsa", DKIM_TOOLS) {
+    if !signers::tools_present("dkim_rsa", DKIM_TOOLS) {
         return;
     }
     let dir = TempDir::new().expect("tempdir");
@@ -107,7 +109,7 @@ async fn dkim_rsa_signature_by_from_domain_proves_from() {
 /// RFC 8463: ed25519-sha256 signatures verify too.
 #[tokio::test]
 async fn dkim_ed25519_signature_proves_from() {
-    if !common::tools_present("dkim_ed25519", DKIM_TOOLS) {
+    if !signers::tools_present("dkim_ed25519", DKIM_TOOLS) {
         return;
     }
     let dir = TempDir::new().expect("tempdir");
@@ -130,7 +132,7 @@ async fn dkim_ed25519_signature_proves_from() {
 /// RFC 6376 §3.7: a changed body no longer matches bh=.
 #[tokio::test]
 async fn dkim_changed_body_fails() {
-    if !common::tools_present("dkim_changed_body", DKIM_TOOLS) {
+    if !signers::tools_present("dkim_changed_body", DKIM_TOOLS) {
         return;
     }
     let dir = TempDir::new().expect("tempdir");
@@ -153,7 +155,7 @@ async fn dkim_changed_body_fails() {
 /// RFC 6376 §3.7: a changed signed header breaks the signature.
 #[tokio::test]
 async fn dkim_changed_signed_header_fails() {
-    if !common::tools_present("dkim_changed_header", DKIM_TOOLS) {
+    if !signers::tools_present("dkim_changed_header", DKIM_TOOLS) {
         return;
     }
     let dir = TempDir::new().expect("tempdir");
@@ -173,7 +175,7 @@ async fn dkim_changed_signed_header_fails() {
 /// RFC 7489 §3.1.1: a valid signature by an unrelated domain proves nothing about From.
 #[tokio::test]
 async fn dkim_valid_but_unaligned_signature_proves_nothing() {
-    if !common::tools_present("dkim_unaligned", DKIM_TOOLS) {
+    if !signers::tools_present("dkim_unaligned", DKIM_TOOLS) {
         return;
     }
     let dir = TempDir::new().expect("tempdir");
@@ -197,7 +199,7 @@ async fn dkim_valid_but_unaligned_signature_proves_nothing() {
 /// example.com (say, the organizer's forwarding host) does not prove the attendee.
 #[tokio::test]
 async fn reply_from_one_domain_signed_by_another_is_not_proven() {
-    if !common::tools_present("dkim_reply_other_domain", DKIM_TOOLS) {
+    if !signers::tools_present("dkim_reply_other_domain", DKIM_TOOLS) {
         return;
     }
     let dir = TempDir::new().expect("tempdir");
@@ -215,7 +217,7 @@ async fn reply_from_one_domain_signed_by_another_is_not_proven() {
 /// RFC 7489 §6.3 `adkim=s`: the parent domain's signature no longer aligns; relaxed it does.
 #[tokio::test]
 async fn dkim_strict_dmarc_alignment_requires_exact_domain() {
-    if !common::tools_present("dkim_strict_alignment", DKIM_TOOLS) {
+    if !signers::tools_present("dkim_strict_alignment", DKIM_TOOLS) {
         return;
     }
     let dir = TempDir::new().expect("tempdir");
@@ -239,7 +241,7 @@ async fn dkim_strict_dmarc_alignment_requires_exact_domain() {
 /// RFC 6376 §3.5 x=: an expired signature fails.
 #[tokio::test]
 async fn dkim_expired_signature_fails() {
-    if !common::tools_present("dkim_expired", DKIM_TOOLS) {
+    if !signers::tools_present("dkim_expired", DKIM_TOOLS) {
         return;
     }
     let dir = TempDir::new().expect("tempdir");
@@ -262,7 +264,7 @@ async fn dkim_expired_signature_fails() {
 /// RFC 6376 §3.6.1: an empty p= means the key was revoked.
 #[tokio::test]
 async fn dkim_revoked_key_fails() {
-    if !common::tools_present("dkim_revoked", DKIM_TOOLS) {
+    if !signers::tools_present("dkim_revoked", DKIM_TOOLS) {
         return;
     }
     let dir = TempDir::new().expect("tempdir");
@@ -279,7 +281,7 @@ async fn dkim_revoked_key_fails() {
 /// says how much of the body it covers.
 #[tokio::test]
 async fn dkim_length_tag_with_appended_text_limits_proof() {
-    if !common::tools_present("dkim_length", DKIM_TOOLS) {
+    if !signers::tools_present("dkim_length", DKIM_TOOLS) {
         return;
     }
     let dir = TempDir::new().expect("tempdir");
@@ -300,7 +302,7 @@ async fn dkim_length_tag_with_appended_text_limits_proof() {
 /// Without any signature nothing is proven, and the header says so.
 #[tokio::test]
 async fn unsigned_message_proves_nothing() {
-    if !common::tools_present("unsigned", &["dnsmasq"]) {
+    if !signers::tools_present("unsigned", &["dnsmasq"]) {
         return;
     }
     let dns = Dns::start(&[]);
@@ -320,7 +322,7 @@ async fn unsigned_message_proves_nothing() {
 /// Every DNS lookup is bounded: a server that never answers yields temperror in time.
 #[tokio::test]
 async fn silent_dns_server_gives_temperror_within_the_timeout() {
-    if !common::tools_present("dns_timeout", DKIM_TOOLS) {
+    if !signers::tools_present("dns_timeout", DKIM_TOOLS) {
         return;
     }
     let dir = TempDir::new().expect("tempdir");
@@ -400,7 +402,7 @@ impl SmimeFixture {
 /// RFC 8551 §3.5.3 multipart/signed: a valid detached signature proves From.
 #[tokio::test]
 async fn smime_detached_signature_proves_from() {
-    if !common::tools_present("smime_detached", SMIME_TOOLS) {
+    if !signers::tools_present("smime_detached", SMIME_TOOLS) {
         return;
     }
     let fx = SmimeFixture::new();
@@ -431,7 +433,7 @@ async fn smime_detached_signature_proves_from() {
 /// RFC 8551 §3.5.2 application/pkcs7-mime signed-data: the inner entity comes back decoded.
 #[tokio::test]
 async fn smime_opaque_signature_proves_from_and_returns_inner_entity() {
-    if !common::tools_present("smime_opaque", SMIME_TOOLS) {
+    if !signers::tools_present("smime_opaque", SMIME_TOOLS) {
         return;
     }
     let fx = SmimeFixture::new();
@@ -454,7 +456,7 @@ async fn smime_opaque_signature_proves_from_and_returns_inner_entity() {
 /// A signed part changed in transit fails.
 #[tokio::test]
 async fn smime_tampered_content_fails() {
-    if !common::tools_present("smime_tampered", SMIME_TOOLS) {
+    if !signers::tools_present("smime_tampered", SMIME_TOOLS) {
         return;
     }
     let fx = SmimeFixture::new();
@@ -477,7 +479,7 @@ async fn smime_tampered_content_fails() {
 /// RFC 5280 §4.1.2.5: a certificate past its validity period fails.
 #[tokio::test]
 async fn smime_expired_certificate_fails() {
-    if !common::tools_present("smime_expired", SMIME_TOOLS) {
+    if !signers::tools_present("smime_expired", SMIME_TOOLS) {
         return;
     }
     let fx = SmimeFixture::new();
@@ -503,7 +505,7 @@ async fn smime_expired_certificate_fails() {
 /// A signer from a CA that is not a trust anchor fails.
 #[tokio::test]
 async fn smime_untrusted_ca_fails() {
-    if !common::tools_present("smime_untrusted", SMIME_TOOLS) {
+    if !signers::tools_present("smime_untrusted", SMIME_TOOLS) {
         return;
     }
     let fx = SmimeFixture::new();
@@ -531,7 +533,7 @@ async fn smime_untrusted_ca_fails() {
 /// RFC 8550 §3: a valid certificate for someone else does not prove From.
 #[tokio::test]
 async fn smime_signer_other_than_from_fails() {
-    if !common::tools_present("smime_other_signer", SMIME_TOOLS) {
+    if !signers::tools_present("smime_other_signer", SMIME_TOOLS) {
         return;
     }
     let fx = SmimeFixture::new();
@@ -553,7 +555,7 @@ async fn smime_signer_other_than_from_fails() {
 /// RFC 8550 §3: without subjectAltName, the subject's emailAddress names the signer.
 #[tokio::test]
 async fn smime_subject_email_without_san_proves_from() {
-    if !common::tools_present("smime_subject_email", SMIME_TOOLS) {
+    if !signers::tools_present("smime_subject_email", SMIME_TOOLS) {
         return;
     }
     let fx = SmimeFixture::new();
@@ -571,7 +573,7 @@ async fn smime_subject_email_without_san_proves_from() {
 /// RFC 8550 §4.4.4: a certificate whose extendedKeyUsage excludes emailProtection fails.
 #[tokio::test]
 async fn smime_certificate_without_email_protection_fails() {
-    if !common::tools_present("smime_eku", SMIME_TOOLS) {
+    if !signers::tools_present("smime_eku", SMIME_TOOLS) {
         return;
     }
     let fx = SmimeFixture::new();
@@ -617,7 +619,7 @@ fn pgp_message(dir: &std::path::Path, key: &std::path::Path, from: &str, entity:
 /// A valid signature by a keyring certificate with the From address in a user ID proves From.
 #[tokio::test]
 async fn pgp_signature_by_bound_key_proves_from() {
-    if !common::tools_present("pgp_valid", PGP_TOOLS) {
+    if !signers::tools_present("pgp_valid", PGP_TOOLS) {
         return;
     }
     let dir = TempDir::new().expect("tempdir");
@@ -643,7 +645,7 @@ async fn pgp_signature_by_bound_key_proves_from() {
 /// RFC 3156 §5: the signature covers the first part's exact bytes; changing them fails.
 #[tokio::test]
 async fn pgp_tampered_content_fails() {
-    if !common::tools_present("pgp_tampered", PGP_TOOLS) {
+    if !signers::tools_present("pgp_tampered", PGP_TOOLS) {
         return;
     }
     let dir = TempDir::new().expect("tempdir");
@@ -672,7 +674,7 @@ async fn pgp_tampered_content_fails() {
 /// A signature by a key missing from the keyring proves nothing.
 #[tokio::test]
 async fn pgp_unknown_key_fails() {
-    if !common::tools_present("pgp_unknown", PGP_TOOLS) {
+    if !signers::tools_present("pgp_unknown", PGP_TOOLS) {
         return;
     }
     let dir = TempDir::new().expect("tempdir");
@@ -706,7 +708,7 @@ async fn pgp_unknown_key_fails() {
 /// A good signature by a key whose user IDs do not name the From address proves nothing.
 #[tokio::test]
 async fn pgp_signer_without_from_user_id_fails() {
-    if !common::tools_present("pgp_wrong_signer", PGP_TOOLS) {
+    if !signers::tools_present("pgp_wrong_signer", PGP_TOOLS) {
         return;
     }
     let dir = TempDir::new().expect("tempdir");
@@ -737,7 +739,7 @@ async fn pgp_signer_without_from_user_id_fails() {
 /// Authenticated submission proves From only when the operator turned it on.
 #[tokio::test]
 async fn authenticated_submission_is_trusted_only_when_configured() {
-    if !common::tools_present("auth_submission", &["dnsmasq"]) {
+    if !signers::tools_present("auth_submission", &["dnsmasq"]) {
         return;
     }
     let dns = Dns::start(&[]);
@@ -768,7 +770,7 @@ async fn authenticated_submission_is_trusted_only_when_configured() {
 /// A message from a configured trusted relay proves its From; other clients do not.
 #[tokio::test]
 async fn trusted_relay_proves_from() {
-    if !common::tools_present("trusted_relay", &["dnsmasq"]) {
+    if !signers::tools_present("trusted_relay", &["dnsmasq"]) {
         return;
     }
     let dns = Dns::start(&[]);
@@ -799,7 +801,7 @@ async fn trusted_relay_proves_from() {
 /// claiming our own authserv-id, are listed for removal and ignored.
 #[tokio::test]
 async fn trusted_upstream_results_prove_from_and_others_are_removed() {
-    if !common::tools_present("trusted_upstream", &["dnsmasq"]) {
+    if !signers::tools_present("trusted_upstream", &["dnsmasq"]) {
         return;
     }
     let dns = Dns::start(&[]);
@@ -844,7 +846,7 @@ async fn trusted_upstream_results_prove_from_and_others_are_removed() {
 /// RFC 5322 §3.6.2: no From, several From addresses, or no message at all: no proof, a reason.
 #[tokio::test]
 async fn missing_or_multiple_from_and_garbage_prove_nothing() {
-    if !common::tools_present("bad_from", &["dnsmasq"]) {
+    if !signers::tools_present("bad_from", &["dnsmasq"]) {
         return;
     }
     let dns = Dns::start(&[]);
@@ -925,7 +927,7 @@ fn bad_trust_files_are_named_in_errors() {
 /// Truncated or cut signed messages never panic and never prove anything they should not.
 #[tokio::test]
 async fn truncated_signed_messages_never_panic() {
-    if !common::tools_present("truncated", &["dnsmasq", "openssl", "sq"]) {
+    if !signers::tools_present("truncated", &["dnsmasq", "openssl", "sq"]) {
         return;
     }
     let fx = SmimeFixture::new();

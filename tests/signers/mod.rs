@@ -280,7 +280,7 @@ impl DkimKey {
 }
 
 fn helper() -> String {
-    format!("{}/tests/common/dkim_sign.py", env!("CARGO_MANIFEST_DIR"))
+    format!("{}/tests/signers/dkim_sign.py", env!("CARGO_MANIFEST_DIR"))
 }
 
 // ---------------------------------------------------------------------------------------------
