@@ -558,8 +558,20 @@ pub fn run(args: &Args) -> Result<i32, CliError> {
         let p = std::path::PathBuf::from(crate::cli::DEFAULT_CONFIG);
         p.exists().then_some(p)
     });
-    let store: Arc<dyn Store> =
+    let mut store: Arc<dyn Store> =
         Arc::new(Sled::open(&cfg.data_dir).map_err(|e| CliError::new(EX_TEMPFAIL, e.to_string()))?);
+    if let Some(n) = std::env::var("IMIPD_TEST_STORE_FAILURES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        log(format!(
+            "IMIPD_TEST_STORE_FAILURES={n}: the first {n} store commits will fail"
+        ));
+        store = Arc::new(crate::store::Faulty {
+            inner: store,
+            remaining: AtomicUsize::new(n),
+        });
+    }
     let data_dir = cfg.data_dir.clone();
     let state =
         Core::build_state(store.clone(), cfg.clone()).map_err(|e| CliError::new(EX_CONFIG, e))?;

@@ -156,3 +156,53 @@ pub fn objects_to_ical(objs: &[StoredObject]) -> String {
     }
     cal.to_ical()
 }
+
+/// A store whose first `n` commits fail, for exercising the tempfail path end to end (set by
+/// the `IMIPD_TEST_STORE_FAILURES` environment variable; never set in production).
+pub struct Faulty {
+    pub inner: std::sync::Arc<dyn Store>,
+    pub remaining: std::sync::atomic::AtomicUsize,
+}
+
+impl Faulty {
+    fn fail(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let n = self.remaining.load(Ordering::SeqCst);
+        if n > 0
+            && self
+                .remaining
+                .compare_exchange(n, n - 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            return Err(StoreError::Io(
+                "injected store failure (IMIPD_TEST_STORE_FAILURES)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Store for Faulty {
+    fn get(&self, user: &str, uid: &str) -> Result<Option<StoredObject>> {
+        self.inner.get(user, uid)
+    }
+    fn list(&self, user: &str) -> Result<Vec<StoredObject>> {
+        self.inner.list(user)
+    }
+    fn commit(&self, c: &Commit) -> Result<()> {
+        self.fail()?;
+        self.inner.commit(c)
+    }
+    fn is_processed(&self, user: &str, key: &str) -> Result<bool> {
+        self.inner.is_processed(user, key)
+    }
+    fn busy(&self, user: &str, from: i64, to: i64) -> Result<Vec<Busy>> {
+        self.inner.busy(user, from, to)
+    }
+    fn journal(&self, limit: usize) -> Result<Vec<JournalEntry>> {
+        self.inner.journal(limit)
+    }
+    fn flush(&self) -> Result<()> {
+        self.inner.flush()
+    }
+}

@@ -1,0 +1,374 @@
+//! A private Postfix on loopback and a running `imipd` daemon, for end-to-end tests.
+//!
+//! Postfix gets its own config, queue and data directories under a temporary directory, chroot
+//! off, every DNS lookup off, and `error:` for every outbound transport; it runs as root and is
+//! stopped when the fixture is dropped. Tests skip (with a notice) where Postfix or root is not
+//! available.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn have(test: &str, tools: &[&str]) -> bool {
+    for t in tools {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
+            .unwrap_or(false)
+            || Path::new("/usr/sbin").join(t).is_file();
+        if !found {
+            eprintln!("NOTICE: skipping {test}: {t} is not installed");
+            return false;
+        }
+    }
+    // SAFETY-free check of the effective uid through /proc.
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.to_string())
+        })
+        .and_then(|l| l.split_whitespace().nth(2).map(str::to_string));
+    if tools.contains(&"postfix") && uid.as_deref() != Some("0") {
+        eprintln!("NOTICE: skipping {test}: a private Postfix needs root");
+        return false;
+    }
+    true
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running `imipd run`.
+pub struct Imipd {
+    child: Child,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub milter_port: Option<u16>,
+    pub lmtp_port: Option<u16>,
+    stderr_log: PathBuf,
+}
+
+fn port_of(addr: &str) -> Option<u16> {
+    addr.rsplit(':').next()?.parse().ok()
+}
+
+impl Imipd {
+    /// Starts imipd with `config` (TOML; `data_dir` is added) and the given environment.
+    pub fn start(dir: &Path, config: &str, env: &[(&str, &str)]) -> Imipd {
+        std::fs::create_dir_all(dir).expect("dir");
+        let cfg_path = dir.join("imipd.toml");
+        std::fs::write(
+            &cfg_path,
+            format!("data_dir = \"{}\"\n{config}", dir.join("data").display()),
+        )
+        .expect("config");
+        let stderr_log = dir.join("imipd.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_imipd"));
+        cmd.arg("--config").arg(&cfg_path).arg("run");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_log).expect("log"))
+            .spawn()
+            .expect("start imipd");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut milter_port = None;
+        let mut lmtp_port = None;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.expect("read");
+            let v: serde_json::Value = serde_json::from_str(&line).expect("json line");
+            let addr = v["address"].as_str().unwrap_or("");
+            match v["listening"].as_str() {
+                Some("milter") => milter_port = port_of(addr),
+                Some("lmtp") => lmtp_port = port_of(addr),
+                Some("control") => break,
+                _ => {}
+            }
+        }
+        Imipd {
+            child,
+            dir: dir.to_path_buf(),
+            config: cfg_path,
+            milter_port,
+            lmtp_port,
+            stderr_log,
+        }
+    }
+
+    /// Runs an admin command (through the control socket while the daemon runs).
+    pub fn cli(&self, args: &[&str]) -> (String, String, i32) {
+        let out = Command::new(env!("CARGO_BIN_EXE_imipd"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("imipd cli");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            out.status.code().unwrap_or(-1),
+        )
+    }
+
+    pub fn export(&self, user: &str) -> String {
+        self.cli(&["export", "--user", user]).0
+    }
+
+    pub fn import(&self, user: &str, ics: &str) {
+        let p = self.dir.join(format!(
+            "import-{}.ics",
+            Instant::now().elapsed().as_nanos()
+        ));
+        std::fs::write(&p, ics).expect("ics");
+        let (_, err, code) = self.cli(&["import", "--user", user, p.to_str().expect("path")]);
+        assert_eq!(code, 0, "import: {err}");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait; returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        None
+    }
+}
+
+impl Drop for Imipd {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A private Postfix instance.
+pub struct Postfix {
+    pub dir: PathBuf,
+    pub smtp_port: u16,
+}
+
+pub struct PostfixOptions<'a> {
+    pub milter_port: Option<u16>,
+    /// Where `virtual_transport` delivers: the LMTP port.
+    pub lmtp_port: Option<u16>,
+    pub virtual_domains: &'a [&'a str],
+}
+
+const MASTER_CF: &str = "\
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+lmtp      unix  -       -       n       -       -       lmtp
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+";
+
+impl Postfix {
+    pub fn start(dir: &Path, o: &PostfixOptions<'_>) -> Postfix {
+        let etc = dir.join("etc");
+        let queue = dir.join("queue");
+        let data = dir.join("data");
+        for d in [&etc, &queue, &data] {
+            std::fs::create_dir_all(d).expect("postfix dirs");
+        }
+        // Postfix's users must reach the directories.
+        let mut p = Some(dir);
+        while let Some(d) = p {
+            if d == Path::new("/") {
+                break;
+            }
+            let _ = Command::new("chmod").arg("o+x").arg(d).status();
+            p = d.parent();
+        }
+        let _ = Command::new("chmod").arg("755").arg(dir).status();
+        let _ = Command::new("chown")
+            .arg("postfix:postfix")
+            .arg(&data)
+            .status();
+        let smtp_port = free_port();
+        let mut main = format!(
+            "compatibility_level = 3.6\nqueue_directory = {q}\ndata_directory = {d}\nmail_owner = postfix\n\
+             setgid_group = postdrop\nmyhostname = mx.example.org\nmydomain = example.org\nmydestination =\n\
+             inet_interfaces = 127.0.0.1\ninet_protocols = ipv4\nmynetworks = 127.0.0.0/8\n\
+             smtpd_peername_lookup = no\nsmtp_dns_support_level = disabled\n\
+             default_transport = error:no outbound mail in tests\nrelay_transport = error:no outbound mail in tests\n\
+             local_transport = error:no local mail in tests\nalias_maps =\nalias_database =\nlocal_recipient_maps =\n\
+             smtpd_recipient_restrictions = permit_mynetworks, reject\nmaillog_file = {dir}/maillog\n\
+             maillog_file_prefixes = {dir}\nbiff = no\nsmtputf8_enable = no\n\
+             minimal_backoff_time = 1s\nmaximal_backoff_time = 2s\nqueue_run_delay = 1s\n\
+             milter_default_action = tempfail\nlmtp_connection_cache_on_demand = no\n",
+            q = queue.display(),
+            d = data.display(),
+            dir = dir.display()
+        );
+        main.push_str(&format!(
+            "virtual_mailbox_domains = {}\n",
+            o.virtual_domains.join(" ")
+        ));
+        match o.lmtp_port {
+            Some(p) => main.push_str(&format!("virtual_transport = lmtp:inet:127.0.0.1:{p}\n")),
+            None => main.push_str("virtual_transport = error:no delivery configured\n"),
+        }
+        if let Some(p) = o.milter_port {
+            main.push_str(&format!("smtpd_milters = inet:127.0.0.1:{p}\n"));
+        }
+        std::fs::write(etc.join("main.cf"), main).expect("main.cf");
+        std::fs::write(
+            etc.join("master.cf"),
+            format!("127.0.0.1:{smtp_port} inet n - n - - smtpd\n{MASTER_CF}"),
+        )
+        .expect("master.cf");
+        let c = etc.display().to_string();
+        let st = Command::new("postfix")
+            .args(["-c", &c, "check"])
+            .status()
+            .expect("postfix check");
+        assert!(st.success(), "postfix check failed");
+        let st = Command::new("postfix")
+            .args(["-c", &c, "start"])
+            .status()
+            .expect("postfix start");
+        assert!(
+            st.success(),
+            "postfix start failed: {}",
+            std::fs::read_to_string(dir.join("maillog")).unwrap_or_default()
+        );
+        let pf = Postfix {
+            dir: dir.to_path_buf(),
+            smtp_port,
+        };
+        // Wait until smtpd answers.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", smtp_port)).is_err() {
+            assert!(Instant::now() < deadline, "postfix did not start listening");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        pf
+    }
+
+    /// Injects a message with swaks; returns swaks' output and whether it was queued.
+    pub fn send(&self, from: &str, to: &[&str], data: &[u8]) -> (String, bool) {
+        let file = self.dir.join(format!(
+            "msg-{}.eml",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        std::fs::write(&file, data).expect("message");
+        let out = Command::new("swaks")
+            .args([
+                "--server",
+                &format!("127.0.0.1:{}", self.smtp_port),
+                "--from",
+                from,
+                "--to",
+                &to.join(","),
+                "--data",
+            ])
+            .arg(&file)
+            .args(["--timeout", "60"])
+            .output()
+            .expect("swaks");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        let queued = text.contains("250 2.0.0 Ok: queued");
+        (text, queued)
+    }
+
+    pub fn maillog(&self) -> String {
+        std::fs::read_to_string(self.dir.join("maillog")).unwrap_or_default()
+    }
+
+    /// Waits until the mail log contains `needle` `count` times.
+    pub fn wait_log(&self, needle: &str, count: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.maillog().matches(needle).count() >= count {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let c = self.dir.join("etc").display().to_string();
+        let _ = Command::new("postfix")
+            .args(["-c", &c, "abort"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Files delivered into a Maildir's new/.
+pub fn maildir_messages(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join("new"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Waits for `n` messages in a Maildir.
+pub fn wait_maildir(dir: &Path, n: usize, timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let m = maildir_messages(dir);
+        if m.len() >= n || Instant::now() > deadline {
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
