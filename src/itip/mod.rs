@@ -438,6 +438,16 @@ pub fn decide(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> D
             component: inc.kind.clone(),
         });
     }
+    if matches!(
+        inc.method,
+        Method::Publish | Method::Request | Method::Add | Method::Cancel
+    ) {
+        for c in &inc.components {
+            if let Err(why) = crate::ical::time::check_recurrence(c) {
+                return Decision::Rejected(Reason::RecurrenceTooComplex(why));
+            }
+        }
+    }
     if let Some(s) = stored {
         if s.kind != inc.kind && !s.kind.is_empty() {
             return Decision::Rejected(Reason::ComponentChanged {
