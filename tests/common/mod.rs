@@ -27,6 +27,17 @@ pub struct Run {
     pub stdout: String,
     pub stderr: String,
     pub elapsed: Duration,
+    /// Peak resident set size seen while it ran (VmHWM, kB; 0 where /proc is unavailable).
+    pub peak_kb: u64,
+}
+
+/// VmHWM of a running process, in kB.
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// Runs the binary with `args`, feeding `stdin`; kills it and fails the test after `limit`.
@@ -54,7 +65,11 @@ pub fn run_limited(args: &[&str], stdin: Option<&[u8]>, limit: Duration) -> Run 
     let err_pipe = child.stderr.take().expect("stderr");
     let out_t = std::thread::spawn(move || read_all(out_pipe));
     let err_t = std::thread::spawn(move || read_all(err_pipe));
+    let mut peak_kb = 0u64;
     let status = loop {
+        if let Some(kb) = peak_rss_kb(child.id()) {
+            peak_kb = peak_kb.max(kb);
+        }
         if let Some(st) = child.try_wait().expect("wait") {
             break st;
         }
@@ -79,6 +94,7 @@ pub fn run_limited(args: &[&str], stdin: Option<&[u8]>, limit: Duration) -> Run 
         stdout,
         stderr,
         elapsed,
+        peak_kb,
     }
 }
 
