@@ -103,7 +103,12 @@ impl TzMap {
         for tz in timezones {
             if let Some(id) = tz.value("TZID") {
                 let id = id.trim().trim_matches('"').to_string();
-                let resolved = resolve_by_name(&id).or_else(|| resolve_by_vtimezone(tz));
+                // A display name such as "(GMT-08.00) Pacific Time" only yields a fixed offset;
+                // the VTIMEZONE's own hints and rules know about daylight saving time.
+                let resolved = match resolve_by_name(&id) {
+                    Some(zone) if !is_fixed_offset(zone) => Some(zone),
+                    fixed => resolve_by_vtimezone(tz).or(fixed),
+                };
                 map.insert(id, resolved);
             }
         }
@@ -133,6 +138,11 @@ impl TzMap {
             None => Some(dv.naive.and_utc().timestamp()),
         }
     }
+}
+
+/// Whether `zone` is one of the `Etc/` fixed-offset zones (no daylight saving time).
+fn is_fixed_offset(zone: chrono_tz::Tz) -> bool {
+    zone.name().starts_with("Etc/")
 }
 
 fn resolve_by_name(name: &str) -> Option<chrono_tz::Tz> {
@@ -507,6 +517,25 @@ mod tests {
             "{starts:?}"
         );
         assert!(starts.iter().any(|s| s == "20260105T000000Z"), "{starts:?}");
+    }
+
+    #[test]
+    fn cdo_display_name_uses_the_vtimezone_rules() {
+        let cal = super::super::parse("BEGIN:VCALENDAR\r\nBEGIN:VTIMEZONE\r\nTZID:(GMT-08.00) Pacific Time (US & Canada)/Tijuana\r\nBEGIN:STANDARD\r\nDTSTART:16010101T020000\r\nTZOFFSETFROM:-0700\r\nTZOFFSETTO:-0800\r\nRRULE:FREQ=YEARLY;BYMONTH=10;BYDAY=-1SU\r\nEND:STANDARD\r\nBEGIN:DAYLIGHT\r\nDTSTART:16010101T020000\r\nTZOFFSETFROM:-0800\r\nTZOFFSETTO:-0700\r\nRRULE:FREQ=YEARLY;BYMONTH=4;BYDAY=1SU\r\nEND:DAYLIGHT\r\nEND:VTIMEZONE\r\nEND:VCALENDAR\r\n").unwrap();
+        let m = TzMap::new(&[&cal[0].subs[0]]);
+        let p = super::super::Prop {
+            name: "DTSTART".into(),
+            params: vec![super::super::Param {
+                name: "TZID".into(),
+                values: vec!["(GMT-08.00) Pacific Time (US & Canada)/Tijuana".into()],
+            }],
+            value: "20050519T170000".into(),
+        };
+        // 17:00 PDT is midnight UTC.
+        assert_eq!(
+            m.prop_utc(&p).map(format_utc).as_deref(),
+            Some("20050520T000000Z")
+        );
     }
 
     #[test]
