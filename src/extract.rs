@@ -212,6 +212,16 @@ pub fn extract(raw: &[u8]) -> Extracted {
     for part in parts {
         objects_of_part(&part, &mut ex, &mut seen);
     }
+    // The same broken object in two parts (inline copy + attachment) is one refusal.
+    let mut seen_refusals = std::collections::HashSet::new();
+    ex.refused.retain(|r| {
+        seen_refusals.insert((
+            r.method.clone(),
+            r.component.clone(),
+            r.uid.clone(),
+            r.reason.clone(),
+        ))
+    });
     ex
 }
 
