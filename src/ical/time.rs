@@ -450,8 +450,133 @@ pub fn expand(components: &[&Component], tzmap: &TzMap, limit: usize) -> Vec<Occ
             component: idx,
         });
     }
+    add_unsynchronized_dtstart(components, tzmap, &mut out);
     out.sort_by_key(|o| (o.start, o.component));
     out
+}
+
+/// RFC 5545 3.8.5.3: DTSTART is always the first instance of the recurrence set, even when the
+/// rule does not produce it (OBM's yearly October rule starting in January), and with COUNT it
+/// counts as one of them. calcard leaves such a DTSTART out; put it back.
+fn add_unsynchronized_dtstart(components: &[&Component], tzmap: &TzMap, out: &mut Vec<Occurrence>) {
+    for (idx, comp) in components.iter().enumerate() {
+        let Some(rule) = comp.prop("RRULE") else {
+            continue;
+        };
+        if comp.prop("RECURRENCE-ID").is_some() || check_rrule(&rule.value).is_err() {
+            continue;
+        }
+        let Some(dtstart) = comp.prop("DTSTART") else {
+            continue;
+        };
+        let Some(start) = tzmap.prop_utc(dtstart) else {
+            continue;
+        };
+        if out.iter().any(|o| o.component == idx && o.start == start) {
+            continue;
+        }
+        let at_start = |p: &super::Prop| {
+            p.value.split(',').any(|v| {
+                let mut one = p.clone();
+                one.value = v.to_string();
+                tzmap.prop_utc(&one) == Some(start)
+            })
+        };
+        let excluded = comp.props_named("EXDATE").any(at_start);
+        let overridden = components
+            .iter()
+            .filter_map(|c| c.prop("RECURRENCE-ID"))
+            .any(at_start);
+        if excluded || overridden {
+            continue;
+        }
+        let end = comp
+            .prop("DTEND")
+            .or_else(|| comp.prop("DUE"))
+            .and_then(|p| tzmap.prop_utc(p))
+            .or_else(|| {
+                comp.value("DURATION")
+                    .and_then(parse_duration)
+                    .map(|d| start + d)
+            })
+            .unwrap_or_else(|| {
+                let is_date = parse_date_value(&dtstart.value).is_some_and(|d| d.is_date);
+                if is_date {
+                    start + 86_400
+                } else {
+                    start
+                }
+            })
+            .max(start);
+        let has_count = rule.value.split(';').any(|kv| {
+            kv.split('=')
+                .next()
+                .is_some_and(|k| k.trim().eq_ignore_ascii_case("COUNT"))
+        });
+        if has_count {
+            // DTSTART is one of the COUNT instances: the rule's last one goes.
+            if let Some(last) = out
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| o.component == idx)
+                .max_by_key(|(_, o)| o.start)
+                .map(|(i, _)| i)
+            {
+                out.remove(last);
+            }
+        }
+        out.push(Occurrence {
+            start,
+            end,
+            component: idx,
+        });
+    }
+}
+
+/// Parses an RFC 5545 DURATION (`P1W`, `-PT15M`, `P1DT2H`) into seconds.
+pub fn parse_duration(v: &str) -> Option<i64> {
+    let v = v.trim();
+    let (sign, rest) = match v.as_bytes().first()? {
+        b'-' => (-1, &v[1..]),
+        b'+' => (1, &v[1..]),
+        _ => (1, v),
+    };
+    let rest = rest.strip_prefix(['P', 'p'])?;
+    let mut total: i64 = 0;
+    let mut num: i64 = 0;
+    let mut digits = false;
+    let mut in_time = false;
+    for ch in rest.chars() {
+        match ch.to_ascii_uppercase() {
+            'T' => in_time = true,
+            d @ '0'..='9' => {
+                num = num
+                    .checked_mul(10)?
+                    .checked_add(i64::from(d as u8 - b'0'))?;
+                digits = true;
+            }
+            unit => {
+                if !digits {
+                    return None;
+                }
+                let secs = match (unit, in_time) {
+                    ('W', false) => 604_800,
+                    ('D', false) => 86_400,
+                    ('H', true) => 3_600,
+                    ('M', true) => 60,
+                    ('S', true) => 1,
+                    _ => return None,
+                };
+                total = total.checked_add(num.checked_mul(secs)?)?;
+                num = 0;
+                digits = false;
+            }
+        }
+    }
+    if digits {
+        return None;
+    }
+    Some(sign * total)
 }
 
 #[cfg(test)]
@@ -535,6 +660,35 @@ mod tests {
         assert_eq!(
             m.prop_utc(&p).map(format_utc).as_deref(),
             Some("20050520T000000Z")
+        );
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("PT1H30M"), Some(5400));
+        assert_eq!(parse_duration("-PT15M"), Some(-900));
+        assert_eq!(parse_duration("P1W"), Some(604_800));
+        assert_eq!(parse_duration("P1DT1S"), Some(86_401));
+        assert_eq!(parse_duration("PT"), Some(0));
+        assert_eq!(parse_duration("P1H"), None);
+        assert_eq!(parse_duration("1D"), None);
+    }
+
+    #[test]
+    fn unsynchronized_dtstart_is_the_first_instance() {
+        let cal = super::super::parse("BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:x\r\nDTSTART:20260303T090000Z\r\nDURATION:PT1H\r\nRRULE:FREQ=WEEKLY;BYDAY=MO;COUNT=3\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n").unwrap();
+        let occ = expand(&[&cal[0].subs[0]], &TzMap::default(), 100);
+        let got: Vec<(String, i64)> = occ
+            .iter()
+            .map(|o| (format_utc(o.start), o.end - o.start))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("20260303T090000Z".to_string(), 3600),
+                ("20260309T090000Z".to_string(), 3600),
+                ("20260316T090000Z".to_string(), 3600)
+            ]
         );
     }
 
