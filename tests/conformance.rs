@@ -1638,3 +1638,92 @@ fn user_addresses_accept_mailto_form() {
     let r = env.export_run("mailto:BOB@example.org", Some("mt-1"));
     assert_eq!(r.code, 0, "{}", r.stderr);
 }
+
+/// RFC 5545 3.6.5 with QUIRKS 1.7: an Exchange 2003 display-name TZID with a VTIMEZONE follows
+/// the VTIMEZONE's daylight saving rules, not the fixed offset in its name.
+#[test]
+fn cdo_display_name_tzid_follows_vtimezone_dst() {
+    let env = Env::new();
+    let tzid = "(GMT-08.00) Pacific Time (US & Canada)/Tijuana";
+    let vtz = format!(
+        "BEGIN:VTIMEZONE\r\nTZID:{tzid}\r\nX-MICROSOFT-CDO-TZID:13\r\nBEGIN:STANDARD\r\nDTSTART:16010101T020000\r\nTZOFFSETFROM:-0700\r\nTZOFFSETTO:-0800\r\nRRULE:FREQ=YEARLY;WKST=MO;INTERVAL=1;BYMONTH=11;BYDAY=1SU\r\nEND:STANDARD\r\nBEGIN:DAYLIGHT\r\nDTSTART:16010101T020000\r\nTZOFFSETFROM:-0800\r\nTZOFFSETTO:-0700\r\nRRULE:FREQ=YEARLY;WKST=MO;INTERVAL=1;BYMONTH=3;BYDAY=2SU\r\nEND:DAYLIGHT\r\nEND:VTIMEZONE\r\n"
+    );
+    let ev = invite("tz-cdo")
+        .set(&format!("DTSTART;TZID=\"{tzid}\":20260615T170000"))
+        .set(&format!("DTEND;TZID=\"{tzid}\":20260615T180000"));
+    let msg = imip(ALICE, &[BOB], "REQUEST", &vcal_with("REQUEST", &vtz, &[ev]));
+    assert_outcome(&env.process(&msg, &[BOB]), "applied");
+    let fb = env.freebusy(BOB, "20260615T000000Z", "20260617T000000Z");
+    assert_eq!(
+        busy_periods(&fb)
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect::<Vec<_>>(),
+        vec!["20260616T000000Z/20260616T010000Z".to_string()],
+        "{fb}"
+    );
+}
+
+/// RFC 5545 3.8.5.3 and 3.3.10: DTSTART is always the first instance, even when the RRULE does
+/// not produce it, and counts towards COUNT.
+#[test]
+fn unsynchronized_dtstart_is_the_first_instance() {
+    let env = Env::new();
+    // Tuesday 2026-03-03, then Mondays: three instances in all.
+    let ev = invite("dtstart-1")
+        .set("DTSTART:20260303T090000Z")
+        .set("DTEND:20260303T100000Z")
+        .add("RRULE:FREQ=WEEKLY;BYDAY=MO;COUNT=3");
+    env.import(BOB, &vcal("", &[ev]));
+    let fb = env.freebusy(BOB, "20260301T000000Z", "20260401T000000Z");
+    assert_eq!(
+        busy_periods(&fb)
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect::<Vec<_>>(),
+        vec![
+            "20260303T090000Z/20260303T100000Z".to_string(),
+            "20260309T090000Z/20260309T100000Z".to_string(),
+            "20260316T090000Z/20260316T100000Z".to_string()
+        ],
+        "{fb}"
+    );
+}
+
+/// RFC 5546 3.2.2 with QUIRKS 1.8: an ORGANIZER without the mailto: scheme (iOS/Tine) still
+/// identifies the sender.
+#[test]
+fn organizer_without_mailto_scheme_is_accepted() {
+    let env = Env::new();
+    let ev = invite("nomailto-1").set(&format!("ORGANIZER;CN=Alice;EMAIL={ALICE}:{ALICE}"));
+    let msg = imip(ALICE, &[BOB], "REQUEST", &vcal("REQUEST", &[ev]));
+    assert_outcome(&env.process(&msg, &[BOB]), "applied");
+}
+
+/// RFC 5546 3.2.2.6 with QUIRKS 1.8: a REQUEST that only refreshes the attendee list (same
+/// SEQUENCE, newer DTSTAMP) keeps the attendee's VALARM and PARTSTAT.
+#[test]
+fn attendee_list_update_keeps_local_data() {
+    let env = Env::new();
+    bob_invited(&env, invite("list-1"));
+    let mine = env
+        .export(BOB, "list-1")
+        .replace(
+            "PARTSTAT=NEEDS-ACTION;RSVP=TRUE:mailto:bob",
+            "PARTSTAT=TENTATIVE:mailto:bob",
+        )
+        .replace(
+            "END:VEVENT",
+            "BEGIN:VALARM\nACTION:DISPLAY\nDESCRIPTION:mine\nTRIGGER:-PT5M\nEND:VALARM\nEND:VEVENT",
+        );
+    env.import(BOB, &mine);
+    let upd = invite("list-1")
+        .stamp("20260109T000000Z")
+        .att("dave@example.net", "NEEDS-ACTION");
+    let msg = imip(ALICE, &[BOB], "REQUEST", &vcal("REQUEST", &[upd]));
+    assert_outcome(&env.process(&msg, &[BOB]), "applied");
+    let stored = env.export(BOB, "list-1");
+    assert!(attendee_line(&stored, "dave@example.net").is_some());
+    assert_eq!(partstat(&stored, BOB).as_deref(), Some("TENTATIVE"));
+    assert!(stored.contains("DESCRIPTION:mine"));
+}
