@@ -115,6 +115,8 @@ pub struct Proposal {
     pub calendar: Component,
 }
 
+// One Decision per object and recipient, moved once: boxing the large variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     Applied {
@@ -205,11 +207,11 @@ fn domain_of(addr: &str) -> &str {
 /// for, or when the stored copy already named it: otherwise anyone could name themselves SENT-BY.
 fn authorized(prop: &Prop, stored: Option<&Prop>, proven: &[String]) -> Option<String> {
     let addr = norm_addr(&prop.value);
-    if proven.iter().any(|p| *p == addr) {
+    if proven.contains(&addr) {
         return Some(addr);
     }
     if let Some(sent_by) = prop.param("SENT-BY").map(norm_addr) {
-        if proven.iter().any(|p| *p == sent_by) {
+        if proven.contains(&sent_by) {
             let same_domain =
                 domain_of(&sent_by) == domain_of(&addr) && !domain_of(&addr).is_empty();
             let known = stored
