@@ -198,11 +198,10 @@ fn request_not_proven_without_trust_sender_is_rejected() {
 #[test]
 fn request_from_sent_by_same_domain_is_applied() {
     let env = Env::new();
-    let ev = invite("req-sb1").set(
-        "ORGANIZER;CN=Alice;SENT-BY=\"mailto:assistant@example.org\":mailto:alice@example.org",
-    );
+    let ev = invite("req-sb1")
+        .set("ORGANIZER;CN=Alice;SENT-BY=\"mailto:office@example.org\":mailto:alice@example.org");
     let msg = imip(
-        "assistant@example.org",
+        "office@example.org",
         &[BOB],
         "REQUEST",
         &vcal("REQUEST", &[ev]),
