@@ -34,6 +34,8 @@ pub struct Extracted {
 
 /// Maximum size of one calendar part after decoding.
 pub const MAX_PART: usize = 8 * 1024 * 1024;
+/// Maximum number of To/Cc recipients taken from the headers (each is a calendar to update).
+pub const MAX_RECIPIENTS: usize = 1000;
 /// Maximum number of calendar parts looked at in one message.
 pub const MAX_PARTS: usize = 32;
 
@@ -86,11 +88,18 @@ pub fn extract(raw: &[u8]) -> Extracted {
         .and_then(|a| a.address())
         .map(ical::norm_addr);
     ex.subject = msg.subject().map(str::to_string);
-    for list in [msg.to(), msg.cc()].into_iter().flatten() {
+    let mut seen_rcpt = std::collections::HashSet::new();
+    'headers: for list in [msg.to(), msg.cc()].into_iter().flatten() {
         for a in list.iter() {
+            if ex.recipients.len() >= MAX_RECIPIENTS {
+                ex.notes.push(format!(
+                    "more than {MAX_RECIPIENTS} To/Cc recipients; the rest were skipped"
+                ));
+                break 'headers;
+            }
             if let Some(addr) = a.address() {
                 let n = ical::norm_addr(addr);
-                if !n.is_empty() && !ex.recipients.contains(&n) {
+                if !n.is_empty() && seen_rcpt.insert(n.clone()) {
                     ex.recipients.push(n);
                 }
             }
@@ -203,6 +212,16 @@ pub fn extract(raw: &[u8]) -> Extracted {
     for part in parts {
         objects_of_part(&part, &mut ex, &mut seen);
     }
+    // The same broken object in two parts (inline copy + attachment) is one refusal.
+    let mut seen_refusals = std::collections::HashSet::new();
+    ex.refused.retain(|r| {
+        seen_refusals.insert((
+            r.method.clone(),
+            r.component.clone(),
+            r.uid.clone(),
+            r.reason.clone(),
+        ))
+    });
     ex
 }
 

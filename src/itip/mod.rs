@@ -117,6 +117,8 @@ pub struct Proposal {
     pub calendar: Component,
 }
 
+// One Decision per object and recipient, moved once: boxing the large variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     Applied {
@@ -207,11 +209,11 @@ fn domain_of(addr: &str) -> &str {
 /// for, or when the stored copy already named it: otherwise anyone could name themselves SENT-BY.
 fn authorized(prop: &Prop, stored: Option<&Prop>, proven: &[String]) -> Option<String> {
     let addr = norm_addr(&prop.value);
-    if proven.iter().any(|p| *p == addr) {
+    if proven.contains(&addr) {
         return Some(addr);
     }
     if let Some(sent_by) = prop.param("SENT-BY").map(norm_addr) {
-        if proven.iter().any(|p| *p == sent_by) {
+        if proven.contains(&sent_by) {
             let same_domain =
                 domain_of(&sent_by) == domain_of(&addr) && !domain_of(&addr).is_empty();
             let known = stored
@@ -439,6 +441,16 @@ pub fn decide(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> D
             method: inc.method.as_str(),
             component: inc.kind.clone(),
         });
+    }
+    if matches!(
+        inc.method,
+        Method::Publish | Method::Request | Method::Add | Method::Cancel
+    ) {
+        for c in &inc.components {
+            if let Err(why) = crate::ical::time::check_recurrence(c) {
+                return Decision::Rejected(Reason::RecurrenceTooComplex(why));
+            }
+        }
     }
     if let Some(s) = stored {
         if s.kind != inc.kind && !s.kind.is_empty() {

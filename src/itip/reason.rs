@@ -56,6 +56,8 @@ pub enum Reason {
         attendee: String,
     },
     FreeBusyNotStored(&'static str),
+    /// A recurrence rule that would make expansion balloon (DESIGN: expansion is capped).
+    RecurrenceTooComplex(String),
     /// The same message was already processed for this recipient.
     Duplicate,
     /// Site policy refused it (sender, creation rules).
@@ -115,6 +117,9 @@ impl fmt::Display for Reason {
                 "a reply from {attendee} with the same or a newer DTSTAMP was already applied"
             ),
             Reason::FreeBusyNotStored(m) => write!(f, "VFREEBUSY {m} is not stored"),
+            Reason::RecurrenceTooComplex(why) => {
+                write!(f, "recurrence refused: {why}")
+            }
             Reason::Duplicate => write!(f, "message already processed for this recipient"),
             Reason::Policy(s) => write!(f, "refused by policy: {s}"),
             Reason::NotImip(s) => write!(f, "not an iMIP message: {s}"),
