@@ -342,7 +342,7 @@ fn cmd_process(args: &Args, env: &Env, raw: Vec<u8>, io: &mut Io) -> Result<i32,
     let mut signed_prefix = None;
     let mut raw = raw;
     if args.trust_sender {
-        if let Some(f) = crate::proof::from_address(&raw) {
+        if let Some(f) = crate::extract::extract(&raw).from {
             proven.push(f);
         }
     } else {

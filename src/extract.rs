@@ -40,7 +40,7 @@ pub const MAX_RECIPIENTS: usize = 1000;
 pub const MAX_PARTS: usize = 32;
 
 /// Normalizes line ends so that a message written with bare CR (old Exchange/CDO) parses.
-fn normalize_line_ends(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+pub fn normalize_line_ends(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     if !raw.contains(&b'\r') {
         return raw.into();
     }

@@ -162,7 +162,8 @@ pub fn body_offset(raw: &[u8]) -> usize {
 
 /// The single From address of a message, normalized.
 pub fn from_address(raw: &[u8]) -> Option<String> {
-    let msg = mail_parser::MessageParser::default().parse_headers(raw)?;
+    let raw = crate::extract::normalize_line_ends(raw);
+    let msg = mail_parser::MessageParser::default().parse_headers(raw.as_ref())?;
     let from = msg.from()?;
     if from.iter().count() != 1 {
         return None;
