@@ -128,6 +128,22 @@ impl Core {
         }
     }
 
+    fn log_verdict_debug(st: &State, door: &str, v: &Verdict, proof: &Proof) {
+        if st.cfg.log.level == "debug" {
+            log(format!(
+                "{door}: msgid={} Authentication-Results: {}",
+                v.message_id.as_deref().unwrap_or("-"),
+                proof.results
+            ));
+            for n in &v.notes {
+                log(format!(
+                    "{door}: msgid={} note: {n}",
+                    v.message_id.as_deref().unwrap_or("-")
+                ));
+            }
+        }
+    }
+
     fn log_verdict(door: &str, queue_id: Option<&str>, v: &Verdict) {
         for o in &v.outcomes {
             log(format!(
@@ -274,6 +290,7 @@ impl Core {
             }
         };
         Core::log_verdict("milter", env.queue_id.as_deref(), &verdict);
+        Core::log_verdict_debug(&st, "milter", &verdict, &proof);
         self.enqueue_outgoing(&st, &verdict);
         actions
             .insert_headers
@@ -326,6 +343,7 @@ impl crate::lmtp::Deliver for LmtpDoor {
                 {
                     Ok(v) => {
                         Core::log_verdict("lmtp", None, &v);
+                        Core::log_verdict_debug(&st, "lmtp", &v, &proof);
                         core.enqueue_outgoing(&st, &v);
                         if v.had_calendar {
                             headers.push((RESULT_HEADER.into(), result_header(&v, &visible)));
