@@ -160,6 +160,24 @@ impl Core {
     }
 }
 
+/// The queue id the MTA wrote in the newest Received header ("... with ESMTP id 4Xyz...;").
+fn queue_id_from_received(raw: &[u8]) -> Option<String> {
+    let first = crate::proof::header_values(raw, "Received")
+        .into_iter()
+        .next()?;
+    let mut words = first.split_whitespace();
+    while let Some(w) = words.next() {
+        if w.eq_ignore_ascii_case("id") {
+            let id = words.next()?.trim_end_matches(';');
+            if !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Some(id.to_string());
+            }
+            return None;
+        }
+    }
+    None
+}
+
 fn strip_angle(a: &str) -> String {
     ical::norm_addr(a.trim().trim_start_matches('<').trim_end_matches('>'))
 }
@@ -332,17 +350,18 @@ impl crate::lmtp::Deliver for LmtpDoor {
         let deliver = Deliver::parse(&st.cfg.lmtp.deliver);
         let visible = visible_recipients(&t.data);
         let mut replies = Vec::with_capacity(t.rcpt_to.len());
+        let qid = queue_id_from_received(&t.data);
         for rcpt in &t.rcpt_to {
             let r = strip_angle(rcpt);
             let mut headers = vec![("Authentication-Results".to_string(), proof.results.clone())];
             if st.cfg.is_local(&r) {
                 let raw = proof.inner.clone().unwrap_or_else(|| t.data.clone());
                 match core
-                    .run_pipeline(&st, raw, vec![r.clone()], &proof, None)
+                    .run_pipeline(&st, raw, vec![r.clone()], &proof, qid.clone())
                     .await
                 {
                     Ok(v) => {
-                        Core::log_verdict("lmtp", None, &v);
+                        Core::log_verdict("lmtp", qid.as_deref(), &v);
                         Core::log_verdict_debug(&st, "lmtp", &v, &proof);
                         core.enqueue_outgoing(&st, &v);
                         if v.had_calendar {
@@ -392,7 +411,10 @@ impl crate::lmtp::Deliver for LmtpDoor {
             };
             match res {
                 Ok(where_) => {
-                    log(format!("lmtp: rcpt={r} delivered to {where_}"));
+                    log(format!(
+                        "lmtp: queue_id={} rcpt={r} delivered to {where_}",
+                        qid.as_deref().unwrap_or("-")
+                    ));
                     replies.push(Reply::new(250, "2.0.0", format!("<{r}> delivered")));
                 }
                 Err((temp, e)) => {

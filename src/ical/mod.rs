@@ -493,10 +493,9 @@ fn parse_line(line: &str) -> Option<Prop> {
 /// Normalizes a calendar-user address for comparison: without `mailto:`, lower case.
 pub fn norm_addr(value: &str) -> String {
     let v = value.trim();
-    let v = if v.len() >= 7 && v[..7].eq_ignore_ascii_case("mailto:") {
-        &v[7..]
-    } else {
-        v
+    let v = match v.get(..7) {
+        Some(p) if p.eq_ignore_ascii_case("mailto:") => &v[7..],
+        _ => v,
     };
     v.trim().to_ascii_lowercase()
 }

@@ -1,5 +1,5 @@
 //! The embedded store on sled. Trees:
-//! - `objects`: user \0 uid -> Record (JSON)
+//! - `objects`: user \0 uid -> Record (binary, see store::Record)
 //! - `busy`: user \0 start(8, order-preserving) uid \0 n(4) -> end(8) tentative(1)
 //! - `busymax`: user -> longest busy period seen (8), bounds the index scan
 //! - `processed`: user \0 message key -> time processed
@@ -89,11 +89,7 @@ impl Store for Sled {
     fn get(&self, user: &str, uid: &str) -> Result<Option<StoredObject>> {
         match self.objects.get(user_key(user, uid)).map_err(io)? {
             None => Ok(None),
-            Some(v) => {
-                let rec: Record =
-                    serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                rec.into_object(uid).map(Some)
-            }
+            Some(v) => Record::decode(&v)?.into_object(uid).map(Some),
         }
     }
 
@@ -103,108 +99,109 @@ impl Store for Sled {
         for kv in self.objects.scan_prefix(&prefix) {
             let (k, v) = kv.map_err(io)?;
             let uid = String::from_utf8_lossy(&k[prefix.len()..]).to_string();
-            let rec: Record =
-                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            out.push(rec.into_object(&uid)?);
+            out.push(Record::decode(&v)?.into_object(&uid)?);
         }
         Ok(out)
     }
 
     fn commit(&self, c: &Commit) -> Result<()> {
         let okey = user_key(c.user, c.uid);
-        let new_rec = match &c.change {
-            Change::Put(obj, busy) => Some(Record::from_object(obj, busy)),
-            Change::PutKeepBusy(obj) => Some(Record::from_object(obj, &[])),
-            _ => None,
-        };
-        let keep_busy = matches!(c.change, Change::PutKeepBusy(_));
         let journal_line =
             serde_json::to_vec(c.journal).map_err(|e| StoreError::Io(e.to_string()))?;
-        let journal_id = self.db.generate_id().map_err(io)?;
-        let proposal = c.proposal.map(|p| p.calendar.to_ical());
-        let keep = matches!(c.change, Change::Keep);
-        let res: std::result::Result<(), TransactionError<StoreError>> = (
-            &self.objects,
-            &self.busy,
-            &self.busymax,
-            &self.processed,
-            &self.journal,
-            &self.proposals,
-        )
-            .transaction(|(objects, busy, busymax, processed, journal, proposals)| {
-                if keep_busy {
-                    let Some(rec) = &new_rec else { return Ok(()) };
-                    let old_busy = match objects.get(&okey)? {
-                        Some(old) => {
-                            serde_json::from_slice::<Record>(&old)
-                                .map_err(|e| {
-                                    ConflictableTransactionError::Abort(StoreError::Corrupt(
-                                        e.to_string(),
-                                    ))
-                                })?
-                                .busy
+        let journal_id = self.db.generate_id().map_err(io)?.to_be_bytes();
+        let pkey = c.processed_key.map(|pk| user_key(c.user, pk));
+        let pval = ord_i64(c.journal.ts);
+        let abort = |e: StoreError| ConflictableTransactionError::Abort(e);
+        let res: std::result::Result<(), TransactionError<StoreError>> = match &c.change {
+            // Nothing changes but the journal (and maybe the processed marker, a proposal):
+            // only those trees take part.
+            Change::Keep => {
+                let proposal = c.proposal.map(|p| p.calendar.to_ical());
+                (&self.processed, &self.journal, &self.proposals).transaction(
+                    |(processed, journal, proposals)| {
+                        if let Some(pk) = &pkey {
+                            processed.insert(pk.as_slice(), &pval)?;
                         }
-                        None => Vec::new(),
-                    };
-                    let rec = Record {
-                        kind: rec.kind.clone(),
-                        ical: rec.ical.clone(),
-                        stamps: rec.stamps.clone(),
-                        busy: old_busy,
-                    };
-                    let bytes = serde_json::to_vec(&rec).map_err(|e| {
-                        ConflictableTransactionError::Abort(StoreError::Io(e.to_string()))
-                    })?;
-                    objects.insert(okey.as_slice(), bytes)?;
-                } else if !keep {
-                    // Drop the old busy index entries of this object.
-                    if let Some(old) = objects.get(&okey)? {
-                        let old: Record = serde_json::from_slice(&old).map_err(|e| {
-                            ConflictableTransactionError::Abort(StoreError::Corrupt(e.to_string()))
-                        })?;
-                        for (n, (s, _, _)) in old.busy.iter().enumerate() {
-                            busy.remove(busy_key(c.user, *s, c.uid, n as u32))?;
+                        journal.insert(&journal_id, journal_line.as_slice())?;
+                        if let Some(p) = &proposal {
+                            let mut k = okey.clone();
+                            k.push(0);
+                            k.extend_from_slice(&journal_id);
+                            proposals.insert(k, p.as_bytes())?;
                         }
-                    }
-                    match (&c.change, &new_rec) {
-                        (Change::Put(_, periods), Some(rec)) => {
-                            let bytes = serde_json::to_vec(rec).map_err(|e| {
-                                ConflictableTransactionError::Abort(StoreError::Io(e.to_string()))
-                            })?;
-                            objects.insert(okey.as_slice(), bytes)?;
-                            let mut longest = 0i64;
-                            for (n, b) in periods.iter().enumerate() {
-                                let mut v = Vec::with_capacity(9);
-                                v.extend_from_slice(&ord_i64(b.end));
-                                v.push(b.tentative as u8);
-                                busy.insert(busy_key(c.user, b.start, c.uid, n as u32), v)?;
-                                longest = longest.max(b.end - b.start);
-                            }
-                            let cur = busymax
-                                .get(c.user.as_bytes())?
-                                .map(|v| from_ord_i64(&v))
-                                .unwrap_or(0);
-                            if longest > cur {
-                                busymax.insert(c.user.as_bytes(), &ord_i64(longest))?;
+                        Ok(())
+                    },
+                )
+            }
+            // The object changes, its busy periods do not (a REPLY): three trees.
+            Change::PutKeepBusy(obj) => {
+                let rec = Record::from_object(obj, &[]).encode();
+                (&self.objects, &self.processed, &self.journal).transaction(
+                    |(objects, processed, journal)| {
+                        let bytes = match objects.get(&okey)? {
+                            Some(old) => Record::with_busy_of(&rec, &old).map_err(abort)?,
+                            None => rec.clone(),
+                        };
+                        objects.insert(okey.as_slice(), bytes)?;
+                        if let Some(pk) = &pkey {
+                            processed.insert(pk.as_slice(), &pval)?;
+                        }
+                        journal.insert(&journal_id, journal_line.as_slice())?;
+                        Ok(())
+                    },
+                )
+            }
+            Change::Put(..) | Change::Delete => {
+                let (rec, periods): (Option<Vec<u8>>, &[Busy]) = match &c.change {
+                    Change::Put(obj, busy) => (Some(Record::from_object(obj, busy).encode()), busy),
+                    _ => (None, &[]),
+                };
+                (
+                    &self.objects,
+                    &self.busy,
+                    &self.busymax,
+                    &self.processed,
+                    &self.journal,
+                )
+                    .transaction(|(objects, busy, busymax, processed, journal)| {
+                        // Drop the old busy index entries of this object.
+                        if let Some(old) = objects.get(&okey)? {
+                            let (_, old_busy, _) = Record::decode_head(&old).map_err(abort)?;
+                            for (n, (s, _, _)) in old_busy.iter().enumerate() {
+                                busy.remove(busy_key(c.user, *s, c.uid, n as u32))?;
                             }
                         }
-                        _ => {
-                            objects.remove(okey.as_slice())?;
+                        match &rec {
+                            Some(rec) => {
+                                objects.insert(okey.as_slice(), rec.as_slice())?;
+                                let mut longest = 0i64;
+                                for (n, b) in periods.iter().enumerate() {
+                                    let mut v = Vec::with_capacity(9);
+                                    v.extend_from_slice(&ord_i64(b.end));
+                                    v.push(b.tentative as u8);
+                                    busy.insert(busy_key(c.user, b.start, c.uid, n as u32), v)?;
+                                    longest = longest.max(b.end - b.start);
+                                }
+                                let cur = busymax
+                                    .get(c.user.as_bytes())?
+                                    .map(|v| from_ord_i64(&v))
+                                    .unwrap_or(0);
+                                if longest > cur {
+                                    busymax.insert(c.user.as_bytes(), &ord_i64(longest))?;
+                                }
+                            }
+                            None => {
+                                objects.remove(okey.as_slice())?;
+                            }
                         }
-                    }
-                }
-                if let Some(pk) = c.processed_key {
-                    processed.insert(user_key(c.user, pk), &ord_i64(c.journal.ts))?;
-                }
-                journal.insert(&journal_id.to_be_bytes(), journal_line.as_slice())?;
-                if let Some(p) = &proposal {
-                    let mut k = user_key(c.user, c.uid);
-                    k.push(0);
-                    k.extend_from_slice(&journal_id.to_be_bytes());
-                    proposals.insert(k, p.as_bytes())?;
-                }
-                Ok(())
-            });
+                        if let Some(pk) = &pkey {
+                            processed.insert(pk.as_slice(), &pval)?;
+                        }
+                        journal.insert(&journal_id, journal_line.as_slice())?;
+                        Ok(())
+                    })
+            }
+        };
         res.map_err(|e| match e {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => io(e),

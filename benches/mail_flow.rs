@@ -1,0 +1,300 @@
+//! Mail-flow benchmark, side by side in one run, same DKIM-signed iMIP message and concurrency:
+//!   A  Postfix alone delivering to a plain LMTP sink
+//!   B  Postfix + imipd milter, delivering to the sink
+//!   C  Postfix delivering to imipd LMTP, which hands on to the sink
+//!   D  both (milter and LMTP)
+//!   E  imipd's milter alone against OpenDKIM's milter alone (verify mode, warm DNS cache),
+//!      both driven by imipd-load exactly as Postfix drives a milter
+//! Every configuration runs IMIPD_BENCH_RUNS times (default 3); the median is reported.
+//!
+//!   cargo bench --bench mail_flow
+//!   IMIPD_BENCH_MESSAGES=2000 IMIPD_BENCH_CONCURRENCY=10 cargo bench --bench mail_flow
+//!
+//! Needs root, postfix, opendkim, dnsmasq, openssl and dkimpy; loopback only; every load is
+//! bounded in count and time.
+
+#[path = "../tests/mta/mod.rs"]
+mod mta;
+#[path = "../tests/signers/mod.rs"]
+#[allow(dead_code)]
+mod signers;
+
+use mta::{have, Imipd, Postfix, PostfixOptions};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn load() -> &'static str {
+    env!("CARGO_BIN_EXE_imipd-load")
+}
+
+fn message() -> Vec<u8> {
+    let cal = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//bench//EN\r\nMETHOD:REQUEST\r\nBEGIN:VEVENT\r\n\
+UID:bench-1@example.com\r\nSEQUENCE:0\r\nDTSTAMP:20260101T090000Z\r\nDTSTART:20260110T100000Z\r\n\
+DTEND:20260110T110000Z\r\nSUMMARY:Quarterly planning\r\nLOCATION:Room 4\r\n\
+ORGANIZER;CN=Alice:mailto:alice@example.com\r\n\
+ATTENDEE;PARTSTAT=NEEDS-ACTION;RSVP=TRUE;CN=Bob:mailto:bob@example.org\r\n\
+END:VEVENT\r\nEND:VCALENDAR\r\n";
+    format!(
+        "From: Alice <alice@example.com>\r\nTo: Bob <bob@example.org>\r\nSubject: Invitation: Quarterly planning\r\n\
+Date: Thu, 01 Jan 2026 09:00:00 +0000\r\nMessage-ID: <bench-1@example.com>\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/alternative; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+You are invited to Quarterly planning on 10 January 2026, 10:00-11:00 UTC, Room 4.\r\n\
+--b1\r\nContent-Type: text/calendar; method=REQUEST; charset=utf-8\r\n\r\n{cal}\r\n--b1--\r\n"
+    )
+    .into_bytes()
+}
+
+struct Sink {
+    child: std::process::Child,
+    port: u16,
+}
+
+fn start_sink(expect: usize) -> Sink {
+    let mut child = Command::new(load())
+        .args([
+            "lmtp-sink",
+            "--listen",
+            "127.0.0.1:0",
+            "--expect",
+            &expect.to_string(),
+            "--timeout",
+            "300",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sink");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("sink line");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+    let port = v["listening"]
+        .as_str()
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    Sink { child, port }
+}
+
+fn inject(port: u16, n: usize, c: usize, file: &std::path::Path) -> serde_json::Value {
+    let out = Command::new(load())
+        .args([
+            "smtp",
+            "--target",
+            &format!("127.0.0.1:{port}"),
+            "--messages",
+            &n.to_string(),
+            "--concurrency",
+            &c.to_string(),
+            "--timeout",
+            "300",
+        ])
+        .arg(file)
+        .output()
+        .expect("inject");
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+/// One end-to-end run: messages per second from the first injection to the last delivery.
+fn flow(mode: char, n: usize, c: usize, dns: &signers::Dns, file: &std::path::Path) -> f64 {
+    let tmp = tempfile::TempDir::new().expect("tempdir");
+    let sink = start_sink(n);
+    let imipd_cfg = format!(
+        "local_domains = [\"example.org\"]\nauthserv_id = \"mx.example.org\"\n[dns]\nnameservers = [\"{}\"]\n\
+[milter]\nenabled = {}\nlisten = \"inet:127.0.0.1:0\"\n[lmtp]\nenabled = {}\nlisten = \"inet:127.0.0.1:0\"\n\
+deliver = \"lmtp:inet:127.0.0.1:{}\"\n",
+        dns.addr,
+        matches!(mode, 'B' | 'D'),
+        matches!(mode, 'C' | 'D'),
+        sink.port
+    );
+    let imipd = (mode != 'A').then(|| Imipd::start(&tmp.path().join("imipd"), &imipd_cfg, &[]));
+    let lmtp = match (&imipd, mode) {
+        (Some(i), 'C' | 'D') => i.lmtp_port,
+        _ => Some(sink.port),
+    };
+    let milter = match (&imipd, mode) {
+        (Some(i), 'B' | 'D') => i.milter_port,
+        _ => None,
+    };
+    let pf = Postfix::start(
+        &tmp.path().join("postfix"),
+        &PostfixOptions {
+            milter_port: milter,
+            lmtp_port: lmtp,
+            virtual_domains: &["example.org"],
+        },
+    );
+    let t = Instant::now();
+    let inj = inject(pf.smtp_port, n, c, file);
+    let mut sink = sink;
+    let out = sink
+        .child
+        .wait_with_output_timeout(Duration::from_secs(300));
+    let secs = t.elapsed().as_secs_f64();
+    let delivered: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+    let got = delivered["messages"].as_u64().unwrap_or(0) as usize;
+    if got < n || inj["messages"].as_u64().unwrap_or(0) < n as u64 {
+        eprintln!("  {mode}: only {got}/{n} delivered; injection {inj}");
+    }
+    drop(pf);
+    got as f64 / secs
+}
+
+trait WaitOutput {
+    fn wait_with_output_timeout(&mut self, t: Duration) -> Vec<u8>;
+}
+
+impl WaitOutput for std::process::Child {
+    fn wait_with_output_timeout(&mut self, t: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + t;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.kill();
+        let mut buf = Vec::new();
+        if let Some(mut o) = self.stdout.take() {
+            use std::io::Read;
+            let _ = o.read_to_end(&mut buf);
+        }
+        let _ = self.wait();
+        buf
+    }
+}
+
+fn milter_run(port: u16, n: usize, c: usize, file: &std::path::Path) -> serde_json::Value {
+    let out = Command::new(load())
+        .args([
+            "milter",
+            "--target",
+            &format!("127.0.0.1:{port}"),
+            "--messages",
+            &n.to_string(),
+            "--concurrency",
+            &c.to_string(),
+            "--timeout",
+            "300",
+        ])
+        .arg(file)
+        .output()
+        .expect("milter load");
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+fn opendkim(dir: &std::path::Path, dns: &signers::Dns) -> (std::process::Child, u16) {
+    let port = mta::free_port();
+    let unbound = dir.join("unbound.conf");
+    std::fs::write(
+        &unbound,
+        format!(
+            "server:\n  do-not-query-localhost: no\n  module-config: \"iterator\"\nforward-zone:\n  name: \".\"\n  forward-addr: {}@{}\n",
+            dns.addr.ip(),
+            dns.addr.port()
+        ),
+    )
+    .expect("unbound.conf");
+    let conf = dir.join("opendkim.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "Mode v\nSocket inet:{port}@127.0.0.1\nBackground no\nSyslog no\nAuthservID mx.example.org\n\
+ResolverConfiguration {}\nQueryCache yes\nPidFile {}\nUserID root\nRequireSafeKeys no\n",
+            unbound.display(),
+            dir.join("opendkim.pid").display()
+        ),
+    )
+    .expect("opendkim.conf");
+    let child = Command::new("opendkim")
+        .arg("-x")
+        .arg(&conf)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("opendkim");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "opendkim did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, port)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if !have(
+        "mail_flow benchmark",
+        &["postfix", "opendkim", "dnsmasq", "openssl", "python3"],
+    ) {
+        return;
+    }
+    let n = env_usize("IMIPD_BENCH_MESSAGES", 2000);
+    let c = env_usize("IMIPD_BENCH_CONCURRENCY", 10);
+    let runs = env_usize("IMIPD_BENCH_RUNS", 3).max(1);
+    let tmp = tempfile::TempDir::new().expect("tempdir");
+    let key = signers::DkimKey::rsa(tmp.path(), "sel", "example.com");
+    let dns = signers::Dns::start(&[(&key.record_name(), &key.record)]);
+    let file = tmp.path().join("msg.eml");
+    std::fs::write(&file, key.sign(&message(), &[])).expect("msg");
+    println!("mail flow: {n} DKIM-signed iMIP messages, concurrency {c}, median of {runs} runs");
+
+    let mut results = Vec::new();
+    for (mode, label) in [
+        ('A', "Postfix alone -> LMTP sink"),
+        ('B', "Postfix + imipd milter -> sink"),
+        ('C', "Postfix -> imipd LMTP -> sink"),
+        ('D', "Postfix + imipd milter -> imipd LMTP -> sink"),
+    ] {
+        let v: Vec<f64> = (0..runs).map(|_| flow(mode, n, c, &dns, &file)).collect();
+        let m = median(v.clone());
+        println!("  {mode} {label:48} {m:8.1} msg/s  (runs: {v:.1?})");
+        results.push(m);
+    }
+    let base = results[0].max(1e-9);
+    for (i, mode) in ['B', 'C', 'D'].iter().enumerate() {
+        println!("  ratio {mode}/A = {:.2}", results[i + 1] / base);
+    }
+
+    // E: the milters alone.
+    let idir = tmp.path().join("imipd-milter");
+    let d = Imipd::start(
+        &idir,
+        &format!("local_domains = [\"example.org\"]\nauthserv_id = \"mx.example.org\"\n[dns]\nnameservers = [\"{}\"]\n[milter]\nlisten = \"inet:127.0.0.1:0\"\n[lmtp]\nenabled = false\n", dns.addr),
+        &[],
+    );
+    let (mut od, od_port) = opendkim(tmp.path(), &dns);
+    let mut im = Vec::new();
+    let mut odk = Vec::new();
+    let mut im_p50 = Vec::new();
+    let mut od_p50 = Vec::new();
+    for _ in 0..runs {
+        let a = milter_run(d.milter_port.expect("port"), n, c, &file);
+        let b = milter_run(od_port, n, c, &file);
+        im.push(a["per_second"].as_f64().unwrap_or(0.0));
+        odk.push(b["per_second"].as_f64().unwrap_or(0.0));
+        im_p50.push(a["p50_ms"].as_f64().unwrap_or(0.0));
+        od_p50.push(b["p50_ms"].as_f64().unwrap_or(0.0));
+    }
+    let (mi, mo) = (median(im.clone()), median(odk.clone()));
+    println!("  E imipd milter alone                              {mi:8.1} msg/s  p50 {:.3} ms (runs: {im:.1?})", median(im_p50));
+    println!("  E OpenDKIM milter alone (verify)                  {mo:8.1} msg/s  p50 {:.3} ms (runs: {odk:.1?})", median(od_p50));
+    println!("  ratio imipd/OpenDKIM = {:.2}", mi / mo.max(1e-9));
+    let _ = od.kill();
+    let _ = od.wait();
+}

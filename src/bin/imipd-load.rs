@@ -1,0 +1,503 @@
+//! imipd-load: a bounded load generator for benchmarks, loopback only.
+//!
+//!   imipd-load milter --target 127.0.0.1:PORT [--messages N] [--concurrency C] FILE.eml
+//!       drives any milter (imipd, OpenDKIM) the way Postfix does, protocol 6
+//!   imipd-load smtp --target 127.0.0.1:PORT [--messages N] [--concurrency C]
+//!       [--from ADDR] [--to ADDR] FILE.eml
+//!       injects messages over SMTP
+//!   imipd-load lmtp-sink --listen 127.0.0.1:PORT --expect N [--timeout SECS]
+//!       accepts and discards LMTP deliveries; exits after N messages
+//!
+//! Each prints one JSON line: messages, seconds, messages per second, latency percentiles.
+//! Every run is bounded by its message count and by --timeout (default 600 s).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Opts {
+    target: String,
+    listen: String,
+    messages: usize,
+    concurrency: usize,
+    from: String,
+    to: String,
+    file: Option<String>,
+    expect: usize,
+    timeout: u64,
+}
+
+fn parse(args: &[String]) -> Result<Opts, String> {
+    let mut o = Opts {
+        target: String::new(),
+        listen: String::new(),
+        messages: 1000,
+        concurrency: 10,
+        from: "alice@example.com".into(),
+        to: "bob@example.org".into(),
+        file: None,
+        expect: 0,
+        timeout: 600,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{a} needs a value"))
+        };
+        match a.as_str() {
+            "--target" => o.target = val()?,
+            "--listen" => o.listen = val()?,
+            "--messages" => o.messages = val()?.parse().map_err(|_| "bad --messages")?,
+            "--concurrency" => o.concurrency = val()?.parse().map_err(|_| "bad --concurrency")?,
+            "--from" => o.from = val()?,
+            "--to" => o.to = val()?,
+            "--expect" => o.expect = val()?.parse().map_err(|_| "bad --expect")?,
+            "--timeout" => o.timeout = val()?.parse().map_err(|_| "bad --timeout")?,
+            s if s.starts_with("--") => return Err(format!("unknown option {s}")),
+            s => o.file = Some(s.to_string()),
+        }
+    }
+    for addr in [&o.target, &o.listen] {
+        if !addr.is_empty()
+            && !(addr.starts_with("127.")
+                || addr.starts_with("localhost")
+                || addr.starts_with("[::1]"))
+        {
+            return Err(format!("{addr}: only loopback targets are allowed"));
+        }
+    }
+    o.concurrency = o.concurrency.clamp(1, 256);
+    o.messages = o.messages.clamp(1, 10_000_000);
+    Ok(o)
+}
+
+fn report(kind: &str, n: usize, elapsed: Duration, mut lat: Vec<Duration>, errors: usize) {
+    lat.sort();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0
+    };
+    println!(
+        "{{\"kind\":\"{kind}\",\"messages\":{n},\"errors\":{errors},\"seconds\":{:.3},\"per_second\":{:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3}}}",
+        elapsed.as_secs_f64(),
+        n as f64 / elapsed.as_secs_f64().max(1e-9),
+        pct(0.5),
+        pct(0.99)
+    );
+}
+
+/// Splits a message into header fields and body.
+fn split_message(raw: &[u8]) -> (Vec<(String, String)>, Vec<u8>) {
+    let text = raw;
+    let end = text
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| (p, p + 4))
+        .or_else(|| {
+            text.windows(2)
+                .position(|w| w == b"\n\n")
+                .map(|p| (p, p + 2))
+        })
+        .unwrap_or((text.len(), text.len()));
+    let head = String::from_utf8_lossy(&text[..end.0]).replace("\r\n", "\n");
+    let mut headers: Vec<(String, String)> = Vec::new();
+    for line in head.split('\n') {
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = headers.last_mut() {
+                last.1.push_str("\r\n");
+                last.1.push_str(line);
+            }
+        } else if let Some((n, v)) = line.split_once(':') {
+            headers.push((n.to_string(), v.strip_prefix(' ').unwrap_or(v).to_string()));
+        }
+    }
+    (headers, text[end.1..].to_vec())
+}
+
+fn packet(cmd: u8, data: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&((data.len() + 1) as u32).to_be_bytes());
+    out.push(cmd);
+    out.extend_from_slice(data);
+}
+
+fn read_packet(s: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len) as usize;
+    let mut buf = vec![0u8; len.max(1)];
+    s.read_exact(&mut buf[..len])?;
+    let cmd = buf[0];
+    Ok((cmd, buf[1..len].to_vec()))
+}
+
+fn cz(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+/// One milter connection, as Postfix drives it: negotiate, connect, then transactions.
+fn milter_lane(
+    target: &str,
+    n: usize,
+    headers: &[(String, String)],
+    body: &[u8],
+    lat: &Mutex<Vec<Duration>>,
+) -> std::io::Result<usize> {
+    let mut s = TcpStream::connect(target)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut out = Vec::new();
+    let mut d = 6u32.to_be_bytes().to_vec();
+    d.extend_from_slice(&0x1FFu32.to_be_bytes());
+    d.extend_from_slice(&0x1F_FFFFu32.to_be_bytes());
+    packet(b'O', &d, &mut out);
+    s.write_all(&out)?;
+    let (_, neg) = read_packet(&mut s)?;
+    let proto = if neg.len() >= 12 {
+        u32::from_be_bytes([neg[8], neg[9], neg[10], neg[11]])
+    } else {
+        0
+    };
+    let no = |bit: u32| proto & bit != 0;
+    // Stage flags: (skip bit, no-reply bit).
+    let conn = (0x1, 0x1000);
+    let helo = (0x2, 0x2000);
+    let mail = (0x4, 0x4000);
+    let rcpt = (0x8, 0x8000);
+    let data = (0x200, 0x10000);
+    let hdr = (0x20, 0x80);
+    let eoh = (0x40, 0x40000);
+    let bodyf = (0x10, 0x80000);
+    let leadspc = no(0x100000);
+    // Queues one stage's packet unless negotiated away; returns 1 if a reply is due.
+    let send = |buf: &mut Vec<u8>, stage: (u32, u32), cmd: u8, data: &[u8]| -> usize {
+        if no(stage.0) {
+            return 0;
+        }
+        packet(cmd, data, buf);
+        usize::from(!no(stage.1))
+    };
+    let mut buf = Vec::new();
+    let mut c = cz("client.example.com");
+    c.push(b'4');
+    c.extend_from_slice(&25u16.to_be_bytes());
+    c.extend(cz("127.0.0.1"));
+    let mut exp = send(&mut buf, conn, b'C', &c);
+    exp += send(&mut buf, helo, b'H', &cz("client.example.com"));
+    let mut done = 0;
+    s.write_all(&buf)?;
+    for _ in 0..exp {
+        read_packet(&mut s)?;
+    }
+    for i in 0..n {
+        let t = Instant::now();
+        let mut buf = Vec::new();
+        let mut mac = vec![b'M'];
+        mac.extend(cz("i"));
+        mac.extend(cz(&format!("Q{i:08X}")));
+        packet(b'D', &mac, &mut buf);
+        let mut exp = send(&mut buf, mail, b'M', &cz("<alice@example.com>"));
+        exp += send(&mut buf, rcpt, b'R', &cz("<bob@example.org>"));
+        exp += send(&mut buf, data, b'T', &[]);
+        for (name, value) in headers {
+            let mut d = cz(name);
+            let v = if leadspc {
+                format!(" {value}")
+            } else {
+                value.clone()
+            };
+            d.extend(cz(&v));
+            exp += send(&mut buf, hdr, b'L', &d);
+        }
+        exp += send(&mut buf, eoh, b'N', &[]);
+        for chunk in body.chunks(65535) {
+            exp += send(&mut buf, bodyf, b'B', chunk);
+        }
+        packet(b'E', &[], &mut buf);
+        s.write_all(&buf)?;
+        for _ in 0..exp {
+            read_packet(&mut s)?;
+        }
+        // End of message: actions until a final reply.
+        loop {
+            let (cmd, _) = read_packet(&mut s)?;
+            if matches!(cmd, b'a' | b'c' | b'r' | b't' | b'd' | b'y') {
+                break;
+            }
+        }
+        lat.lock().map(|mut l| l.push(t.elapsed())).ok();
+        done += 1;
+    }
+    let mut q = Vec::new();
+    packet(b'Q', &[], &mut q);
+    let _ = s.write_all(&q);
+    Ok(done)
+}
+
+fn smtp_lane(
+    o: &Opts,
+    n: usize,
+    data: &[u8],
+    lat: &Mutex<Vec<Duration>>,
+) -> std::io::Result<usize> {
+    let s = TcpStream::connect(&o.target)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let mut w = s;
+    let reply = |r: &mut BufReader<TcpStream>| -> std::io::Result<u16> {
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line)? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed",
+                ));
+            }
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Ok(line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0));
+            }
+        }
+    };
+    reply(&mut r)?;
+    w.write_all(b"EHLO load.example.com\r\n")?;
+    reply(&mut r)?;
+    let mut stuffed = Vec::with_capacity(data.len() + 16);
+    let mut bol = true;
+    for &b in data {
+        if bol && b == b'.' {
+            stuffed.push(b'.');
+        }
+        stuffed.push(b);
+        bol = b == b'\n';
+    }
+    if !stuffed.ends_with(b"\r\n") {
+        stuffed.extend_from_slice(b"\r\n");
+    }
+    stuffed.extend_from_slice(b".\r\n");
+    let mut ok = 0;
+    for _ in 0..n {
+        let t = Instant::now();
+        w.write_all(
+            format!("MAIL FROM:<{}>\r\nRCPT TO:<{}>\r\nDATA\r\n", o.from, o.to).as_bytes(),
+        )?;
+        let a = reply(&mut r)?;
+        let b = reply(&mut r)?;
+        let c = reply(&mut r)?;
+        if a != 250 || b != 250 || c != 354 {
+            w.write_all(b"RSET\r\n")?;
+            if c == 354 {
+                w.write_all(b".\r\n")?;
+                reply(&mut r)?;
+            }
+            reply(&mut r)?;
+            continue;
+        }
+        w.write_all(&stuffed)?;
+        if reply(&mut r)? == 250 {
+            ok += 1;
+        }
+        lat.lock().map(|mut l| l.push(t.elapsed())).ok();
+    }
+    let _ = w.write_all(b"QUIT\r\n");
+    Ok(ok)
+}
+
+fn run_lanes<F>(kind: &str, o: &Opts, lane: F)
+where
+    F: Fn(usize, &Mutex<Vec<Duration>>) -> std::io::Result<usize> + Send + Sync + 'static,
+{
+    let lat = Arc::new(Mutex::new(Vec::with_capacity(o.messages)));
+    let lane = Arc::new(lane);
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for i in 0..o.concurrency {
+        let share = o.messages / o.concurrency + usize::from(i < o.messages % o.concurrency);
+        let lat = lat.clone();
+        let lane = lane.clone();
+        handles.push(std::thread::spawn(move || lane(share, &lat)));
+    }
+    let mut ok = 0;
+    let mut errors = 0;
+    for h in handles {
+        match h.join() {
+            Ok(Ok(n)) => ok += n,
+            Ok(Err(e)) => {
+                eprintln!("imipd-load: {e}");
+                errors += 1
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    let elapsed = start.elapsed();
+    let lat = lat.lock().map(|l| l.clone()).unwrap_or_default();
+    report(
+        kind,
+        ok,
+        elapsed,
+        lat,
+        errors + o.messages - ok.min(o.messages),
+    );
+}
+
+fn lmtp_sink(o: &Opts) -> std::io::Result<()> {
+    let l = TcpListener::bind(&o.listen)?;
+    println!("{{\"listening\":\"{}\"}}", l.local_addr()?);
+    std::io::stdout().flush()?;
+    let count = Arc::new(AtomicUsize::new(0));
+    let first: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let expect = o.expect.max(1);
+    let deadline = Instant::now() + Duration::from_secs(o.timeout);
+    l.set_nonblocking(true)?;
+    loop {
+        if count.load(Ordering::SeqCst) >= expect || Instant::now() > deadline {
+            break;
+        }
+        match l.accept() {
+            Ok((s, _)) => {
+                let count = count.clone();
+                let first = first.clone();
+                std::thread::spawn(move || {
+                    let _ = sink_conn(s, &count, &first);
+                });
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+    let n = count.load(Ordering::SeqCst);
+    let started = first
+        .lock()
+        .ok()
+        .and_then(|f| *f)
+        .unwrap_or_else(Instant::now);
+    report(
+        "lmtp-sink",
+        n,
+        started.elapsed(),
+        Vec::new(),
+        expect.saturating_sub(n),
+    );
+    Ok(())
+}
+
+fn sink_conn(
+    s: TcpStream,
+    count: &AtomicUsize,
+    first: &Mutex<Option<Instant>>,
+) -> std::io::Result<()> {
+    s.set_nodelay(true)?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let mut w = s;
+    w.write_all(b"220 sink LMTP\r\n")?;
+    let mut rcpts = 0;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+        match verb.as_str() {
+            "LHLO" => w.write_all(b"250-sink\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n")?,
+            "MAIL" => {
+                rcpts = 0;
+                w.write_all(b"250 2.1.0 Ok\r\n")?
+            }
+            "RCPT" => {
+                rcpts += 1;
+                w.write_all(b"250 2.1.5 Ok\r\n")?
+            }
+            "DATA" => {
+                w.write_all(b"354 go\r\n")?;
+                loop {
+                    let mut l = String::new();
+                    if r.read_line(&mut l)? == 0 {
+                        return Ok(());
+                    }
+                    if l == ".\r\n" || l == ".\n" {
+                        break;
+                    }
+                }
+                if let Ok(mut f) = first.lock() {
+                    f.get_or_insert_with(Instant::now);
+                }
+                for _ in 0..rcpts {
+                    w.write_all(b"250 2.0.0 Ok\r\n")?;
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            "QUIT" => {
+                w.write_all(b"221 2.0.0 Bye\r\n")?;
+                return Ok(());
+            }
+            _ => w.write_all(b"250 2.0.0 Ok\r\n")?,
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first().cloned() else {
+        eprintln!("usage: imipd-load milter|smtp|lmtp-sink [options] [FILE]");
+        std::process::exit(64);
+    };
+    let o = match parse(&args[1..]) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("imipd-load: {e}");
+            std::process::exit(64);
+        }
+    };
+    let read = |o: &Opts| -> Vec<u8> {
+        let f = o.file.clone().unwrap_or_else(|| {
+            eprintln!("imipd-load: a message FILE is needed");
+            std::process::exit(64)
+        });
+        std::fs::read(&f).unwrap_or_else(|e| {
+            eprintln!("imipd-load: {f}: {e}");
+            std::process::exit(66)
+        })
+    };
+    // Bound the whole run in time as well as in count.
+    let limit = o.timeout;
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(limit));
+        eprintln!("imipd-load: time limit of {limit} s reached");
+        std::process::exit(75);
+    });
+    match cmd.as_str() {
+        "milter" => {
+            let raw = read(&o);
+            let (headers, body) = split_message(&raw);
+            let (headers, body) = (Arc::new(headers), Arc::new(body));
+            let target = o.target.clone();
+            run_lanes("milter", &o, move |n, lat| {
+                milter_lane(&target, n, &headers, &body, lat)
+            });
+        }
+        "smtp" => {
+            let raw = Arc::new(read(&o));
+            let o2 = Arc::new(Opts {
+                file: None,
+                ..parse(&args[1..]).unwrap_or_else(|_| std::process::exit(64))
+            });
+            run_lanes("smtp", &o, move |n, lat| smtp_lane(&o2, n, &raw, lat));
+        }
+        "lmtp-sink" => {
+            if let Err(e) = lmtp_sink(&o) {
+                eprintln!("imipd-load: {e}");
+                std::process::exit(74);
+            }
+        }
+        other => {
+            eprintln!("imipd-load: unknown mode {other}");
+            std::process::exit(64);
+        }
+    }
+}
