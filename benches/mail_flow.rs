@@ -131,6 +131,7 @@ deliver = \"lmtp:inet:127.0.0.1:{}\"\n",
             milter_port: milter,
             lmtp_port: lmtp,
             virtual_domains: &["example.org"],
+            smtp_port: None,
         },
     );
     let t = Instant::now();

@@ -557,6 +557,21 @@ async fn queue_runner(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
                     let _ = std::fs::remove_file(&eml);
                     log(format!("outbound: {from} -> {to} sent"));
                 }
+                Err(e) if e.permanent => {
+                    // Kept for the administrator, never retried: the MTA refused it for good.
+                    let failed = dir.join("failed");
+                    let _ = std::fs::create_dir_all(&failed);
+                    if let Some(name) = eml.file_name() {
+                        let _ = std::fs::rename(&eml, failed.join(name));
+                    }
+                    if let Some(name) = envf.file_name() {
+                        let _ = std::fs::rename(&envf, failed.join(name));
+                    }
+                    log(format!(
+                        "outbound: {from} -> {to} refused for good, kept in {}: {e}",
+                        failed.display()
+                    ));
+                }
                 Err(e) => log(format!("outbound: {from} -> {to} deferred: {e}")),
             }
         }

@@ -166,10 +166,39 @@ pub fn enqueue(
     }
 }
 
+/// Why sending failed, and whether trying again can help.
+#[derive(Debug)]
+pub struct SendError {
+    pub permanent: bool,
+    pub message: String,
+}
+
+impl From<String> for SendError {
+    fn from(message: String) -> Self {
+        SendError {
+            permanent: false,
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// Sends one message now over `transport`.
-pub async fn send(transport: &Transport, from: &str, to: &str, data: &[u8]) -> Result<(), String> {
+pub async fn send(
+    transport: &Transport,
+    from: &str,
+    to: &str,
+    data: &[u8],
+) -> Result<(), SendError> {
     match transport {
-        Transport::Outbox(dir) => write_eml(dir, data).map(|_| ()).map_err(|e| e.to_string()),
+        Transport::Outbox(dir) => write_eml(dir, data)
+            .map(|_| ())
+            .map_err(|e| SendError::from(e.to_string())),
         Transport::Sendmail(bin) => {
             use tokio::io::AsyncWriteExt;
             let mut child = tokio::process::Command::new(bin)
@@ -191,7 +220,12 @@ pub async fn send(transport: &Transport, from: &str, to: &str, data: &[u8]) -> R
             if status.success() {
                 Ok(())
             } else {
-                Err(format!("{} exited with {status}", bin.display()))
+                // sysexits: 75 is temporary; other EX_* codes will not change on retry.
+                let code = status.code().unwrap_or(75);
+                Err(SendError {
+                    permanent: (64..=78).contains(&code) && code != 75,
+                    message: format!("{} exited with {status}", bin.display()),
+                })
             }
         }
         Transport::Smtp(hp) => {
@@ -219,7 +253,10 @@ pub async fn send(transport: &Transport, from: &str, to: &str, data: &[u8]) -> R
                 .send_raw(&envelope, data)
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(|e| SendError {
+                    permanent: e.is_permanent(),
+                    message: e.to_string(),
+                })
         }
     }
 }

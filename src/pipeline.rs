@@ -80,6 +80,20 @@ impl Verdict {
     }
 }
 
+/// Writes for one calendar user are serialized (read, decide, commit), so that two messages
+/// for the same user never overwrite each other's update; different users run in parallel.
+static USER_LOCKS: [std::sync::Mutex<()>; 64] = [const { std::sync::Mutex::new(()) }; 64];
+
+fn user_lock(user: &str) -> std::sync::MutexGuard<'static, ()> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in user.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    USER_LOCKS[(h % 64) as usize]
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
 pub struct Pipeline {
     pub store: Arc<dyn Store>,
     pub config: Arc<Config>,
@@ -219,6 +233,7 @@ impl Pipeline {
     ) -> Result<ObjectOutcome, StoreError> {
         let ts = now();
         let pkey = processed_key(message_id, inc);
+        let _guard = user_lock(rcpt);
         let mut out = ObjectOutcome {
             recipient: ical::mailto(rcpt),
             method: inc.method.as_str().into(),
@@ -460,6 +475,7 @@ impl Pipeline {
             if inc.uid.is_empty() {
                 continue;
             }
+            let _guard = user_lock(sender);
             let stored = self.store.get(sender, &inc.uid)?;
             let d = itip::record_sent(stored.as_ref(), inc, sender, recipients);
             let o = ObjectOutcome {
@@ -543,6 +559,7 @@ impl Pipeline {
                     .cloned()
                     .collect();
                 let busy = itip::busy_periods(&obj, user, self.config.itip.max_instances);
+                let _guard = user_lock(user);
                 let entry = JournalEntry {
                     ts: now(),
                     user: user.to_string(),

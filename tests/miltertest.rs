@@ -95,3 +95,46 @@ fn miltertest_rejects_forged_calendar_by_policy() {
     );
     assert!(ok, "{out}\n{}", d.log());
 }
+
+/// Outgoing iTIP on authenticated submission (RFC 6638 3.2.9 SCHEDULE-STATUS): the local
+/// organizer's own copy is recorded so that the replies that come back can be matched.
+#[test]
+fn authenticated_submission_records_organizers_copy() {
+    if !have(
+        "authenticated_submission_records_organizers_copy",
+        &["miltertest"],
+    ) {
+        return;
+    }
+    let tmp = TempDir::new().expect("tempdir");
+    let d = Imipd::start(
+        tmp.path(),
+        "local_domains = [\"example.org\"]\nauthserv_id = \"mx.example.org\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_secs = 1\n\
+[milter]\nlisten = \"inet:127.0.0.1:0\"\n[lmtp]\nenabled = false\n[policy]\ntrust_authenticated_submission = true\n",
+        &[],
+    );
+    let port = d.milter_port.expect("port");
+    let body = "BEGIN:VCALENDAR\\r\\nMETHOD:REQUEST\\r\\nBEGIN:VEVENT\\r\\nUID:sub-1\\r\\nSEQUENCE:0\\r\\nDTSTAMP:20261101T000000Z\\r\\nDTSTART:20261201T100000Z\\r\\nDTEND:20261201T110000Z\\r\\nORGANIZER:mailto:alice@example.org\\r\\nATTENDEE;PARTSTAT=NEEDS-ACTION:mailto:carol@remote.test\\r\\nEND:VEVENT\\r\\nEND:VCALENDAR\\r\\n";
+    let lua = format!(
+        r#"conn = mt.connect("inet:{port}@127.0.0.1")
+if conn == nil then error("cannot connect") end
+if mt.conninfo(conn, "client.example.org", "192.0.2.7") ~= nil then error("conninfo") end
+mt.macro(conn, SMFIC_MAIL, "{{auth_authen}}", "alice")
+if mt.mailfrom(conn, "alice@example.org") ~= nil then error("mailfrom") end
+if mt.rcptto(conn, "<carol@remote.test>") ~= nil then error("rcptto") end
+if mt.header(conn, "From", "alice@example.org") ~= nil then error("header") end
+if mt.header(conn, "To", "carol@remote.test") ~= nil then error("header") end
+if mt.header(conn, "Content-Type", "text/calendar; method=REQUEST") ~= nil then error("header") end
+if mt.eoh(conn) ~= nil then error("eoh") end
+if mt.bodystring(conn, "{body}") ~= nil then error("body") end
+if mt.eom(conn) ~= nil then error("eom") end
+if mt.getreply(conn) ~= SMFIR_ACCEPT then error("not accepted") end
+mt.disconnect(conn)
+"#
+    );
+    let (ok, out) = run_script(&lua, tmp.path());
+    assert!(ok, "{out}\n{}", d.log());
+    let exported = d.export("alice@example.org");
+    assert!(exported.contains("UID:sub-1"), "{exported}\n{}", d.log());
+    assert!(exported.contains("SCHEDULE-STATUS=1.1"), "{exported}");
+}

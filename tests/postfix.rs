@@ -42,6 +42,7 @@ Message-ID: <{msgid}>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/alternativ
 
 struct World {
     _sink: Option<Imipd>,
+    key_remote: DkimKey,
     _tmp: TempDir,
     _dns: Dns,
     key: DkimKey,
@@ -60,19 +61,23 @@ enum Mode {
 fn world(mode: Mode, milter_extra: &str, env: &[(&str, &str)]) -> World {
     let tmp = TempDir::new().expect("tempdir");
     let key = DkimKey::rsa(tmp.path(), "sel", "example.com");
-    let dns = Dns::start(&[(&key.record_name(), &key.record)]);
+    let key_remote = DkimKey::rsa(tmp.path(), "sel", "remote.test");
+    let dns = Dns::start(&[
+        (&key.record_name(), &key.record),
+        (&key_remote.record_name(), &key_remote.record),
+    ]);
     let mail = tmp.path().join("mail");
+    let smtp_port = mta::free_port();
     let cfg = format!(
         "local_domains = [\"example.org\"]\nauthserv_id = \"mx.example.org\"\n\
 [dns]\nnameservers = [\"{}\"]\ntimeout_secs = 3\n\
 [milter]\nenabled = {}\nlisten = \"inet:127.0.0.1:0\"\n{milter_extra}\
 [lmtp]\nenabled = {}\nlisten = \"inet:127.0.0.1:0\"\ndeliver = \"maildir:{}/%d/%u\"\n\
-[outbound]\ntransport = \"outbox:{}\"\n",
+[outbound]\ntransport = \"smtp://127.0.0.1:{smtp_port}\"\n",
         dns.addr,
         mode != Mode::Lmtp,
         mode != Mode::Milter,
         mail.display(),
-        tmp.path().join("outbox").display(),
     );
     let imipd = Imipd::start(&tmp.path().join("imipd"), &cfg, env);
     // In milter-only mode Postfix delivers through an imipd LMTP that keeps no calendars:
@@ -101,10 +106,12 @@ fn world(mode: Mode, milter_extra: &str, env: &[(&str, &str)]) -> World {
             },
             lmtp_port,
             virtual_domains: &["example.org", "remote.test"],
+            smtp_port: Some(smtp_port),
         },
     );
     World {
         _sink: sink,
+        key_remote,
         _tmp: tmp,
         _dns: dns,
         key,
@@ -511,4 +518,58 @@ fn lmtp_hands_on_to_downstream_lmtp() {
     );
     assert_eq!(msgs.len(), 1);
     assert!(header(&msgs[0], "X-Imipd-Result").is_some(), "{}", msgs[0]);
+}
+
+/// RFC 5546 3.2.6 with RFC 6047: a REFRESH is answered with the current REQUEST, which leaves
+/// through the durable outbound queue over SMTP to the local MTA (here: Postfix, whose
+/// virtual domain delivers it to the attendee's mailbox).
+#[test]
+fn refresh_answer_leaves_over_smtp_through_postfix() {
+    if !have("refresh_answer_leaves_over_smtp", TOOLS) {
+        return;
+    }
+    let w = world(Mode::Lmtp, "", &[]);
+    let ics = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nBEGIN:VEVENT\r\nUID:refresh@example.org\r\n\
+DTSTAMP:20260101T000000Z\r\nDTSTART:20260110T100000Z\r\nDTEND:20260110T110000Z\r\nSUMMARY:Review\r\n\
+ORGANIZER:mailto:bob@example.org\r\nATTENDEE;PARTSTAT=NEEDS-ACTION:mailto:dave@remote.test\r\n\
+END:VEVENT\r\nEND:VCALENDAR\r\n";
+    w.imipd.import("bob@example.org", ics);
+    let refresh =
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nMETHOD:REFRESH\r\nBEGIN:VEVENT\r\n\
+UID:refresh@example.org\r\nDTSTAMP:20260102T000000Z\r\nORGANIZER:mailto:bob@example.org\r\n\
+ATTENDEE:mailto:dave@remote.test\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
+    let raw = message(
+        "dave@remote.test",
+        &["bob@example.org"],
+        "REFRESH",
+        "refresh-q@example.com",
+        refresh,
+    );
+    let (out, queued) = w.postfix.send(
+        "dave@remote.test",
+        &["bob@example.org"],
+        &w.key_remote.sign(&raw, &[]),
+    );
+    assert!(queued, "{out}");
+    // imipd's answer goes over SMTP to Postfix and from there into the attendee's mailbox.
+    let msgs = wait_maildir(&mailbox(&w, "dave@remote.test"), 1, Duration::from_secs(60));
+    assert_eq!(msgs.len(), 1, "{}\n{}", w.postfix.maillog(), w.imipd.log());
+    assert!(
+        (msgs[0].contains("method=REQUEST") || msgs[0].contains("method=\"REQUEST\""))
+            && msgs[0].contains("UID:refresh@example.org"),
+        "{}",
+        msgs[0]
+    );
+    assert!(
+        header(&msgs[0], "In-Reply-To").is_some_and(|h| h.contains("refresh-q@example.com")),
+        "{}",
+        msgs[0]
+    );
+    assert!(
+        w.imipd
+            .log()
+            .contains("outbound: bob@example.org -> dave@remote.test sent"),
+        "{}",
+        w.imipd.log()
+    );
 }

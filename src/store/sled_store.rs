@@ -1,33 +1,31 @@
-//! The embedded store on sled. Trees:
-//! - `objects`: user \0 uid -> Record (binary, see store::Record)
-//! - `busy`: user \0 start(8, order-preserving) uid \0 n(4) -> end(8) tentative(1)
-//! - `busymax`: user -> longest busy period seen (8), bounds the index scan
-//! - `processed`: user \0 message key -> time processed
-//! - `journal`: id(8) -> JournalEntry (JSON)
-//! - `proposals`: user \0 uid \0 id(8) -> COUNTER/DECLINECOUNTER calendar text
+//! The embedded store on sled: one tree, keys prefixed by kind, so that every commit is one
+//! atomic batch (sled's multi-tree transactions cost several times more):
+//! - `o` user \0 uid -> Record (binary, see store::Record)
+//! - `b` user \0 start(8, order-preserving) uid \0 n(4) -> end(8) tentative(1)
+//! - `m` user -> longest busy period seen (8), bounds the index scan
+//! - `p` user \0 message key -> time processed
+//! - `j` id(8) -> JournalEntry (JSON)
+//! - `c` user \0 uid \0 id(8) -> COUNTER/DECLINECOUNTER calendar text
+//!
+//! Isolation (read, decide, write of one user's objects) is the caller's: the pipeline holds a
+//! per-user lock around it. This type only guarantees that each commit is all or nothing.
 
 use super::{Change, Commit, JournalEntry, Record, Result, Store, StoreError};
 use crate::itip::{Busy, StoredObject};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
 use std::path::Path;
 
 pub struct Sled {
     db: sled::Db,
-    objects: sled::Tree,
-    busy: sled::Tree,
-    busymax: sled::Tree,
-    processed: sled::Tree,
-    journal: sled::Tree,
-    proposals: sled::Tree,
+    t: sled::Tree,
 }
 
 fn io<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
-fn user_key(user: &str, rest: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(user.len() + rest.len() + 1);
+fn key(kind: u8, user: &str, rest: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(user.len() + rest.len() + 2);
+    k.push(kind);
     k.extend_from_slice(user.as_bytes());
     k.push(0);
     k.extend_from_slice(rest.as_bytes());
@@ -46,13 +44,17 @@ fn from_ord_i64(b: &[u8]) -> i64 {
 }
 
 fn busy_key(user: &str, start: i64, uid: &str, n: u32) -> Vec<u8> {
-    let mut k = Vec::with_capacity(user.len() + uid.len() + 14);
-    k.extend_from_slice(user.as_bytes());
-    k.push(0);
+    let mut k = key(b'b', user, "");
     k.extend_from_slice(&ord_i64(start));
     k.extend_from_slice(uid.as_bytes());
     k.push(0);
     k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+fn max_key(user: &str) -> Vec<u8> {
+    let mut k = vec![b'm'];
+    k.extend_from_slice(user.as_bytes());
     k
 }
 
@@ -72,31 +74,23 @@ impl Sled {
                 )),
                 e => StoreError::Io(format!("{}: {e}", dir.display())),
             })?;
-        let t = |n: &str| db.open_tree(n).map_err(io);
-        Ok(Sled {
-            objects: t("objects")?,
-            busy: t("busy")?,
-            busymax: t("busymax")?,
-            processed: t("processed")?,
-            journal: t("journal")?,
-            proposals: t("proposals")?,
-            db,
-        })
+        let t = db.open_tree("calendar").map_err(io)?;
+        Ok(Sled { t, db })
     }
 }
 
 impl Store for Sled {
     fn get(&self, user: &str, uid: &str) -> Result<Option<StoredObject>> {
-        match self.objects.get(user_key(user, uid)).map_err(io)? {
+        match self.t.get(key(b'o', user, uid)).map_err(io)? {
             None => Ok(None),
             Some(v) => Record::decode(&v)?.into_object(uid).map(Some),
         }
     }
 
     fn list(&self, user: &str) -> Result<Vec<StoredObject>> {
-        let prefix = user_key(user, "");
+        let prefix = key(b'o', user, "");
         let mut out = Vec::new();
-        for kv in self.objects.scan_prefix(&prefix) {
+        for kv in self.t.scan_prefix(&prefix) {
             let (k, v) = kv.map_err(io)?;
             let uid = String::from_utf8_lossy(&k[prefix.len()..]).to_string();
             out.push(Record::decode(&v)?.into_object(&uid)?);
@@ -105,132 +99,96 @@ impl Store for Sled {
     }
 
     fn commit(&self, c: &Commit) -> Result<()> {
-        let okey = user_key(c.user, c.uid);
-        let journal_line =
-            serde_json::to_vec(c.journal).map_err(|e| StoreError::Io(e.to_string()))?;
+        let okey = key(b'o', c.user, c.uid);
         let journal_id = self.db.generate_id().map_err(io)?.to_be_bytes();
-        let pkey = c.processed_key.map(|pk| user_key(c.user, pk));
-        let pval = ord_i64(c.journal.ts);
-        let abort = |e: StoreError| ConflictableTransactionError::Abort(e);
-        let res: std::result::Result<(), TransactionError<StoreError>> = match &c.change {
-            // Nothing changes but the journal (and maybe the processed marker, a proposal):
-            // only those trees take part.
-            Change::Keep => {
-                let proposal = c.proposal.map(|p| p.calendar.to_ical());
-                (&self.processed, &self.journal, &self.proposals).transaction(
-                    |(processed, journal, proposals)| {
-                        if let Some(pk) = &pkey {
-                            processed.insert(pk.as_slice(), &pval)?;
-                        }
-                        journal.insert(&journal_id, journal_line.as_slice())?;
-                        if let Some(p) = &proposal {
-                            let mut k = okey.clone();
-                            k.push(0);
-                            k.extend_from_slice(&journal_id);
-                            proposals.insert(k, p.as_bytes())?;
-                        }
-                        Ok(())
-                    },
-                )
-            }
-            // The object changes, its busy periods do not (a REPLY): three trees.
+        let mut batch = sled::Batch::default();
+        let old = match c.change {
+            Change::Keep => None,
+            _ => self.t.get(&okey).map_err(io)?,
+        };
+        match &c.change {
+            Change::Keep => {}
             Change::PutKeepBusy(obj) => {
                 let rec = Record::from_object(obj, &[]).encode();
-                (&self.objects, &self.processed, &self.journal).transaction(
-                    |(objects, processed, journal)| {
-                        let bytes = match objects.get(&okey)? {
-                            Some(old) => Record::with_busy_of(&rec, &old).map_err(abort)?,
-                            None => rec.clone(),
-                        };
-                        objects.insert(okey.as_slice(), bytes)?;
-                        if let Some(pk) = &pkey {
-                            processed.insert(pk.as_slice(), &pval)?;
-                        }
-                        journal.insert(&journal_id, journal_line.as_slice())?;
-                        Ok(())
-                    },
-                )
+                let bytes = match &old {
+                    Some(old) => Record::with_busy_of(&rec, old)?,
+                    None => rec,
+                };
+                batch.insert(okey.as_slice(), bytes);
             }
             Change::Put(..) | Change::Delete => {
-                let (rec, periods): (Option<Vec<u8>>, &[Busy]) = match &c.change {
-                    Change::Put(obj, busy) => (Some(Record::from_object(obj, busy).encode()), busy),
-                    _ => (None, &[]),
-                };
-                (
-                    &self.objects,
-                    &self.busy,
-                    &self.busymax,
-                    &self.processed,
-                    &self.journal,
-                )
-                    .transaction(|(objects, busy, busymax, processed, journal)| {
-                        // Drop the old busy index entries of this object.
-                        if let Some(old) = objects.get(&okey)? {
-                            let (_, old_busy, _) = Record::decode_head(&old).map_err(abort)?;
-                            for (n, (s, _, _)) in old_busy.iter().enumerate() {
-                                busy.remove(busy_key(c.user, *s, c.uid, n as u32))?;
-                            }
-                        }
-                        match &rec {
-                            Some(rec) => {
-                                objects.insert(okey.as_slice(), rec.as_slice())?;
-                                let mut longest = 0i64;
-                                for (n, b) in periods.iter().enumerate() {
-                                    let mut v = Vec::with_capacity(9);
-                                    v.extend_from_slice(&ord_i64(b.end));
-                                    v.push(b.tentative as u8);
-                                    busy.insert(busy_key(c.user, b.start, c.uid, n as u32), v)?;
-                                    longest = longest.max(b.end - b.start);
-                                }
-                                let cur = busymax
-                                    .get(c.user.as_bytes())?
-                                    .map(|v| from_ord_i64(&v))
-                                    .unwrap_or(0);
-                                if longest > cur {
-                                    busymax.insert(c.user.as_bytes(), &ord_i64(longest))?;
-                                }
-                            }
-                            None => {
-                                objects.remove(okey.as_slice())?;
-                            }
-                        }
-                        if let Some(pk) = &pkey {
-                            processed.insert(pk.as_slice(), &pval)?;
-                        }
-                        journal.insert(&journal_id, journal_line.as_slice())?;
-                        Ok(())
-                    })
+                if let Some(old) = &old {
+                    let (_, old_busy, _) = Record::decode_head(old)?;
+                    for (n, (s, _, _)) in old_busy.iter().enumerate() {
+                        batch.remove(busy_key(c.user, *s, c.uid, n as u32));
+                    }
+                }
+                if let Change::Put(obj, periods) = &c.change {
+                    batch.insert(okey.as_slice(), Record::from_object(obj, periods).encode());
+                    let mut longest = 0i64;
+                    for (n, b) in periods.iter().enumerate() {
+                        let mut v = Vec::with_capacity(9);
+                        v.extend_from_slice(&ord_i64(b.end));
+                        v.push(b.tentative as u8);
+                        batch.insert(busy_key(c.user, b.start, c.uid, n as u32), v);
+                        longest = longest.max(b.end - b.start);
+                    }
+                    let mk = max_key(c.user);
+                    let cur = self
+                        .t
+                        .get(&mk)
+                        .map_err(io)?
+                        .map(|v| from_ord_i64(&v))
+                        .unwrap_or(0);
+                    if longest > cur {
+                        batch.insert(mk, &ord_i64(longest));
+                    }
+                } else {
+                    batch.remove(okey.as_slice());
+                }
             }
-        };
-        res.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => io(e),
-        })
+        }
+        if let Some(pk) = c.processed_key {
+            batch.insert(key(b'p', c.user, pk), &ord_i64(c.journal.ts));
+        }
+        let mut jk = vec![b'j'];
+        jk.extend_from_slice(&journal_id);
+        batch.insert(
+            jk,
+            serde_json::to_vec(c.journal).map_err(|e| StoreError::Io(e.to_string()))?,
+        );
+        if let Some(p) = c.proposal {
+            let mut k = key(b'c', c.user, c.uid);
+            k.push(0);
+            k.extend_from_slice(&journal_id);
+            batch.insert(k, p.calendar.to_ical().into_bytes());
+        }
+        self.t.apply_batch(batch).map_err(io)
     }
 
-    fn is_processed(&self, user: &str, key: &str) -> Result<bool> {
-        self.processed.contains_key(user_key(user, key)).map_err(io)
+    fn is_processed(&self, user: &str, pk: &str) -> Result<bool> {
+        self.t.contains_key(key(b'p', user, pk)).map_err(io)
     }
 
     fn busy(&self, user: &str, from: i64, to: i64) -> Result<Vec<Busy>> {
         let longest = self
-            .busymax
-            .get(user.as_bytes())
+            .t
+            .get(max_key(user))
             .map_err(io)?
             .map(|v| from_ord_i64(&v))
             .unwrap_or(0);
-        let mut lo = user_key(user, "");
+        let mut lo = key(b'b', user, "");
+        let plen = lo.len();
         lo.extend_from_slice(&ord_i64(from.saturating_sub(longest)));
-        let mut hi = user_key(user, "");
+        let mut hi = key(b'b', user, "");
         hi.extend_from_slice(&ord_i64(to));
-        let ulen = user.len() + 1;
         let mut out = Vec::new();
-        for kv in self.busy.range(lo..hi) {
+        for kv in self.t.range(lo..hi) {
             let (k, v) = kv.map_err(io)?;
-            if v.len() < 9 || k.len() < ulen + 8 {
+            if v.len() < 9 || k.len() < plen + 8 {
                 continue;
             }
-            let start = from_ord_i64(&k[ulen..ulen + 8]);
+            let start = from_ord_i64(&k[plen..plen + 8]);
             let end = from_ord_i64(&v[..8]);
             if end > from && start < to {
                 out.push(Busy {
@@ -245,7 +203,7 @@ impl Store for Sled {
 
     fn journal(&self, limit: usize) -> Result<Vec<JournalEntry>> {
         let mut out = Vec::new();
-        for kv in self.journal.iter().rev().take(limit) {
+        for kv in self.t.scan_prefix(b"j").rev().take(limit) {
             let (_, v) = kv.map_err(io)?;
             if let Ok(e) = serde_json::from_slice::<JournalEntry>(&v) {
                 out.push(e);

@@ -180,6 +180,8 @@ pub struct PostfixOptions<'a> {
     /// Where `virtual_transport` delivers: the LMTP port.
     pub lmtp_port: Option<u16>,
     pub virtual_domains: &'a [&'a str],
+    /// The smtpd port; None picks a free one.
+    pub smtp_port: Option<u16>,
 }
 
 const MASTER_CF: &str = "\
@@ -227,7 +229,7 @@ impl Postfix {
             .arg("postfix:postfix")
             .arg(&data)
             .status();
-        let smtp_port = free_port();
+        let smtp_port = o.smtp_port.unwrap_or_else(free_port);
         let mut main = format!(
             "compatibility_level = 3.6\nqueue_directory = {q}\ndata_directory = {d}\nmail_owner = postfix\n\
              setgid_group = postdrop\nmyhostname = mx.example.org\nmydomain = example.org\nmydestination =\n\
