@@ -330,6 +330,19 @@ impl Pipeline {
                     v.outgoing.push(self.build(&r, message_id));
                 }
             }
+            Decision::IgnoredWithReply(_, replies) => {
+                self.store.commit(&Commit {
+                    user: rcpt,
+                    uid: &inc.uid,
+                    change: Change::Keep,
+                    processed_key: Some(&pkey),
+                    journal: &entry,
+                    proposal: None,
+                })?;
+                for r in replies {
+                    v.outgoing.push(self.build(&r, message_id));
+                }
+            }
             Decision::Ignored(_) | Decision::Rejected(_) => {
                 self.store.commit(&Commit {
                     user: rcpt,

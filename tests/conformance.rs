@@ -1001,7 +1001,7 @@ fn add_for_unknown_object_sends_refresh() {
         .set("DTSTART:20260310T100000Z")
         .set("DTEND:20260310T110000Z");
     let msg = imip(ALICE, &[BOB], "ADD", &vcal("ADD", &[extra]));
-    env.process(&msg, &[BOB]);
+    assert_outcome(&env.process(&msg, &[BOB]), "ignored");
     let out = env.outbox();
     assert_eq!(out.len(), 1);
     assert!(header(&out[0], "To").unwrap().contains(ALICE));

@@ -130,6 +130,9 @@ pub enum Decision {
         summary: String,
     },
     Ignored(Reason),
+    /// Nothing changes, but iTIP asks for an answer (an ADD for an unknown object is answered
+    /// with a REFRESH, RFC 5546 3.2.4).
+    IgnoredWithReply(Reason, Vec<OutMessage>),
     Rejected(Reason),
 }
 
@@ -137,7 +140,7 @@ impl Decision {
     pub fn outcome(&self) -> &'static str {
         match self {
             Decision::Applied { .. } => "applied",
-            Decision::Ignored(_) => "ignored",
+            Decision::Ignored(_) | Decision::IgnoredWithReply(..) => "ignored",
             Decision::Rejected(_) => "rejected",
         }
     }
@@ -145,7 +148,9 @@ impl Decision {
     pub fn reason(&self) -> String {
         match self {
             Decision::Applied { summary, .. } => summary.clone(),
-            Decision::Ignored(r) | Decision::Rejected(r) => r.to_string(),
+            Decision::Ignored(r) | Decision::Rejected(r) | Decision::IgnoredWithReply(r, _) => {
+                r.to_string()
+            }
         }
     }
 }
@@ -679,19 +684,16 @@ fn add(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decision
             .props
             .push(Prop::new("DTSTAMP", format_utc(ctx.now)));
         let cal = calendar_for(Method::Refresh, &[refresh], &[]);
-        return Decision::Applied {
-            object: None,
-            changed: false,
-            replies: vec![OutMessage {
+        return Decision::IgnoredWithReply(
+            Reason::AddForUnknown(inc.uid.clone()),
+            vec![OutMessage {
                 from: ctx.recipient.to_string(),
                 to: org,
                 method: Method::Refresh,
                 calendar: cal,
                 summary: summary_of(&inc.components),
             }],
-            proposal: None,
-            summary: "ADD for an unknown object: REFRESH sent to the organizer".into(),
-        };
+        );
     };
     let inc_tz = tzmap_for(&inc.timezones);
     let mut result = stored.clone();

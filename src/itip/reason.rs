@@ -41,6 +41,8 @@ pub enum Reason {
     RecipientNotOrganizer(String),
     PartyCrasher(String),
     UnknownObject(String),
+    /// ADD for an object we do not have: a REFRESH was sent instead (RFC 5546 3.2.4).
+    AddForUnknown(String),
     UnknownInstance(String),
     NoMaster,
     OlderSequence {
@@ -100,6 +102,10 @@ impl fmt::Display for Reason {
             }
             Reason::PartyCrasher(a) => write!(f, "{a} is not an attendee of this object"),
             Reason::UnknownObject(uid) => write!(f, "no stored object with UID {uid}"),
+            Reason::AddForUnknown(uid) => write!(
+                f,
+                "ADD for {uid}, which is not stored: REFRESH sent to the organizer"
+            ),
             Reason::UnknownInstance(rid) => write!(f, "no instance {rid} in the stored object"),
             Reason::NoMaster => write!(f, "the stored object has no master component"),
             Reason::OlderSequence { incoming, stored } => write!(
