@@ -16,7 +16,6 @@
 #[path = "../tests/mta/mod.rs"]
 mod mta;
 #[path = "../tests/signers/mod.rs"]
-#[allow(dead_code)]
 mod signers;
 
 use mta::{have, Imipd, Postfix, PostfixOptions};

@@ -61,12 +61,10 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             s => o.file = Some(s.to_string()),
         }
     }
+    let loopback =
+        |a: &str| a.starts_with("127.") || a.starts_with("localhost") || a.starts_with("[::1]");
     for addr in [&o.target, &o.listen] {
-        if !addr.is_empty()
-            && !(addr.starts_with("127.")
-                || addr.starts_with("localhost")
-                || addr.starts_with("[::1]"))
-        {
+        if !addr.is_empty() && !loopback(addr) {
             return Err(format!("{addr}: only loopback targets are allowed"));
         }
     }

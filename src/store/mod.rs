@@ -91,6 +91,9 @@ struct Record {
 
 const RECORD_V1: u8 = 1;
 
+/// Busy periods as stored: (start, end, tentative).
+type BusyRows = Vec<(i64, i64, bool)>;
+
 struct Reader<'a> {
     b: &'a [u8],
     at: usize,
@@ -167,7 +170,7 @@ impl Record {
     }
 
     /// Reads kind and busy periods only; returns them and the reader positioned after them.
-    fn decode_head(b: &[u8]) -> Result<(String, Vec<(i64, i64, bool)>, Reader<'_>)> {
+    fn decode_head(b: &[u8]) -> Result<(String, BusyRows, Reader<'_>)> {
         let mut r = Reader { b, at: 0 };
         if r.u8()? != RECORD_V1 {
             return Err(StoreError::Corrupt("unknown record version".into()));
