@@ -141,11 +141,13 @@ fn cz(s: &str) -> Vec<u8> {
 }
 
 /// One milter connection, as Postfix drives it: negotiate, connect, then transactions.
+type Split = (Vec<(String, String)>, Vec<u8>);
+
 fn milter_lane(
     target: &str,
     n: usize,
-    headers: &[(String, String)],
-    body: &[u8],
+    msgs: &[Split],
+    next: &AtomicUsize,
     lat: &Mutex<Vec<Duration>>,
 ) -> std::io::Result<usize> {
     let mut s = TcpStream::connect(target)?;
@@ -195,6 +197,7 @@ fn milter_lane(
         read_packet(&mut s)?;
     }
     for i in 0..n {
+        let (headers, body) = &msgs[next.fetch_add(1, Ordering::Relaxed) % msgs.len()];
         let t = Instant::now();
         let mut buf = Vec::new();
         let mut mac = vec![b'M'];
@@ -242,7 +245,8 @@ fn milter_lane(
 fn smtp_lane(
     o: &Opts,
     n: usize,
-    data: &[u8],
+    msgs: &[Vec<u8>],
+    next: &AtomicUsize,
     lat: &Mutex<Vec<Duration>>,
 ) -> std::io::Result<usize> {
     let s = TcpStream::connect(&o.target)?;
@@ -267,21 +271,25 @@ fn smtp_lane(
     reply(&mut r)?;
     w.write_all(b"EHLO load.example.com\r\n")?;
     reply(&mut r)?;
-    let mut stuffed = Vec::with_capacity(data.len() + 16);
-    let mut bol = true;
-    for &b in data {
-        if bol && b == b'.' {
-            stuffed.push(b'.');
+    let stuff = |data: &[u8]| -> Vec<u8> {
+        let mut stuffed = Vec::with_capacity(data.len() + 16);
+        let mut bol = true;
+        for &b in data {
+            if bol && b == b'.' {
+                stuffed.push(b'.');
+            }
+            stuffed.push(b);
+            bol = b == b'\n';
         }
-        stuffed.push(b);
-        bol = b == b'\n';
-    }
-    if !stuffed.ends_with(b"\r\n") {
-        stuffed.extend_from_slice(b"\r\n");
-    }
-    stuffed.extend_from_slice(b".\r\n");
+        if !stuffed.ends_with(b"\r\n") {
+            stuffed.extend_from_slice(b"\r\n");
+        }
+        stuffed.extend_from_slice(b".\r\n");
+        stuffed
+    };
     let mut ok = 0;
     for _ in 0..n {
+        let stuffed = stuff(&msgs[next.fetch_add(1, Ordering::Relaxed) % msgs.len()]);
         let t = Instant::now();
         w.write_all(
             format!("MAIL FROM:<{}>\r\nRCPT TO:<{}>\r\nDATA\r\n", o.from, o.to).as_bytes(),
@@ -452,15 +460,32 @@ fn main() {
             std::process::exit(64);
         }
     };
-    let read = |o: &Opts| -> Vec<u8> {
+    // FILE, or a directory of .eml files used in turn (distinct messages, so that every one
+    // is new to the processed-message log).
+    let read = |o: &Opts| -> Vec<Vec<u8>> {
         let f = o.file.clone().unwrap_or_else(|| {
-            eprintln!("imipd-load: a message FILE is needed");
+            eprintln!("imipd-load: a message FILE or DIR is needed");
             std::process::exit(64)
         });
-        std::fs::read(&f).unwrap_or_else(|e| {
-            eprintln!("imipd-load: {f}: {e}");
-            std::process::exit(66)
-        })
+        let p = std::path::Path::new(&f);
+        let mut paths = vec![p.to_path_buf()];
+        if p.is_dir() {
+            paths = std::fs::read_dir(p)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.path())
+                        .filter(|x| x.extension().is_some_and(|e| e == "eml"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            paths.sort();
+        }
+        let msgs: Vec<Vec<u8>> = paths.iter().filter_map(|p| std::fs::read(p).ok()).collect();
+        if msgs.is_empty() {
+            eprintln!("imipd-load: {f}: no message");
+            std::process::exit(66);
+        }
+        msgs
     };
     // Bound the whole run in time as well as in count.
     let limit = o.timeout;
@@ -471,21 +496,24 @@ fn main() {
     });
     match cmd.as_str() {
         "milter" => {
-            let raw = read(&o);
-            let (headers, body) = split_message(&raw);
-            let (headers, body) = (Arc::new(headers), Arc::new(body));
+            let msgs: Arc<Vec<Split>> =
+                Arc::new(read(&o).iter().map(|m| split_message(m)).collect());
             let target = o.target.clone();
+            let next = Arc::new(AtomicUsize::new(0));
             run_lanes("milter", &o, move |n, lat| {
-                milter_lane(&target, n, &headers, &body, lat)
+                milter_lane(&target, n, &msgs, &next, lat)
             });
         }
         "smtp" => {
             let raw = Arc::new(read(&o));
+            let next = Arc::new(AtomicUsize::new(0));
             let o2 = Arc::new(Opts {
                 file: None,
                 ..parse(&args[1..]).unwrap_or_else(|_| std::process::exit(64))
             });
-            run_lanes("smtp", &o, move |n, lat| smtp_lane(&o2, n, &raw, lat));
+            run_lanes("smtp", &o, move |n, lat| {
+                smtp_lane(&o2, n, &raw, &next, lat)
+            });
         }
         "lmtp-sink" => {
             if let Err(e) = lmtp_sink(&o) {

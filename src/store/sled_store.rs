@@ -17,6 +17,53 @@ use std::path::Path;
 pub struct Sled {
     db: sled::Db,
     t: sled::Tree,
+    group: GroupFlush,
+}
+
+/// Group commit: callers that ask for durability while a flush is running wait for the next
+/// one, which covers all of them, instead of each paying its own fsync.
+#[derive(Default)]
+struct GroupFlush {
+    state: std::sync::Mutex<FlushState>,
+    cv: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct FlushState {
+    started: u64,
+    done: u64,
+    running: bool,
+    error: Option<String>,
+}
+
+impl GroupFlush {
+    fn flush(&self, db: &sled::Db) -> Result<()> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // Only a flush that starts after this call covers what this caller committed.
+        let mine = st.started + 1;
+        loop {
+            if st.done >= mine {
+                return match &st.error {
+                    Some(e) => Err(StoreError::Io(e.clone())),
+                    None => Ok(()),
+                };
+            }
+            if !st.running {
+                st.running = true;
+                st.started += 1;
+                let generation = st.started;
+                drop(st);
+                let res = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                st.running = false;
+                st.done = generation;
+                st.error = res.err();
+                self.cv.notify_all();
+            } else {
+                st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+    }
 }
 
 fn io<E: std::fmt::Display>(e: E) -> StoreError {
@@ -75,7 +122,11 @@ impl Sled {
                 e => StoreError::Io(format!("{}: {e}", dir.display())),
             })?;
         let t = db.open_tree("calendar").map_err(io)?;
-        Ok(Sled { t, db })
+        Ok(Sled {
+            t,
+            db,
+            group: GroupFlush::default(),
+        })
     }
 }
 
@@ -214,6 +265,6 @@ impl Store for Sled {
     }
 
     fn flush(&self) -> Result<()> {
-        self.db.flush().map(|_| ()).map_err(io)
+        self.group.flush(&self.db)
     }
 }

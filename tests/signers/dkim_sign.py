@@ -5,6 +5,8 @@
   dkim_sign.py ed25519-keygen PRIVATE_FILE      prints the public key (base64) for p=
   dkim_sign.py sign SELECTOR DOMAIN KEYFILE [--alg rsa-sha256|ed25519-sha256]
                [--length] [--expired]           signs stdin, writes the signed message
+  dkim_sign.py sign-many SELECTOR DOMAIN KEYFILE N OUTDIR [--alg ...]
+                                                signs N variants of stdin ({n} replaced)
 
 --expired signs with t= two hours and x= one hour in the past. dkimpy has no option for
 x=, so the tag is added to the fields dkimpy signs: the signature itself stays dkimpy's.
@@ -59,10 +61,31 @@ def sign(args):
     sys.stdout.buffer.write(signature + message)
 
 
+def sign_many(args):
+    """Signs N variants of the template on stdin ("{n}" replaced by 0..N-1) into OUTDIR."""
+    import os
+
+    selector, domain, keyfile, count, outdir = args[0], args[1], args[2], int(args[3]), args[4]
+    alg = b"rsa-sha256"
+    if "--alg" in args:
+        alg = args[args.index("--alg") + 1].encode()
+    with open(keyfile, "rb") as f:
+        key = f.read()
+    template = sys.stdin.buffer.read()
+    os.makedirs(outdir, exist_ok=True)
+    for n in range(count):
+        message = template.replace(b"{n}", str(n).encode())
+        signature = dkim.sign(message, selector.encode(), domain.encode(), key, signature_algorithm=alg)
+        with open(os.path.join(outdir, "%06d.eml" % n), "wb") as f:
+            f.write(signature + message)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "ed25519-keygen":
         keygen_ed25519(sys.argv[2])
     elif sys.argv[1] == "sign":
         sign(sys.argv[2:])
+    elif sys.argv[1] == "sign-many":
+        sign_many(sys.argv[2:])
     else:
         sys.exit("unknown command " + sys.argv[1])

@@ -262,6 +262,23 @@ impl DkimKey {
         format!("{}._domainkey.{}", self.selector, self.domain)
     }
 
+    /// Signs `count` variants of `template` ("{n}" replaced by 0..count) into `outdir`.
+    pub fn sign_many(&self, template: &[u8], count: usize, outdir: &Path) {
+        let args = [
+            helper(),
+            "sign-many".to_string(),
+            self.selector.clone(),
+            self.domain.clone(),
+            path_str(&self.key_file).to_string(),
+            count.to_string(),
+            path_str(outdir).to_string(),
+            "--alg".to_string(),
+            self.alg.to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run("python3", &args, Some(template));
+    }
+
     /// Signs `message` with dkimpy; `extra` takes `--length` and `--expired`.
     pub fn sign(&self, message: &[u8], extra: &[&str]) -> Vec<u8> {
         let mut args = vec![
