@@ -514,8 +514,7 @@ async fn accept_loop<F, Fut>(
     }
 }
 
-pub trait AsyncStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AsyncStream for T {}
+pub use crate::milter::Conn as AsyncStream;
 
 /// Sends queued outgoing messages; a failed one stays queued and is retried.
 async fn queue_runner(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {

@@ -99,6 +99,39 @@ pub enum Verdict {
     Reject(String),
 }
 
+/// A milter connection. On TCP, delayed ACKs are switched off after every read: with the
+/// no-reply stages negotiated, Postfix writes packet after packet without waiting, and its Nagle
+/// algorithm would otherwise hold each one until our delayed ACK (40 ms) releases it.
+pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send {
+    fn quickack(&self) {}
+}
+
+impl Conn for tokio::net::TcpStream {
+    fn quickack(&self) {
+        use std::os::fd::AsRawFd;
+        let one: libc::c_int = 1;
+        // SAFETY: a valid socket descriptor owned by self, and a pointer to a c_int of the
+        // size given; a failure only leaves delayed ACKs on.
+        unsafe {
+            libc::setsockopt(
+                self.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                &one as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
+impl Conn for tokio::net::UnixStream {}
+
+impl<T: Conn + ?Sized> Conn for Box<T> {
+    fn quickack(&self) {
+        (**self).quickack()
+    }
+}
+
 /// The decision function, called once per message at end of message.
 pub trait Handler: Send + Sync + 'static {
     fn end_of_message(&self, env: Envelope)
@@ -198,7 +231,7 @@ pub async fn serve<S, H>(
     max_message: usize,
 ) -> std::io::Result<()>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: Conn,
     H: Handler,
 {
     let mut env = Envelope::default();
@@ -207,6 +240,7 @@ where
     let mut no_reply: u32 = 0;
     let mut too_big = false;
     while let Some((cmd, data)) = read_packet(&mut stream, timeout).await? {
+        stream.quickack();
         let mut reply: Option<u8> = None;
         match cmd {
             C_OPTNEG => {
