@@ -213,6 +213,7 @@ fn opendkim(
         "--port=53".into(),
         "--listen-address=127.0.0.53".into(),
         "--bind-interfaces".into(),
+        "--local-ttl=300".into(),
         "--pid-file=".into(),
         "--local=/#/".into(),
     ];

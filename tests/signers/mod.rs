@@ -124,6 +124,8 @@ impl Dns {
                 format!("--port={port}"),
                 "--listen-address=127.0.0.1".to_string(),
                 "--bind-interfaces".to_string(),
+                // Cacheable answers, as real zones give (dnsmasq defaults to TTL 0).
+                "--local-ttl=300".to_string(),
                 "--pid-file=".to_string(),
                 // Authoritative NXDOMAIN for every name without a record.
                 "--local=/#/".to_string(),
