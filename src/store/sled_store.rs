@@ -5,6 +5,7 @@
 //! - `processed`: user \0 message key -> time processed
 //! - `journal`: id(8) -> JournalEntry (JSON)
 //! - `proposals`: user \0 uid \0 id(8) -> COUNTER/DECLINECOUNTER calendar text
+//! - `message_ids`: iSchedule message key -> remembered until (8), for replay refusal
 
 use super::{Change, Commit, JournalEntry, Record, Result, Store, StoreError};
 use crate::itip::{Busy, StoredObject};
@@ -20,6 +21,8 @@ pub struct Sled {
     processed: sled::Tree,
     journal: sled::Tree,
     proposals: sled::Tree,
+    message_ids: sled::Tree,
+    ids_added: std::sync::atomic::AtomicU64,
 }
 
 fn io<E: std::fmt::Display>(e: E) -> StoreError {
@@ -80,6 +83,8 @@ impl Sled {
             processed: t("processed")?,
             journal: t("journal")?,
             proposals: t("proposals")?,
+            message_ids: t("message_ids")?,
+            ids_added: std::sync::atomic::AtomicU64::new(0),
             db,
         })
     }
@@ -260,5 +265,43 @@ impl Store for Sled {
 
     fn flush(&self) -> Result<()> {
         self.db.flush().map(|_| ()).map_err(io)
+    }
+
+    fn remember_message_id(&self, key: &str, until: i64, now: i64) -> Result<bool> {
+        use std::sync::atomic::Ordering;
+        let value = ord_i64(until);
+        let mut current = None;
+        // Bounded: a concurrent writer can make a swap fail only while it inserts the same key.
+        for _ in 0..4 {
+            match self
+                .message_ids
+                .compare_and_swap(key.as_bytes(), current.clone(), Some(&value[..]))
+                .map_err(io)?
+            {
+                Ok(()) => {
+                    if self.ids_added.fetch_add(1, Ordering::Relaxed) % 256 == 255 {
+                        self.forget_expired_ids(now)?;
+                    }
+                    return Ok(true);
+                }
+                Err(e) => match e.current {
+                    Some(v) if v.len() == 8 && from_ord_i64(&v) >= now => return Ok(false),
+                    other => current = other,
+                },
+            }
+        }
+        Ok(false)
+    }
+}
+
+impl Sled {
+    fn forget_expired_ids(&self, now: i64) -> Result<()> {
+        for kv in self.message_ids.iter() {
+            let (k, v) = kv.map_err(io)?;
+            if v.len() != 8 || from_ord_i64(&v) < now {
+                self.message_ids.remove(k).map_err(io)?;
+            }
+        }
+        Ok(())
     }
 }
