@@ -781,3 +781,384 @@ fn load_signed_posts_and_remote_freebusy() {
         lat[lat.len() * 9 / 10]
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Interop with a real foreign receiver: Debian's Cyrus httpd (brief §15). It ignores DKIM (the
+// Debian build has none), so this checks our sender's headers, redirect following, XML parsing,
+// free/busy and error mapping against real output.
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Stops Cyrus's master and the service processes it started, by PID.
+struct Cyrus {
+    master: std::process::Child,
+}
+
+impl Cyrus {
+    fn children(&self) -> Vec<u32> {
+        let me = self.master.id();
+        let mut out = Vec::new();
+        if let Ok(rd) = std::fs::read_dir("/proc") {
+            for e in rd.flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                // pid (comm) state ppid ...
+                let ppid = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                    .and_then(|p| p.parse::<u32>().ok());
+                if ppid == Some(me) {
+                    out.push(pid);
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cyrus {
+    fn drop(&mut self) {
+        let children = self.children();
+        let _ = std::process::Command::new("kill")
+            .arg(self.master.id().to_string())
+            .status();
+        for c in children {
+            let _ = std::process::Command::new("kill")
+                .arg(c.to_string())
+                .status();
+        }
+        let _ = self.master.wait();
+    }
+}
+
+fn tcp_exchange(port: u16, data: &[u8]) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(data).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// IMAP as admin: CREATE user/<name>, one command per line, each answered before the next.
+fn imap_create_users(port: u16, users: &[&str]) {
+    use std::io::BufRead;
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let mut cmds = vec!["a0 LOGIN admin x".to_string()];
+    for (i, u) in users.iter().enumerate() {
+        cmds.push(format!("a{} CREATE user/{u}", i + 1));
+    }
+    cmds.push("z LOGOUT".into());
+    for c in cmds {
+        let tag = c.split(' ').next().unwrap().to_string();
+        w.write_all(format!("{c}\r\n").as_bytes()).unwrap();
+        loop {
+            line.clear();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            if line.starts_with(&format!("{tag} ")) {
+                assert!(line.contains(" OK"), "IMAP {c}: {line}");
+                break;
+            }
+        }
+    }
+}
+
+#[test]
+fn interop_with_cyrus_receiver() {
+    let test = "interop_with_cyrus_receiver";
+    if !is_root() {
+        eprintln!(
+            "NOTICE: skipping {test}: Cyrus's master must start as root (it drops to nobody)"
+        );
+        return;
+    }
+    if !tools_present(test, &["apt-get", "dpkg-deb", "openssl", "setsid", "chown"]) {
+        return;
+    }
+    let shared = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/specs/ischedule/observed"
+    );
+    let (Ok(imapd_conf), Ok(cyrus_conf)) = (
+        std::fs::read_to_string(format!("{shared}/loopback-imapd.conf")),
+        std::fs::read_to_string(format!("{shared}/loopback-cyrus.conf")),
+    ) else {
+        eprintln!("NOTICE: skipping {test}: the observed loopback Cyrus configs are not available");
+        return;
+    };
+    // The packages, downloaded once per machine with the ordinary client.
+    let debs = std::env::temp_dir().join("imipd-test-cyrus-debs");
+    std::fs::create_dir_all(&debs).unwrap();
+    let have_debs = |d: &Path| {
+        std::fs::read_dir(d)
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("cyrus-caldav_"))
+            })
+            .unwrap_or(false)
+    };
+    if !have_debs(&debs) {
+        let st = std::process::Command::new("apt-get")
+            .args([
+                "download",
+                "cyrus-common",
+                "cyrus-caldav",
+                "cyrus-imapd",
+                "libshp2",
+                "libwrap0",
+                "libpcre3",
+                "libical3",
+                "libxapian30",
+            ])
+            .current_dir(&debs)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !st.is_ok_and(|s| s.success()) || !have_debs(&debs) {
+            eprintln!("NOTICE: skipping {test}: `apt-get download cyrus-caldav ...` failed (no package or no archive)");
+            return;
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = tmp.path().join("root");
+    for e in std::fs::read_dir(&debs).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "deb") {
+            run("dpkg-deb", &["-x", p(&e.path()), p(&root)], None);
+        }
+    }
+    let bin = root.join("usr/lib/cyrus/bin");
+    if !bin.join("master").exists() || !bin.join("httpd").exists() {
+        eprintln!("NOTICE: skipping {test}: the unpacked packages have no Cyrus master/httpd");
+        return;
+    }
+    let state = tmp.path().join("state");
+    for d in ["conf/socket", "spool", "run"] {
+        std::fs::create_dir_all(state.join(d)).unwrap();
+    }
+    let http_port = mta::free_port();
+    let imap_port = mta::free_port();
+    let subst = |s: &str| {
+        s.replace("$CYRUS_STATE", p(&state))
+            .replace("$CYRUS_ROOT", p(&root))
+            .replace("127.0.0.1:18008", &format!("127.0.0.1:{http_port}"))
+            .replace("127.0.0.1:18143", &format!("127.0.0.1:{imap_port}"))
+    };
+    std::fs::write(state.join("imapd.conf"), subst(&imapd_conf)).unwrap();
+    std::fs::write(state.join("cyrus.conf"), subst(&cyrus_conf)).unwrap();
+    run("chown", &["-R", "nobody:nogroup", p(&state)], None);
+    let libs = format!(
+        "{}:{}",
+        p(&root.join("usr/lib/x86_64-linux-gnu")),
+        p(&root.join("lib/x86_64-linux-gnu"))
+    );
+    let master = std::process::Command::new("setsid")
+        .arg(bin.join("master"))
+        .args([
+            "-C",
+            p(&state.join("imapd.conf")),
+            "-M",
+            p(&state.join("cyrus.conf")),
+        ])
+        .env("LD_LIBRARY_PATH", &libs)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start Cyrus master");
+    let _cyrus = Cyrus { master };
+    // Wait until httpd answers (it drops every other connection, so poll a few times).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let caps_req = b"GET /ischedule?action=capabilities HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    let mut up = false;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", http_port)).is_ok()
+            && tcp_exchange(http_port, caps_req).starts_with("HTTP/1.1 200")
+        {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if !up {
+        eprintln!("NOTICE: skipping {test}: Cyrus httpd did not come up (missing libraries?)");
+        return;
+    }
+    imap_create_users(imap_port, &["bob", "carol"]);
+    for u in ["bob", "carol"] {
+        // One authenticated CalDAV request creates the calendar home (alwaystrue SASL).
+        let auth = imipd::control::b64encode(format!("{u}:x").as_bytes());
+        let req = format!(
+            "PROPFIND /dav/calendars/user/{u}/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {auth}\r\nDepth: 0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let mut ok = false;
+        for _ in 0..4 {
+            if tcp_exchange(http_port, req.as_bytes()).starts_with("HTTP/1.1 207") {
+                ok = true;
+                break;
+            }
+        }
+        assert!(ok, "PROPFIND for {u}");
+    }
+
+    // Our side: example.com, sending to Cyrus's example.org through a static override.
+    let me = tmp.path().join("imipd");
+    std::fs::create_dir_all(&me).unwrap();
+    let key = me.join("dkim.pem");
+    run("openssl", &["genrsa", "-out", p(&key), "2048"], None);
+    let cfg = me.join("imipd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\nlocal_domains = [\"example.com\"]\n[outbound]\ntransport = \"outbox:{}\"\n\
+             [ischedule]\ndkim_domain = \"example.com\"\ndkim_key = \"{}\"\nallow_http = true\ntimeout_secs = 10\n\
+             [ischedule.servers]\n\"example.org\" = \"http://127.0.0.1:{http_port}/.well-known/ischedule\"\n",
+            p(&me.join("data")),
+            p(&me.join("outbox")),
+            p(&key)
+        ),
+    )
+    .unwrap();
+    let imipd = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_imipd"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            out.status.code().unwrap_or(-1),
+        )
+    };
+    let send = |msg: &str| {
+        let f = me.join(format!("m-{}.eml", now_nanos()));
+        std::fs::write(&f, msg).unwrap();
+        let (out, err, code) = imipd(&["send", "--sender", "alice@example.com", p(&f)]);
+        assert_eq!(code, 0, "{err}");
+        out.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let attendees = [
+        ("alice@example.com", "ACCEPTED"),
+        ("bob@example.org", "NEEDS-ACTION"),
+        ("dave@example.org", "NEEDS-ACTION"),
+    ];
+    let inv = imip(
+        "alice@example.com",
+        &["bob@example.org", "dave@example.org"],
+        "REQUEST",
+        &event("cy-1@example.com", 0, "alice@example.com", &attendees, ""),
+    );
+    let res = send(&inv);
+    let status_of = |res: &[serde_json::Value], who: &str| {
+        res.iter()
+            .find(|r| r["recipient"] == format!("mailto:{who}"))
+            .map(|r| r["request_status"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(status_of(&res, "bob@example.org"), "2.0;Success", "{res:?}");
+    assert!(
+        status_of(&res, "dave@example.org").starts_with("3.7"),
+        "{res:?}"
+    );
+    let (alice, _, _) = imipd(&["export", "--user", "alice@example.com"]);
+    let alice = unfold(&alice);
+    assert!(
+        alice
+            .lines()
+            .any(|l| l.contains("bob@example.org") && l.contains("SCHEDULE-STATUS=2.0")),
+        "{alice}"
+    );
+    assert!(
+        alice
+            .lines()
+            .any(|l| l.contains("dave@example.org") && l.contains("SCHEDULE-STATUS=3.7")),
+        "{alice}"
+    );
+
+    // Free/busy from Cyrus's calendar: a VFREEBUSY REPLY for bob.
+    let (out, err, code) = imipd(&[
+        "freebusy",
+        "--user",
+        "bob@example.org",
+        "--originator",
+        "alice@example.com",
+        "--from",
+        "20300110T000000Z",
+        "--to",
+        "20300111T000000Z",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("METHOD:REPLY") && out.contains("BEGIN:VFREEBUSY"),
+        "{out}"
+    );
+    assert!(out.contains("ATTENDEE:mailto:bob@example.org"), "{out}");
+
+    // A VFREEBUSY REQUEST sent by mail to a user of the other domain is answered at once: the
+    // iSchedule answer comes back to the requester as an iMIP REPLY.
+    let fbreq = format!(
+        "From: <alice@example.com>\r\nTo: <carol@example.org>\r\nSubject: fb\r\nMessage-ID: <fb1@test>\r\n\
+         Content-Type: text/calendar; method=REQUEST\r\n\r\nBEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\n\
+         METHOD:REQUEST\r\nBEGIN:VFREEBUSY\r\nUID:fbq-1@example.com\r\nDTSTAMP:20300101T000000Z\r\n\
+         DTSTART:20300110T000000Z\r\nDTEND:20300111T000000Z\r\nORGANIZER:mailto:alice@example.com\r\n\
+         ATTENDEE:mailto:carol@example.org\r\nEND:VFREEBUSY\r\nEND:VCALENDAR\r\n"
+    );
+    let res = send(&fbreq);
+    assert_eq!(
+        status_of(&res, "carol@example.org"),
+        "2.0;Success",
+        "{res:?}"
+    );
+    let replies: Vec<String> = std::fs::read_dir(me.join("outbox"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        replies.iter().any(|m| m.contains("METHOD:REPLY")
+            && m.contains("ATTENDEE:mailto:carol@example.org")
+            && m.lines()
+                .any(|l| l.starts_with("To:") && l.contains("alice@example.com"))),
+        "{replies:?}"
+    );
+
+    // The cancellation.
+    let cancel = imip(
+        "alice@example.com",
+        &["bob@example.org"],
+        "CANCEL",
+        &event(
+            "cy-1@example.com",
+            1,
+            "alice@example.com",
+            &[("bob@example.org", "NEEDS-ACTION")],
+            "STATUS:CANCELLED\r\n",
+        ),
+    );
+    let res = send(&cancel);
+    assert_eq!(status_of(&res, "bob@example.org"), "2.0;Success", "{res:?}");
+}

@@ -162,6 +162,9 @@ impl Client {
             .timeout(timeout)
             .connect_timeout(timeout)
             .user_agent(concat!("imipd/", env!("CARGO_PKG_VERSION")))
+            // One connection per request: peers such as Cyrus close kept-alive connections
+            // at will, and a request on a half-closed one fails midway.
+            .pool_max_idle_per_host(0)
             .no_proxy();
         if let Some(p) = ca_file {
             let pem = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -230,6 +233,24 @@ impl Client {
                 return Ok(c.clone());
             }
         }
+        // A GET is safe to repeat: peers that drop connections at random (Cyrus 3.6 does,
+        // every other connection on a quiet server) get two more chances.
+        let mut last = PostError::Transport("no attempt".into());
+        for _ in 0..3 {
+            match self.fetch_capabilities(&base).await {
+                Ok(caps) => {
+                    let base = self.current_base(&base);
+                    lock(&self.caps).insert(base, (caps.clone(), Instant::now()));
+                    return Ok(caps);
+                }
+                Err(e @ (PostError::Transport(_) | PostError::BadResponse(_))) => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    async fn fetch_capabilities(&self, base: &str) -> Result<Capabilities, PostError> {
         let url = format!("{base}?action=capabilities");
         let (resp, _) = self
             .send_following(&url, |u| {
@@ -247,11 +268,7 @@ impl Client {
                 description: Some("capabilities request failed".into()),
             });
         }
-        let caps =
-            capabilities::parse(&String::from_utf8_lossy(&body)).map_err(PostError::BadResponse)?;
-        let base = self.current_base(&base);
-        lock(&self.caps).insert(base, (caps.clone(), Instant::now()));
-        Ok(caps)
+        capabilities::parse(&String::from_utf8_lossy(&body)).map_err(PostError::BadResponse)
     }
 
     /// The headers of a request, in the order they are sent, DKIM-Signature last.
@@ -328,7 +345,10 @@ impl Client {
                 description,
             });
         }
-        parse_schedule_response(&text).map_err(PostError::BadResponse)
+        parse_schedule_response(&text).map_err(|e| {
+            let start: String = text.chars().take(160).collect();
+            PostError::BadResponse(format!("{e} in {start:?}"))
+        })
     }
 
     /// `http/well-known` key records: GET `url`, which must answer text/plain.
