@@ -164,6 +164,11 @@ struct World {
 }
 
 fn world(test: &str) -> Option<World> {
+    world_with(test, "[milter]\nenabled = false\n", "")
+}
+
+/// Two sites; `a_milter` is a.test's `[milter]` section, `a_ischedule` extra `[ischedule]` keys.
+fn world_with(test: &str, a_milter: &str, a_ischedule: &str) -> Option<World> {
     if !tools_present(test, &["dnsmasq", "openssl"]) {
         return None;
     }
@@ -181,13 +186,17 @@ fn world(test: &str) -> Option<World> {
         let dkim_key = dir.join("dkim.pem");
         run("openssl", &["genrsa", "-out", p(&dkim_key), "2048"], None);
         let outbox = dir.join("outbox");
+        let (milter, extra_is) = if domain == "a.test" {
+            (a_milter, a_ischedule)
+        } else {
+            ("[milter]\nenabled = false\n", "")
+        };
         let config = format!(
-            "local_domains = [\"{domain}\"]\n\
-             [milter]\nenabled = false\n[lmtp]\nenabled = false\n\
+            "local_domains = [\"{domain}\"]\n{milter}[lmtp]\nenabled = false\n\
              [dns]\nnameservers = [\"127.0.0.1:{dns_port}\"]\ntimeout_secs = 2\n\
              [outbound]\ntransport = \"outbox:{}\"\n\
              [ischedule]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\
-             dkim_domain = \"{domain}\"\ndkim_key = \"{}\"\nca_file = \"{}\"\ntimeout_secs = 10\n",
+             dkim_domain = \"{domain}\"\ndkim_key = \"{}\"\nca_file = \"{}\"\ntimeout_secs = 10\n{extra_is}",
             p(&outbox),
             p(&cert),
             p(&key),
@@ -443,6 +452,72 @@ fn invitation_reply_freebusy_cancel_between_two_domains() {
     let _ = (&w.pki, &a.domain, &a.host, &a.outbox, &b.dkim_key);
 }
 
+/// The milter on authenticated submission (libmilter's own client, miltertest): with
+/// `relay = "instead"`, a recipient reached over iSchedule is removed from the mail, one whose
+/// domain has no iSchedule keeps it; the organizer's copy records both statuses.
+#[test]
+fn milter_relays_authenticated_submission_instead_of_mail() {
+    let test = "milter_relays_authenticated_submission_instead_of_mail";
+    if !tools_present(test, &["miltertest"]) {
+        return;
+    }
+    let Some(w) = world_with(
+        test,
+        "[milter]\nlisten = \"inet:127.0.0.1:0\"\n",
+        "relay = \"instead\"\n",
+    ) else {
+        return;
+    };
+    let port = w.a.imipd.milter_port.expect("milter listening line");
+    let body = event(
+        "mt-1@a.test",
+        0,
+        "alice@a.test",
+        &[("alice@a.test", "ACCEPTED"), ("bob@b.test", "NEEDS-ACTION"), ("zed@c.test", "NEEDS-ACTION")],
+        "",
+    )
+    .replace("\r\n", "\\r\\n");
+    let lua = format!(
+        r#"conn = mt.connect("inet:{port}@127.0.0.1")
+if conn == nil then error("cannot connect") end
+if mt.conninfo(conn, "client.a.test", "127.0.0.1") ~= nil then error("conninfo") end
+if mt.macro(conn, SMFIC_MAIL, "{{auth_authen}}", "alice", "i", "QID1") ~= nil then error("macro") end
+if mt.mailfrom(conn, "<alice@a.test>") ~= nil then error("mailfrom") end
+if mt.rcptto(conn, "<bob@b.test>") ~= nil then error("rcptto") end
+if mt.rcptto(conn, "<zed@c.test>") ~= nil then error("rcptto") end
+if mt.header(conn, "From", "Alice <alice@a.test>") ~= nil then error("header") end
+if mt.header(conn, "To", "bob@b.test, zed@c.test") ~= nil then error("header") end
+if mt.header(conn, "Message-ID", "<mt-1@a.test>") ~= nil then error("header") end
+if mt.header(conn, "Content-Type", "text/calendar; method=REQUEST") ~= nil then error("header") end
+if mt.eoh(conn) ~= nil then error("eoh") end
+if mt.bodystring(conn, "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nMETHOD:REQUEST\r\n{body}END:VCALENDAR\r\n") ~= nil then error("body") end
+if mt.eom(conn) ~= nil then error("eom") end
+if mt.getreply(conn) ~= SMFIR_ACCEPT then error("not accepted") end
+if not mt.eom_check(conn, MT_RCPTDELETE, "<bob@b.test>") then error("bob not removed from the mail") end
+if mt.eom_check(conn, MT_RCPTDELETE, "<zed@c.test>") then error("zed removed from the mail") end
+mt.disconnect(conn)
+"#
+    );
+    let script = w.a.imipd.dir.join("relay.lua");
+    std::fs::write(&script, lua).unwrap();
+    let out = std::process::Command::new("miltertest")
+        .arg("-s")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        w.a.imipd.log()
+    );
+    assert!(w.b.export("bob@b.test").contains("UID:mt-1@a.test"));
+    let alice = unfold(&w.a.export("alice@a.test"));
+    assert!(alice.lines().any(|l| l.contains("bob@b.test") && l.contains("SCHEDULE-STATUS=2.0")), "{alice}");
+    assert!(alice.lines().any(|l| l.contains("zed@c.test") && l.contains("SCHEDULE-STATUS=5.1")), "{alice}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hand-made requests against the receiver: an independent TLS client (openssl) and requests
 // signed here, then damaged in one way each.
@@ -454,6 +529,7 @@ fn https(port: u16, host: &str, ca: &Path, request: &[u8]) -> (u16, String, Stri
     let c = b.build();
     let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    tcp.set_nodelay(true).unwrap();
     let mut s = c
         .connect(host, tcp)
         .expect("TLS with the test CA and name check");
@@ -754,6 +830,23 @@ fn load_signed_posts_and_remote_freebusy() {
     println!(
         "BENCH signed POSTs (new TLS connection each, sign + verify + apply + response): {n} in {secs:.2} s = {:.1}/s",
         n as f64 / secs
+    );
+    // The same without the work behind the door: unsigned requests, refused before any key
+    // lookup or store access (TLS handshake + HTTP + header checks only).
+    let start = Instant::now();
+    let mut m = 0;
+    while m < 200 && start.elapsed() < max_time {
+        let uid = format!("unsigned-{m}@a.test");
+        let body = invitation_body(&uid);
+        let h = base_headers("alice@a.test", &["bob@b.test"], &format!("<{uid}>"), "REQUEST");
+        let (st, _, _) = https(port, "cal.b.test", &w.pki.ca, &request_bytes("cal.b.test", &h, &body));
+        assert_eq!(st, 403);
+        m += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "BENCH refused unsigned POSTs (TLS + HTTP + header checks only): {m} in {secs:.2} s = {:.1}/s",
+        m as f64 / secs
     );
     // Remote free/busy through the CLI (control socket -> daemon -> iSchedule -> peer).
     let mut lat = Vec::new();
