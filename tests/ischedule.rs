@@ -175,7 +175,7 @@ fn world_with(test: &str, a_milter: &str, a_ischedule: &str) -> Option<World> {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(tmp.path());
     let dns_port = signers::free_udp_port();
-    let mut sites = Vec::new();
+    let mut sites: Vec<Site> = Vec::new();
     let mut records: Vec<(String, String)> = Vec::new();
     let mut extra: Vec<String> = Vec::new();
     for domain in ["a.test", "b.test"] {
@@ -232,7 +232,35 @@ fn world_with(test: &str, a_milter: &str, a_ischedule: &str) -> Option<World> {
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
-    let dns = Dns::start_at(dns_port, &recs, &extra).expect("dnsmasq on the chosen port");
+    // The port chosen before the daemons started may have been taken since: then move both
+    // daemons to another one with a configuration reload (SIGHUP).
+    let mut dns_port = dns_port;
+    let mut dns = None;
+    for _ in 0..10 {
+        if let Some(d) = Dns::start_at(dns_port, &recs, &extra) {
+            dns = Some(d);
+            break;
+        }
+        let next = signers::free_udp_port();
+        for site in &sites {
+            let cfg = std::fs::read_to_string(&site.imipd.config).unwrap();
+            let cfg = cfg.replace(
+                &format!("127.0.0.1:{dns_port}"),
+                &format!("127.0.0.1:{next}"),
+            );
+            std::fs::write(&site.imipd.config, cfg).unwrap();
+            let before = site.imipd.log().matches("configuration reloaded").count();
+            run("kill", &["-HUP", &site.imipd.pid().to_string()], None);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while site.imipd.log().matches("configuration reloaded").count() == before
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        dns_port = next;
+    }
+    let dns = dns.expect("dnsmasq on a free port");
     let b = sites.pop().unwrap();
     let a = sites.pop().unwrap();
     Some(World {
@@ -473,7 +501,11 @@ fn milter_relays_authenticated_submission_instead_of_mail() {
         "mt-1@a.test",
         0,
         "alice@a.test",
-        &[("alice@a.test", "ACCEPTED"), ("bob@b.test", "NEEDS-ACTION"), ("zed@c.test", "NEEDS-ACTION")],
+        &[
+            ("alice@a.test", "ACCEPTED"),
+            ("bob@b.test", "NEEDS-ACTION"),
+            ("zed@c.test", "NEEDS-ACTION"),
+        ],
         "",
     )
     .replace("\r\n", "\\r\\n");
@@ -514,8 +546,18 @@ mt.disconnect(conn)
     );
     assert!(w.b.export("bob@b.test").contains("UID:mt-1@a.test"));
     let alice = unfold(&w.a.export("alice@a.test"));
-    assert!(alice.lines().any(|l| l.contains("bob@b.test") && l.contains("SCHEDULE-STATUS=2.0")), "{alice}");
-    assert!(alice.lines().any(|l| l.contains("zed@c.test") && l.contains("SCHEDULE-STATUS=5.1")), "{alice}");
+    assert!(
+        alice
+            .lines()
+            .any(|l| l.contains("bob@b.test") && l.contains("SCHEDULE-STATUS=2.0")),
+        "{alice}"
+    );
+    assert!(
+        alice
+            .lines()
+            .any(|l| l.contains("zed@c.test") && l.contains("SCHEDULE-STATUS=5.1")),
+        "{alice}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -650,7 +692,8 @@ fn damaged_requests_are_refused_and_nothing_is_stored() {
     assert_eq!(st, 200);
     assert!(body.starts_with("v=DKIM1; k=rsa;"), "{body}");
 
-    let cases: Vec<(&str, Box<dyn Fn() -> (Vec<(String, String)>, String)>, &str)> = vec![
+    type Make<'a> = Box<dyn Fn() -> (Vec<(String, String)>, String) + 'a>;
+    let cases: Vec<(&str, Make, &str)> = vec![
         (
             "tampered body",
             Box::new(|| {
@@ -838,8 +881,18 @@ fn load_signed_posts_and_remote_freebusy() {
     while m < 200 && start.elapsed() < max_time {
         let uid = format!("unsigned-{m}@a.test");
         let body = invitation_body(&uid);
-        let h = base_headers("alice@a.test", &["bob@b.test"], &format!("<{uid}>"), "REQUEST");
-        let (st, _, _) = https(port, "cal.b.test", &w.pki.ca, &request_bytes("cal.b.test", &h, &body));
+        let h = base_headers(
+            "alice@a.test",
+            &["bob@b.test"],
+            &format!("<{uid}>"),
+            "REQUEST",
+        );
+        let (st, _, _) = https(
+            port,
+            "cal.b.test",
+            &w.pki.ca,
+            &request_bytes("cal.b.test", &h, &body),
+        );
         assert_eq!(st, 403);
         m += 1;
     }
@@ -1211,14 +1264,13 @@ fn interop_with_cyrus_receiver() {
 
     // A VFREEBUSY REQUEST sent by mail to a user of the other domain is answered at once: the
     // iSchedule answer comes back to the requester as an iMIP REPLY.
-    let fbreq = format!(
+    let fbreq =
         "From: <alice@example.com>\r\nTo: <carol@example.org>\r\nSubject: fb\r\nMessage-ID: <fb1@test>\r\n\
          Content-Type: text/calendar; method=REQUEST\r\n\r\nBEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\n\
          METHOD:REQUEST\r\nBEGIN:VFREEBUSY\r\nUID:fbq-1@example.com\r\nDTSTAMP:20300101T000000Z\r\n\
          DTSTART:20300110T000000Z\r\nDTEND:20300111T000000Z\r\nORGANIZER:mailto:alice@example.com\r\n\
-         ATTENDEE:mailto:carol@example.org\r\nEND:VFREEBUSY\r\nEND:VCALENDAR\r\n"
-    );
-    let res = send(&fbreq);
+         ATTENDEE:mailto:carol@example.org\r\nEND:VFREEBUSY\r\nEND:VCALENDAR\r\n";
+    let res = send(fbreq);
     assert_eq!(
         status_of(&res, "carol@example.org"),
         "2.0;Success",

@@ -234,9 +234,14 @@ impl Client {
             }
         }
         // A GET is safe to repeat: peers that drop connections at random (Cyrus 3.6 does,
-        // every other connection on a quiet server) get two more chances.
+        // every other connection on a quiet server) get three more chances.
         let mut last = PostError::Transport("no attempt".into());
-        for _ in 0..3 {
+        for attempt in 0..4 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+            }
+            // After a permanent redirect the retry goes straight to the new place.
+            let base = self.current_base(&base);
             match self.fetch_capabilities(&base).await {
                 Ok(caps) => {
                     let base = self.current_base(&base);

@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 /// How long keys fetched over `http/well-known` are used without asking again.
 const HTTP_KEY_TTL: Duration = Duration::from_secs(3600);
 
+/// A key's (domain, selector).
+type DomainSelector = (String, String);
+
 /// Everything iSchedule needs at run time, built from the config (and rebuilt on reload).
 pub struct Bridge {
     pub cfg: Arc<Config>,
@@ -31,8 +34,8 @@ pub struct Bridge {
     pub resolver: discovery::Resolver,
     pub client: client::Client,
     /// Key records exchanged out of band, by (domain, selector).
-    private_keys: HashMap<(String, String), Vec<String>>,
-    http_keys: Mutex<HashMap<(String, String), (Vec<String>, Instant)>>,
+    private_keys: HashMap<DomainSelector, Vec<String>>,
+    http_keys: Mutex<HashMap<DomainSelector, (Vec<String>, Instant)>>,
     pub serial: u64,
     pub capabilities: String,
 }
