@@ -26,8 +26,14 @@ commands:
                                        run one message through the pipeline
   import --user ADDR FILE.ics          store each UID of FILE in ADDR's calendar
   export --user ADDR [--uid UID]       print a stored object or the whole calendar
-  freebusy --user ADDR --from DATETIME --to DATETIME
-                                       print a VFREEBUSY for that window
+  freebusy --user ADDR --from DATETIME --to DATETIME [--originator ADDR]
+                                       print a VFREEBUSY for that window (a user of
+                                       another domain is asked over iSchedule)
+  send --sender ADDR [--recipient ADDR]... [FILE|-]
+                                       record iTIP a local user sent and deliver it
+                                       over iSchedule where the recipient's domain can
+  ischedule-key                        print the DNS TXT record to publish for the
+                                       [ischedule] signing key
   check-config                         validate the configuration
   version                              print the version";
 
@@ -66,6 +72,10 @@ pub struct Args {
     pub from: Option<String>,
     pub to: Option<String>,
     pub file: Option<String>,
+    /// `send --sender`: the local user who sent the message.
+    pub sender: Option<String>,
+    /// `freebusy --originator`: who asks another domain.
+    pub originator: Option<String>,
 }
 
 pub fn parse_args(argv: &[String]) -> Result<Args, CliError> {
@@ -96,6 +106,8 @@ pub fn parse_args(argv: &[String]) -> Result<Args, CliError> {
             "--uid" => a.uid = Some(value(&name)?),
             "--from" => a.from = Some(value(&name)?),
             "--to" => a.to = Some(value(&name)?),
+            "--sender" => a.sender = Some(value(&name)?),
+            "--originator" => a.originator = Some(value(&name)?),
             "--help" | "-h" => {
                 return Err(CliError::new(0, USAGE));
             }
@@ -172,6 +184,19 @@ pub struct Env {
     pub store: Arc<dyn Store>,
     /// The daemon's sender-proof checks; built on demand for a one-off command.
     pub prover: Option<Arc<crate::proof::Prover>>,
+    /// The daemon's iSchedule bridge; built on demand for a one-off command.
+    pub bridge: Option<Arc<crate::ischedule::Bridge>>,
+}
+
+impl Env {
+    fn bridge(&self) -> Result<Arc<crate::ischedule::Bridge>, CliError> {
+        match &self.bridge {
+            Some(b) => Ok(b.clone()),
+            None => crate::ischedule::Bridge::new(self.cfg.clone())
+                .map(Arc::new)
+                .map_err(|e| CliError::new(EX_CONFIG, e)),
+        }
+    }
 }
 
 /// Runs a future from synchronous code, inside or outside a tokio runtime's blocking thread.
@@ -188,7 +213,10 @@ fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, CliError> {
 
 /// The commands that need the store, and so go through the control socket while the daemon runs.
 pub fn is_admin(command: &str) -> bool {
-    matches!(command, "process" | "import" | "export" | "freebusy")
+    matches!(
+        command,
+        "process" | "import" | "export" | "freebusy" | "send"
+    )
 }
 
 /// Runs the command; returns the exit code.
@@ -221,7 +249,7 @@ pub fn main_with(argv: &[String]) -> i32 {
 /// Reads the command's input here (a relative path means this process's directory).
 fn command_input(args: &Args) -> Result<Option<Vec<u8>>, CliError> {
     match args.command.as_str() {
-        "process" => read_input(args.file.as_deref()).map(Some),
+        "process" | "send" => read_input(args.file.as_deref()).map(Some),
         "import" => {
             let file = args
                 .file
@@ -235,8 +263,14 @@ fn command_input(args: &Args) -> Result<Option<Vec<u8>>, CliError> {
 
 fn admin_local_or_remote(argv: &[String], args: &Args) -> Result<i32, CliError> {
     // Validate what can be validated before touching the store.
-    if args.command != "process" {
-        need_user(args)?;
+    match args.command.as_str() {
+        "process" => {}
+        "send" => {
+            need_sender(args)?;
+        }
+        _ => {
+            need_user(args)?;
+        }
     }
     let cfg = Arc::new(load_config(args)?);
     let input = command_input(args)?;
@@ -247,6 +281,7 @@ fn admin_local_or_remote(argv: &[String], args: &Args) -> Result<i32, CliError> 
                 cfg: cfg.clone(),
                 store: Arc::new(store),
                 prover: None,
+                bridge: None,
             };
             run_admin(args, &env, input, &mut io)
         }
@@ -286,6 +321,7 @@ pub fn run_admin(args: &Args, env: &Env, input: Option<Vec<u8>>, io: &mut Io) ->
         "import" => cmd_import(args, env, input.unwrap_or_default(), io),
         "export" => cmd_export(args, env, io),
         "freebusy" => cmd_freebusy(args, env, io),
+        "send" => cmd_send(args, env, input.unwrap_or_default(), io),
         other => Err(CliError::usage(format!("unknown command {other:?}"))),
     };
     match res {
@@ -319,6 +355,13 @@ fn dispatch(args: &Args) -> Result<i32, CliError> {
             Ok(0)
         }
         "run" => crate::daemon_entry(args),
+        "ischedule-key" => {
+            let cfg = load_config(args)?;
+            let v =
+                crate::ischedule::key_publication(&cfg).map_err(|e| CliError::new(EX_CONFIG, e))?;
+            println!("{v}");
+            Ok(0)
+        }
         other => Err(CliError::usage(format!("unknown command {other:?}"))),
     }
 }
@@ -477,6 +520,9 @@ fn cmd_freebusy(args: &Args, env: &Env, io: &mut Io) -> Result<i32, CliError> {
     if to <= from {
         return Err(CliError::usage("--to must be after --from"));
     }
+    if !env.cfg.local_domains.is_empty() && !env.cfg.is_local(&user) {
+        return remote_freebusy(args, env, &user, from, to, io);
+    }
     let busy = env
         .store
         .busy(&user, from, to)
@@ -493,5 +539,107 @@ fn cmd_freebusy(args: &Args, env: &Env, io: &mut Io) -> Result<i32, CliError> {
         .push(ical::Prop::new("PRODID", "-//imipd//imipd//EN"));
     cal.subs.push(fb);
     io.out.extend_from_slice(cal.to_ical().as_bytes());
+    Ok(0)
+}
+
+fn need_sender(args: &Args) -> Result<String, CliError> {
+    let u = args
+        .sender
+        .as_deref()
+        .ok_or_else(|| CliError::usage("send needs --sender ADDR"))?;
+    let n = ical::norm_addr(u);
+    if !n.contains('@') {
+        return Err(CliError::usage(format!("{u:?} is not a mail address")));
+    }
+    Ok(n)
+}
+
+/// Free/busy of a user of another domain, asked over iSchedule.
+fn remote_freebusy(
+    args: &Args,
+    env: &Env,
+    user: &str,
+    from: i64,
+    to: i64,
+    io: &mut Io,
+) -> Result<i32, CliError> {
+    let bridge = env.bridge()?;
+    let originator = match &args.originator {
+        Some(o) => ical::norm_addr(o),
+        None => bridge
+            .admin_originator()
+            .map(|o| ical::norm_addr(&o))
+            .ok_or_else(|| {
+                CliError::new(
+                    EX_CONFIG,
+                    "asking another domain needs [ischedule] dkim_key (or --originator)",
+                )
+            })?,
+    };
+    match block_on(bridge.freebusy(&originator, user, from, to))? {
+        Ok(cal) => {
+            io.out.extend_from_slice(cal.as_bytes());
+            Ok(0)
+        }
+        Err(e) => Err(CliError::new(
+            1,
+            format!("free/busy over iSchedule failed: {e}"),
+        )),
+    }
+}
+
+/// `send`: what the milter does for a message a local user submitted: record it in their
+/// calendar, deliver it over iSchedule where possible, record SCHEDULE-STATUS. One JSON line
+/// per object and recipient.
+fn cmd_send(args: &Args, env: &Env, raw: Vec<u8>, io: &mut Io) -> Result<i32, CliError> {
+    let sender = need_sender(args)?;
+    if env.cfg.local_domains.is_empty() || !env.cfg.is_local(&sender) {
+        return Err(CliError::usage(format!(
+            "{sender} is not in local_domains: only local users send"
+        )));
+    }
+    let ex = crate::extract::extract(&raw);
+    let recipients: Vec<String> = if args.recipients.is_empty() {
+        ex.recipients.clone()
+    } else {
+        args.recipients.iter().map(|r| ical::norm_addr(r)).collect()
+    };
+    let pipeline = Pipeline::new(env.store.clone(), env.cfg.clone());
+    for o in pipeline
+        .record_outgoing(&raw, &sender, &recipients)
+        .map_err(|e| CliError::new(EX_TEMPFAIL, e.to_string()))?
+    {
+        io.errln(format!("uid={} {} ({})", o.uid, o.outcome, o.reason));
+    }
+    let bridge = env.bridge()?;
+    let report = block_on(bridge.relay_outgoing(&raw, &sender, &recipients))?;
+    let mut by_uid: std::collections::BTreeMap<String, Vec<(String, String)>> = Default::default();
+    for r in &report.relayed {
+        io.outln(r.json().to_string());
+        if r.component != "VFREEBUSY" {
+            by_uid
+                .entry(r.uid.clone())
+                .or_default()
+                .push((r.recipient.clone(), r.schedule_status()));
+        }
+    }
+    for (uid, statuses) in by_uid {
+        pipeline
+            .record_schedule_status(&sender, &uid, &statuses)
+            .map_err(|e| CliError::new(EX_TEMPFAIL, e.to_string()))?;
+    }
+    env.store
+        .flush()
+        .map_err(|e| CliError::new(EX_TEMPFAIL, e.to_string()))?;
+    let replies: Vec<Outgoing> = report
+        .replies
+        .iter()
+        .map(|m| Outgoing {
+            from: m.from.clone(),
+            to: m.to.clone(),
+            data: crate::outbound::build_imip(m, None),
+        })
+        .collect();
+    send_outgoing(&env.cfg, args.outbox.as_deref(), &replies, io)?;
     Ok(0)
 }

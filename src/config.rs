@@ -2,6 +2,7 @@
 //! `contrib/imipd.toml.example`; errors name the key and the line.
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -21,7 +22,7 @@ pub struct Config {
     pub outbound: Outbound,
     pub itip: Itip,
     pub policy: Policy,
-    pub ischedule: Option<toml::Value>,
+    pub ischedule: Ischedule,
     pub log: Log,
 }
 
@@ -39,7 +40,7 @@ impl Default for Config {
             outbound: Outbound::default(),
             itip: Itip::default(),
             policy: Policy::default(),
-            ischedule: None,
+            ischedule: Ischedule::default(),
             log: Log::default(),
         }
     }
@@ -161,6 +162,95 @@ impl Default for Policy {
             trusted_relays: Vec::new(),
             create_for: Default::default(),
         }
+    }
+}
+
+/// `[ischedule]`: the iSchedule receiver (when `listen` is set) and sender (when `dkim_key` is
+/// set), and the bridge between mail and iSchedule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ischedule {
+    /// `HOST:PORT` for the HTTPS receiver; unset: no receiver.
+    pub listen: Option<String>,
+    /// PEM certificate chain and private key of the receiver.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Our signing domain (`d=`), selector (`s=`) and RSA private key (PEM). Without a key
+    /// nothing is sent over iSchedule.
+    pub dkim_domain: Option<String>,
+    pub dkim_selector: String,
+    pub dkim_key: Option<PathBuf>,
+    /// Keys exchanged out of band: `"domain:selector" = FILE` (a PEM public key, or DKIM key
+    /// records one per line).
+    pub private_keys: BTreeMap<String, PathBuf>,
+    /// Extra trust anchors (PEM) for outgoing HTTPS, added to the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Static receivers looked up before DNS: `"example.net" = "https://host/.well-known/ischedule"`.
+    pub servers: BTreeMap<String, String>,
+    /// Allow `http://` URLs in `servers` (tests and legacy peers only).
+    pub allow_http: bool,
+    /// Outgoing iTIP seen by the milter on authenticated submission: "off", "also" (iSchedule
+    /// and the mail) or "instead" (the mail goes only to recipients iSchedule did not reach).
+    pub relay: String,
+    /// A signing domain allowed to sign for other originator domains:
+    /// `"hosting.example" = ["customer.example"]` (the draft's d= binding, with exceptions).
+    pub signer_domains: BTreeMap<String, Vec<String>>,
+    /// Peers (IP addresses) whose unsigned requests are accepted (distribution Cyrus cannot sign).
+    pub unsigned_peers: Vec<String>,
+    /// Accept rsa-sha1 signatures (deprecated by RFC 8301).
+    pub allow_sha1: bool,
+    /// Largest request body accepted (octets); advertised.
+    pub max_content_length: usize,
+    /// Most recipients in one request; advertised.
+    pub max_recipients: usize,
+    /// How far in the future a signature's t= may be.
+    pub clock_skew_secs: i64,
+    /// How old a signature without x= may be.
+    pub max_signature_age_secs: i64,
+    /// Lifetime (x= - t=) of the signatures we make.
+    pub signature_ttl_secs: i64,
+    /// Budget of one outgoing HTTP request.
+    pub timeout_secs: u64,
+    /// Advertised contact (`mailto:`).
+    pub administrator: Option<String>,
+    /// The Originator of free/busy queries made from the command line; default
+    /// `postmaster@<dkim_domain>`.
+    pub originator: Option<String>,
+}
+
+impl Default for Ischedule {
+    fn default() -> Self {
+        Ischedule {
+            listen: None,
+            tls_cert: None,
+            tls_key: None,
+            dkim_domain: None,
+            dkim_selector: "ischedule".into(),
+            dkim_key: None,
+            private_keys: BTreeMap::new(),
+            ca_file: None,
+            servers: BTreeMap::new(),
+            allow_http: false,
+            relay: "also".into(),
+            signer_domains: BTreeMap::new(),
+            unsigned_peers: Vec::new(),
+            allow_sha1: false,
+            max_content_length: 256 * 1024,
+            max_recipients: 100,
+            clock_skew_secs: 300,
+            max_signature_age_secs: 3600,
+            signature_ttl_secs: 600,
+            timeout_secs: 15,
+            administrator: None,
+            originator: None,
+        }
+    }
+}
+
+impl Ischedule {
+    /// Whether anything is sent over iSchedule.
+    pub fn sends(&self) -> bool {
+        self.dkim_key.is_some()
     }
 }
 
@@ -342,8 +432,117 @@ impl Config {
                 "must be between 1 and 100000".into(),
             ));
         }
+        self.validate_ischedule(&err)?;
         if !matches!(self.log.level.as_str(), "info" | "debug") {
             return Err(err("log.level", "must be info or debug".into()));
+        }
+        Ok(())
+    }
+
+    fn validate_ischedule(
+        &self,
+        err: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let is = &self.ischedule;
+        if let Some(l) = &is.listen {
+            match l.rsplit_once(':') {
+                Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
+                _ => return Err(err("ischedule.listen", format!("{l:?} is not HOST:PORT"))),
+            }
+            for (key, v) in [
+                ("ischedule.tls_cert", &is.tls_cert),
+                ("ischedule.tls_key", &is.tls_key),
+            ] {
+                if v.is_none() {
+                    return Err(err(
+                        key,
+                        "the iSchedule receiver needs a TLS certificate and key".into(),
+                    ));
+                }
+            }
+        }
+        if is.dkim_key.is_some() && is.dkim_domain.as_deref().unwrap_or("").is_empty() {
+            return Err(err(
+                "ischedule.dkim_domain",
+                "dkim_key is set but dkim_domain is not".into(),
+            ));
+        }
+        for (key, path) in [
+            ("ischedule.tls_cert", &is.tls_cert),
+            ("ischedule.tls_key", &is.tls_key),
+            ("ischedule.dkim_key", &is.dkim_key),
+            ("ischedule.ca_file", &is.ca_file),
+        ] {
+            if let Some(p) = path {
+                if !p.exists() {
+                    return Err(err(key, format!("{} does not exist", p.display())));
+                }
+            }
+        }
+        for (ds, path) in &is.private_keys {
+            let key = format!("ischedule.private_keys.{ds}");
+            match ds.split_once(':') {
+                Some((d, s)) if !d.is_empty() && !s.is_empty() => {}
+                _ => return Err(err(&key, format!("{ds:?} is not \"domain:selector\""))),
+            }
+            if !path.exists() {
+                return Err(err(&key, format!("{} does not exist", path.display())));
+            }
+        }
+        for (domain, url) in &is.servers {
+            let ok = url.starts_with("https://") || (is.allow_http && url.starts_with("http://"));
+            if !ok {
+                return Err(err(
+                    &format!("ischedule.servers.{domain}"),
+                    format!("{url:?} is not an https:// URL (http:// needs allow_http = true)"),
+                ));
+            }
+        }
+        if !matches!(is.relay.as_str(), "off" | "also" | "instead") {
+            return Err(err(
+                "ischedule.relay",
+                format!("{:?} is not one of off, also, instead", is.relay),
+            ));
+        }
+        for ip in &is.unsigned_peers {
+            ip.parse::<std::net::IpAddr>().map_err(|_| {
+                err(
+                    "ischedule.unsigned_peers",
+                    format!("{ip:?} is not an IP address"),
+                )
+            })?;
+        }
+        for (key, v, lo, hi) in [
+            (
+                "ischedule.max_content_length",
+                is.max_content_length as i64,
+                1024,
+                64 << 20,
+            ),
+            (
+                "ischedule.max_recipients",
+                is.max_recipients as i64,
+                1,
+                10_000,
+            ),
+            ("ischedule.clock_skew_secs", is.clock_skew_secs, 0, 3600),
+            (
+                "ischedule.max_signature_age_secs",
+                is.max_signature_age_secs,
+                60,
+                7 * 86400,
+            ),
+            (
+                "ischedule.signature_ttl_secs",
+                is.signature_ttl_secs,
+                60,
+                86400,
+            ),
+            ("ischedule.timeout_secs", is.timeout_secs as i64, 1, 300),
+        ] {
+            if v < lo || v > hi {
+                return Err(err(key, format!("must be between {lo} and {hi}")));
+            }
         }
         Ok(())
     }

@@ -30,6 +30,8 @@ struct State {
     cfg: Arc<Config>,
     pipeline: Arc<Pipeline>,
     prover: Arc<Prover>,
+    /// iSchedule, when the config enables the receiver or the sender.
+    bridge: Option<Arc<crate::ischedule::Bridge>>,
 }
 
 fn log(msg: impl AsRef<str>) {
@@ -47,10 +49,16 @@ impl Core {
     fn build_state(store: Arc<dyn Store>, cfg: Config) -> Result<State, String> {
         let cfg = Arc::new(cfg);
         let prover = Arc::new(Prover::new(&cfg)?);
+        let bridge = if cfg.ischedule.listen.is_some() || cfg.ischedule.sends() {
+            Some(Arc::new(crate::ischedule::Bridge::new(cfg.clone())?))
+        } else {
+            None
+        };
         Ok(State {
             pipeline: Arc::new(Pipeline::new(store, cfg.clone())),
             cfg,
             prover,
+            bridge,
         })
     }
 
@@ -112,7 +120,11 @@ impl Core {
     }
 
     fn enqueue_outgoing(&self, st: &State, v: &Verdict) {
-        for m in &v.outgoing {
+        self.enqueue_messages(st, &v.outgoing);
+    }
+
+    fn enqueue_messages(&self, st: &State, msgs: &[crate::pipeline::Outgoing]) {
+        for m in msgs {
             match crate::outbound::enqueue(&st.cfg, m) {
                 Ok(p) => log(format!(
                     "queued iMIP {} -> {} ({})",
@@ -123,7 +135,7 @@ impl Core {
                 Err(e) => log(format!("cannot queue iMIP for {}: {e}", m.to)),
             }
         }
-        if !v.outgoing.is_empty() {
+        if !msgs.is_empty() {
             self.queue_wakeup.notify_one();
         }
     }
@@ -264,6 +276,7 @@ impl Core {
                 .clone()
                 .filter(|f| st.cfg.is_local(f) && !st.cfg.local_domains.is_empty())
             {
+                let from_addr = from.clone();
                 let pipeline = st.pipeline.clone();
                 let store = self.store.clone();
                 let raw2 = raw.clone();
@@ -287,6 +300,29 @@ impl Core {
                             o.outcome,
                             o.reason
                         ));
+                    }
+                }
+                if let Some(bridge) = st
+                    .bridge
+                    .clone()
+                    .filter(|_| st.cfg.ischedule.relay != "off")
+                {
+                    let delivered = self
+                        .relay(
+                            &st,
+                            &bridge,
+                            &raw,
+                            &from_addr,
+                            &all_rcpts,
+                            env.queue_id.as_deref(),
+                        )
+                        .await;
+                    if st.cfg.ischedule.relay == "instead" {
+                        for (orig, norm) in env.rcpt_to.iter().zip(&all_rcpts) {
+                            if delivered.contains(norm) {
+                                actions.delete_recipients.push(orig.clone());
+                            }
+                        }
                     }
                 }
             }
@@ -334,6 +370,82 @@ impl Core {
             }
         }
         actions
+    }
+}
+
+impl Core {
+    /// Relays what a local user sent to recipients in iSchedule-capable domains, records the
+    /// per-recipient status on the sender's copy and queues free/busy answers to the sender.
+    /// Returns the recipients (normalized) that got every object over iSchedule.
+    async fn relay(
+        &self,
+        st: &State,
+        bridge: &crate::ischedule::Bridge,
+        raw: &[u8],
+        sender: &str,
+        recipients: &[String],
+        queue_id: Option<&str>,
+    ) -> Vec<String> {
+        let report = bridge.relay_outgoing(raw, sender, recipients).await;
+        for r in &report.relayed {
+            log(format!(
+                "ischedule: queue_id={} {}",
+                queue_id.unwrap_or("-"),
+                r.json()
+            ));
+        }
+        let pipeline = st.pipeline.clone();
+        let store = self.store.clone();
+        let sender2 = sender.to_string();
+        let mut by_uid: std::collections::BTreeMap<String, Vec<(String, String)>> =
+            Default::default();
+        for r in report.relayed.iter().filter(|r| r.component != "VFREEBUSY") {
+            by_uid
+                .entry(r.uid.clone())
+                .or_default()
+                .push((r.recipient.clone(), r.schedule_status()));
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            for (uid, statuses) in by_uid {
+                if let Err(e) = pipeline.record_schedule_status(&sender2, &uid, &statuses) {
+                    log(format!(
+                        "ischedule: cannot record SCHEDULE-STATUS of {uid}: {e}"
+                    ));
+                }
+            }
+            let _ = store.flush();
+        })
+        .await;
+        let replies: Vec<crate::pipeline::Outgoing> = report
+            .replies
+            .iter()
+            .map(|m| crate::pipeline::Outgoing {
+                from: st
+                    .cfg
+                    .outbound
+                    .envelope_from
+                    .clone()
+                    .unwrap_or_else(|| m.from.clone()),
+                to: m.to.clone(),
+                data: crate::outbound::build_imip(m, None),
+            })
+            .collect();
+        self.enqueue_messages(st, &replies);
+        let mut delivered: Vec<String> = report
+            .relayed
+            .iter()
+            .filter(|r| r.delivered())
+            .map(|r| r.recipient.clone())
+            .collect();
+        delivered.retain(|r| {
+            report
+                .relayed
+                .iter()
+                .filter(|x| &x.recipient == r)
+                .all(|x| x.delivered())
+        });
+        delivered.dedup();
+        delivered
     }
 }
 
@@ -596,6 +708,7 @@ async fn control_server(core: Arc<Core>, l: UnixListener, mut shutdown: watch::R
                 cfg: st.cfg.clone(),
                 store: core.store.clone(),
                 prover: Some(st.prover.clone()),
+                bridge: st.bridge.clone(),
             };
             let answer = tokio::task::spawn_blocking(move || crate::control::answer(&line, &env))
                 .await
@@ -681,6 +794,22 @@ pub fn run(args: &Args) -> Result<i32, CliError> {
                     }
                 }
             })));
+        }
+        if let Some(listen) = cfg.ischedule.listen.clone() {
+            let (Some(cert), Some(key)) = (&cfg.ischedule.tls_cert, &cfg.ischedule.tls_key) else {
+                return Err(CliError::new(EX_CONFIG, "[ischedule] listen needs tls_cert and tls_key"));
+            };
+            let tls = crate::ischedule::server::tls_acceptor(cert, key).map_err(|e| CliError::new(EX_CONFIG, e))?;
+            let l = TcpListener::bind(&listen).await.map_err(|e| CliError::new(EX_IOERR, format!("ischedule {listen}: {e}")))?;
+            let addr = l.local_addr().map(|a| format!("inet:{a}")).unwrap_or_default();
+            println!("{}", serde_json::json!({"listening": "ischedule", "address": addr}));
+            log(format!("iSchedule listening on {addr} (HTTPS)"));
+            let core2 = core.clone();
+            let state: crate::ischedule::server::StateFn = Arc::new(move || {
+                let st = core2.state();
+                st.bridge.map(|b| (st.pipeline.clone(), b))
+            });
+            tasks.push(tokio::spawn(crate::ischedule::server::serve(l, tls, state, rx.clone())));
         }
         let sock = crate::control::socket_path(&cfg);
         let _ = std::fs::remove_file(&sock);

@@ -234,11 +234,31 @@ fn strip_trailing_headers(text: &str) -> String {
 }
 
 fn objects_of_part(part: &Part, ex: &mut Extracted, seen: &mut Vec<(String, i64, String)>) {
-    let cals = match ical::parse(&part.text) {
+    calendar_objects_into(&part.text, part.ct_method.as_deref(), ex, seen);
+}
+
+/// The iTIP objects of one iCalendar text (an iSchedule body, or one calendar part of a
+/// message): components grouped by UID, duplicates dropped, the method from the body with
+/// `ct_method` (the media type's `method=`) as fallback.
+pub fn calendar_objects(text: &str, ct_method: Option<&str>) -> Extracted {
+    let mut ex = Extracted::default();
+    let mut seen = Vec::new();
+    let ct_method = ct_method.map(|m| m.trim().to_ascii_uppercase());
+    calendar_objects_into(text, ct_method.as_deref(), &mut ex, &mut seen);
+    ex
+}
+
+fn calendar_objects_into(
+    text: &str,
+    ct_method: Option<&str>,
+    ex: &mut Extracted,
+    seen: &mut Vec<(String, i64, String)>,
+) {
+    let cals = match ical::parse(text) {
         Ok(c) => c,
         Err(e) => {
             ex.refused.push(Refused {
-                method: part.ct_method.clone().unwrap_or_default(),
+                method: ct_method.unwrap_or_default().to_string(),
                 component: String::new(),
                 uid: String::new(),
                 reason: format!("malformed calendar: {e}"),
@@ -248,7 +268,7 @@ fn objects_of_part(part: &Part, ex: &mut Extracted, seen: &mut Vec<(String, i64,
     };
     for cal in cals {
         let body_method = cal.value("METHOD").map(|m| m.trim().to_ascii_uppercase());
-        let method_str = match (&body_method, &part.ct_method) {
+        let method_str = match (&body_method, ct_method) {
             (Some(b), Some(c)) if b != c => {
                 ex.notes.push(format!(
                     "Content-Type says method={c}, body says METHOD:{b}; the body wins"
@@ -256,7 +276,7 @@ fn objects_of_part(part: &Part, ex: &mut Extracted, seen: &mut Vec<(String, i64,
                 b.clone()
             }
             (Some(b), _) => b.clone(),
-            (None, Some(c)) => c.clone(),
+            (None, Some(c)) => c.to_string(),
             (None, None) => "PUBLISH".into(),
         };
         let timezones: Vec<Component> = cal.subs_named("VTIMEZONE").cloned().collect();

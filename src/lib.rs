@@ -10,6 +10,7 @@ pub mod control;
 pub mod daemon;
 pub mod extract;
 pub mod ical;
+pub mod ischedule;
 pub mod itip;
 pub mod lmtp;
 pub mod maildir;

@@ -32,12 +32,14 @@ const R_CONTINUE: u8 = b'c';
 const R_ADDHEADER: u8 = b'h';
 const R_INSHEADER: u8 = b'i';
 const R_CHGHEADER: u8 = b'm';
+const R_DELRCPT: u8 = b'-';
 const R_QUARANTINE: u8 = b'q';
 const R_REPLYCODE: u8 = b'y';
 const R_TEMPFAIL: u8 = b't';
 
 // Actions we may take (SMFIF_*).
 const F_ADDHDRS: u32 = 0x01;
+const F_DELRCPT: u32 = 0x08;
 const F_CHGHDRS: u32 = 0x10;
 const F_QUARANTINE: u32 = 0x20;
 
@@ -86,6 +88,8 @@ pub struct EomActions {
     /// Header occurrences (name, 1-based index among that name) to delete.
     pub delete_headers: Vec<(String, u32)>,
     pub quarantine: Option<String>,
+    /// Envelope recipients to remove, exactly as the MTA gave them (e.g. `<bob@example.net>`).
+    pub delete_recipients: Vec<String>,
     pub verdict: Verdict,
 }
 
@@ -177,6 +181,9 @@ fn encode_actions(a: &EomActions) -> Vec<u8> {
         d.extend(cstr(&format!(" {value}")));
         packet(R_ADDHEADER, &d, &mut out);
     }
+    for r in &a.delete_recipients {
+        packet(R_DELRCPT, &cstr(r), &mut out);
+    }
     if let Some(q) = &a.quarantine {
         packet(R_QUARANTINE, &cstr(q), &mut out);
     }
@@ -254,7 +261,7 @@ where
                 let mta_actions = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
                 let mta_proto = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
                 let version = mta_version.min(6);
-                let actions = (F_ADDHDRS | F_CHGHDRS | F_QUARANTINE) & mta_actions;
+                let actions = (F_ADDHDRS | F_DELRCPT | F_CHGHDRS | F_QUARANTINE) & mta_actions;
                 let wanted = P_NOHELO
                     | P_NOUNKNOWN
                     | P_NODATA

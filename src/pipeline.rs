@@ -33,9 +33,35 @@ pub struct ObjectOutcome {
     pub reason: String,
 }
 
+/// An iTIP body that arrived without mail around it (iSchedule).
+pub struct ItipDelivery<'a> {
+    pub body: &'a str,
+    /// The media type's `method=` parameter, used when the body has no METHOD.
+    pub method: Option<&'a str>,
+    /// iSchedule-Message-ID, for the processed-message log and the journal.
+    pub message_id: Option<&'a str>,
+    /// Local recipients (normalized).
+    pub recipients: Vec<String>,
+    /// Addresses proven to have sent it (normalized).
+    pub proven: Vec<String>,
+}
+
+/// A VFREEBUSY REPLY computed for a synchronous front door, instead of being mailed.
+#[derive(Debug, Clone)]
+pub struct FreeBusyAnswer {
+    /// The local user it describes (normalized).
+    pub recipient: String,
+    /// A complete VCALENDAR with METHOD:REPLY.
+    pub calendar: String,
+}
+
 #[derive(Debug, Default)]
 pub struct Verdict {
     pub outcomes: Vec<ObjectOutcome>,
+    /// Free/busy answers kept for the front door (iSchedule) instead of `outgoing` mail.
+    pub freebusy: Vec<FreeBusyAnswer>,
+    /// Set by the front door: answer free/busy requests synchronously.
+    sync_freebusy: bool,
     pub notes: Vec<String>,
     /// Messages to send (already built as RFC 5322 bytes), with their envelope.
     pub outgoing: Vec<Outgoing>,
@@ -168,7 +194,33 @@ impl Pipeline {
     }
 
     pub fn process_extracted(&self, d: &Delivery, ex: Extracted) -> Result<Verdict, StoreError> {
+        self.process_objects(d, ex, false)
+    }
+
+    /// Runs one iTIP body (no mail around it) through the pipeline, as the iSchedule receiver
+    /// does: the same grouping of objects as for mail, the same engine and commits; free/busy
+    /// requests are answered in [`Verdict::freebusy`] instead of by mail.
+    pub fn process_itip(&self, d: &ItipDelivery) -> Result<Verdict, StoreError> {
+        let mut ex = extract::calendar_objects(d.body, d.method);
+        ex.message_id = d.message_id.map(str::to_string);
+        let delivery = Delivery {
+            raw: d.body.as_bytes(),
+            recipients: d.recipients.clone(),
+            proven: d.proven.clone(),
+            queue_id: None,
+            signed_prefix: None,
+        };
+        self.process_objects(&delivery, ex, true)
+    }
+
+    fn process_objects(
+        &self,
+        d: &Delivery,
+        ex: Extracted,
+        sync_freebusy: bool,
+    ) -> Result<Verdict, StoreError> {
         let mut v = Verdict {
+            sync_freebusy,
             notes: ex.notes.clone(),
             message_id: ex.message_id.clone(),
             had_calendar: !ex.objects.is_empty() || !ex.refused.is_empty(),
@@ -379,6 +431,9 @@ impl Pipeline {
                     busy.len(),
                     reply.to
                 );
+                if v.sync_freebusy {
+                    out.reason = format!("free/busy answered with {} busy period(s)", busy.len());
+                }
                 self.store.commit(&Commit {
                     user: rcpt,
                     uid: &inc.uid,
@@ -387,7 +442,14 @@ impl Pipeline {
                     journal: &journal(&out.outcome, &out.reason),
                     proposal: None,
                 })?;
-                v.outgoing.push(self.build(&reply, message_id));
+                if v.sync_freebusy {
+                    v.freebusy.push(FreeBusyAnswer {
+                        recipient: rcpt.to_string(),
+                        calendar: reply.calendar.to_ical(),
+                    });
+                } else {
+                    v.outgoing.push(self.build(&reply, message_id));
+                }
             }
             Err(r) => {
                 out.outcome = "rejected".into();
@@ -532,6 +594,61 @@ impl Pipeline {
             outs.push(o);
         }
         Ok(outs)
+    }
+
+    /// Records the per-recipient delivery status of something `user` sent (RFC 6638 3.2.9
+    /// SCHEDULE-STATUS on the ATTENDEE, or on the ORGANIZER for a reply) in `user`'s copy of
+    /// `uid`. Returns whether the copy changed.
+    pub fn record_schedule_status(
+        &self,
+        user: &str,
+        uid: &str,
+        statuses: &[(String, String)],
+    ) -> Result<bool, StoreError> {
+        let Some(mut obj) = self.store.get(user, uid)? else {
+            return Ok(false);
+        };
+        let mut changed = false;
+        for c in obj.components.iter_mut() {
+            for p in c.props.iter_mut() {
+                if p.name != "ATTENDEE" && p.name != "ORGANIZER" {
+                    continue;
+                }
+                let addr = ical::norm_addr(&p.value);
+                if let Some((_, code)) = statuses.iter().find(|(r, _)| ical::norm_addr(r) == addr) {
+                    if p.param("SCHEDULE-STATUS") != Some(code.as_str()) {
+                        p.set_param("SCHEDULE-STATUS", code.clone());
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if !changed {
+            return Ok(false);
+        }
+        let entry = JournalEntry {
+            ts: now(),
+            user: user.to_string(),
+            message_id: String::new(),
+            method: "SCHEDULE-STATUS".into(),
+            component: obj.kind.clone(),
+            uid: uid.to_string(),
+            outcome: "applied".into(),
+            reason: statuses
+                .iter()
+                .map(|(r, c)| format!("{} {c}", ical::norm_addr(r)))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        self.store.commit(&Commit {
+            user,
+            uid,
+            change: Change::PutKeepBusy(&obj),
+            processed_key: None,
+            journal: &entry,
+            proposal: None,
+        })?;
+        Ok(true)
     }
 
     /// Stores each UID of a calendar file as one object of `user` (replacing any stored one).

@@ -15,7 +15,7 @@
 
 mod dkim;
 mod dmarc;
-mod dns;
+pub(crate) mod dns;
 mod mime;
 mod pgp;
 mod results;

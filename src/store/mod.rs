@@ -75,6 +75,10 @@ pub trait Store: Send + Sync {
     fn journal(&self, limit: usize) -> Result<Vec<JournalEntry>>;
     /// Makes everything committed so far durable.
     fn flush(&self) -> Result<()>;
+    /// Remembers a message identifier (an iSchedule-Message-ID with its signer and originator)
+    /// until `until`: true the first time, false while an earlier one is still remembered
+    /// (a replay). Expired identifiers are forgotten.
+    fn remember_message_id(&self, key: &str, until: i64, now: i64) -> Result<bool>;
 }
 
 /// The stored form of an object: its iCalendar text and engine metadata, in a compact binary
@@ -324,5 +328,8 @@ impl Store for Faulty {
     }
     fn flush(&self) -> Result<()> {
         self.inner.flush()
+    }
+    fn remember_message_id(&self, key: &str, until: i64, now: i64) -> Result<bool> {
+        self.inner.remember_message_id(key, until, now)
     }
 }

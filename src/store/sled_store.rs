@@ -6,6 +6,7 @@
 //! - `p` user \0 message key -> time processed
 //! - `j` id(8) -> JournalEntry (JSON)
 //! - `c` user \0 uid \0 id(8) -> COUNTER/DECLINECOUNTER calendar text
+//! - `r` message id key -> remembered until (8), iSchedule replay refusal
 //!
 //! Isolation (read, decide, write of one user's objects) is the caller's: the pipeline holds a
 //! per-user lock around it. This type only guarantees that each commit is all or nothing.
@@ -18,6 +19,7 @@ pub struct Sled {
     db: sled::Db,
     t: sled::Tree,
     group: GroupFlush,
+    ids_added: std::sync::atomic::AtomicU64,
 }
 
 /// Group commit: callers that ask for durability while a flush is running wait for the next
@@ -126,6 +128,7 @@ impl Sled {
             t,
             db,
             group: GroupFlush::default(),
+            ids_added: std::sync::atomic::AtomicU64::new(0),
         })
     }
 }
@@ -266,5 +269,41 @@ impl Store for Sled {
 
     fn flush(&self) -> Result<()> {
         self.group.flush(&self.db)
+    }
+
+    fn remember_message_id(&self, id: &str, until: i64, now: i64) -> Result<bool> {
+        use std::sync::atomic::Ordering;
+        let mut k = vec![b'r'];
+        k.extend_from_slice(id.as_bytes());
+        let value = ord_i64(until);
+        let mut current = None;
+        // Bounded: a concurrent writer can make a swap fail only while it inserts the same key.
+        for _ in 0..4 {
+            match self.t.compare_and_swap(&k, current.clone(), Some(&value[..])).map_err(io)? {
+                Ok(()) => {
+                    if self.ids_added.fetch_add(1, Ordering::Relaxed) % 256 == 255 {
+                        self.forget_expired_ids(now)?;
+                    }
+                    return Ok(true);
+                }
+                Err(e) => match e.current {
+                    Some(v) if v.len() == 8 && from_ord_i64(&v) >= now => return Ok(false),
+                    other => current = other,
+                },
+            }
+        }
+        Ok(false)
+    }
+}
+
+impl Sled {
+    fn forget_expired_ids(&self, now: i64) -> Result<()> {
+        for kv in self.t.scan_prefix(b"r") {
+            let (k, v) = kv.map_err(io)?;
+            if v.len() != 8 || from_ord_i64(&v) < now {
+                self.t.remove(k).map_err(io)?;
+            }
+        }
+        Ok(())
     }
 }

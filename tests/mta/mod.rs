@@ -53,6 +53,7 @@ pub struct Imipd {
     pub config: PathBuf,
     pub milter_port: Option<u16>,
     pub lmtp_port: Option<u16>,
+    pub ischedule_port: Option<u16>,
     stderr_log: PathBuf,
 }
 
@@ -84,6 +85,7 @@ impl Imipd {
         let stdout = child.stdout.take().expect("stdout");
         let mut milter_port = None;
         let mut lmtp_port = None;
+        let mut ischedule_port = None;
         for line in BufReader::new(stdout).lines() {
             let line = line.expect("read");
             let v: serde_json::Value = serde_json::from_str(&line).expect("json line");
@@ -91,6 +93,7 @@ impl Imipd {
             match v["listening"].as_str() {
                 Some("milter") => milter_port = port_of(addr),
                 Some("lmtp") => lmtp_port = port_of(addr),
+                Some("ischedule") => ischedule_port = port_of(addr),
                 Some("control") => break,
                 _ => {}
             }
@@ -101,6 +104,7 @@ impl Imipd {
             config: cfg_path,
             milter_port,
             lmtp_port,
+            ischedule_port,
             stderr_log,
         }
     }

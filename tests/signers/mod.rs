@@ -109,13 +109,28 @@ pub struct Dns {
     pub addr: SocketAddr,
 }
 
+/// A UDP port on 127.0.0.1 that is free now (for a dnsmasq started later).
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port")
+        .port()
+}
+
 impl Dns {
     pub fn start(records: &[(&str, &str)]) -> Dns {
         for _ in 0..10 {
-            let port = UdpSocket::bind("127.0.0.1:0")
-                .and_then(|s| s.local_addr())
-                .expect("free port")
-                .port();
+            if let Some(dns) = Dns::start_at(free_udp_port(), records, &[]) {
+                return dns;
+            }
+        }
+        panic!("dnsmasq did not start");
+    }
+
+    /// Starts dnsmasq on `port` with TXT records and extra options (`--srv-host=...`,
+    /// `--host-record=...`); None if it did not come up (port taken).
+    pub fn start_at(port: u16, records: &[(&str, &str)], extra: &[String]) -> Option<Dns> {
+        {
             let mut args = vec![
                 "--no-daemon".to_string(),
                 "--conf-file=/dev/null".to_string(),
@@ -135,6 +150,7 @@ impl Dns {
                 // dnsmasq cuts values longer than 255 octets into several strings itself.
                 args.push(format!("--txt-record={name},{value}"));
             }
+            args.extend(extra.iter().cloned());
             let child = Command::new(dnsmasq_path())
                 .args(&args)
                 .stdout(Stdio::null())
@@ -146,10 +162,10 @@ impl Dns {
                 addr: SocketAddr::from(([127, 0, 0, 1], port)),
             };
             if dns.wait_ready() {
-                return dns;
+                return Some(dns);
             }
         }
-        panic!("dnsmasq did not start");
+        None
     }
 
     /// Polls with a raw DNS query until dnsmasq answers; false if it died (port taken).

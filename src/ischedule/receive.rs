@@ -1,0 +1,596 @@
+//! What the receiver does with a scheduling POST, in the order of the brief's checklist
+//! (draft-desruisseaux-ischedule-05 §6, §7.5, §9): version, media type, Originator, Recipients,
+//! size, DKIM with its time window and domain binding, the iCalendar body, the iTIP
+//! Originator/Recipient rules, locality, replay; then the shared pipeline for each local
+//! recipient. The answer is a whole-request error or one status per recipient; nothing is
+//! stored for a refused request.
+
+use super::dkim::{self, DkimError};
+use super::{domain_of, unix_now, Bridge};
+use crate::ical::{self, Component};
+use crate::itip::Method;
+use crate::pipeline::{ItipDelivery, Pipeline, Verdict};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// A POST as the HTTP layer received it.
+pub struct Request {
+    /// Every header line in the order received (names as given; repeats kept).
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub peer: Option<IpAddr>,
+}
+
+/// The answer for one recipient.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecipientAnswer {
+    /// Exactly as the Recipient header gave it.
+    pub recipient: String,
+    pub status: &'static str,
+    pub calendar_data: Option<String>,
+    pub description: Option<String>,
+}
+
+/// What goes back to the sender.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// The whole request is refused with this HTTP status and error element.
+    Error {
+        status: u16,
+        element: &'static str,
+        description: String,
+    },
+    Responses(Vec<RecipientAnswer>),
+}
+
+pub const DELIVERED: &str = "2.0;Success";
+pub const INVALID_USER: &str = "3.7;Invalid calendar user";
+pub const NO_AUTHORITY: &str = "3.8;No authority";
+pub const CANNOT_HANDLE: &str = "5.0;Service cannot handle request";
+pub const UNAVAILABLE: &str = "5.1;Service unavailable";
+
+fn refuse(status: u16, element: &'static str, description: impl Into<String>) -> Answer {
+    Answer::Error {
+        status,
+        element,
+        description: description.into(),
+    }
+}
+
+fn values<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// A calendar user address the receiver can work with: `mailto:` with a domain.
+fn valid_address(a: &str) -> bool {
+    let a = a.trim();
+    a.len() > 7
+        && a[..7].eq_ignore_ascii_case("mailto:")
+        && ical::norm_addr(a).rsplit_once('@').is_some_and(|(l, d)| {
+            !l.is_empty() && d.contains('.') && !d.contains(char::is_whitespace)
+        })
+}
+
+/// `text/calendar; component=X; method=Y` -> (media type, component, method).
+fn media_type(ct: &str) -> (String, Option<String>, Option<String>) {
+    let mut parts = ct.split(';');
+    let mt = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let mut comp = None;
+    let mut method = None;
+    for p in parts {
+        if let Some((k, v)) = p.split_once('=') {
+            let v = v.trim().trim_matches('"').to_ascii_uppercase();
+            match k.trim().to_ascii_lowercase().as_str() {
+                "component" => comp = Some(v),
+                "method" => method = Some(v),
+                _ => {}
+            }
+        }
+    }
+    (mt, comp, method)
+}
+
+fn is_utc(p: Option<&crate::ical::Prop>) -> bool {
+    p.is_some_and(|p| p.param("TZID").is_none() && p.value.trim().ends_with(['Z', 'z']))
+}
+
+/// The header checks, DKIM and the iTIP rules: `Ok((originator, recipients, message-id
+/// key))` when the request may be delivered.
+struct Checked {
+    originator: String,
+    recipients: Vec<String>,
+    method: String,
+    message_id: Option<String>,
+    replay_key: Option<(String, i64)>,
+}
+
+async fn check(bridge: &Bridge, req: &Request) -> Result<Checked, Answer> {
+    let is = &bridge.cfg.ischedule;
+    let h = &req.headers;
+    // 1. version
+    let versions = values(h, "ischedule-version");
+    if !versions
+        .iter()
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim() == "1.0")
+    {
+        return Err(refuse(
+            400,
+            "version-not-supported",
+            if versions.is_empty() {
+                "iSchedule-Version is missing".to_string()
+            } else {
+                format!(
+                    "iSchedule-Version {} is not supported; 1.0 is",
+                    versions.join(",")
+                )
+            },
+        ));
+    }
+    // 2. media type
+    let cts = values(h, "content-type");
+    let (mt, ct_comp, ct_method) = match cts.as_slice() {
+        [one] => media_type(one),
+        _ => (String::new(), None, None),
+    };
+    if mt != "text/calendar" {
+        return Err(refuse(
+            400,
+            "invalid-calendar-data-type",
+            format!("media type {mt:?} is not accepted; text/calendar is"),
+        ));
+    }
+    // 3. exactly one Originator
+    let origs: Vec<&str> = values(h, "originator")
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    let originator = match origs.as_slice() {
+        [] => return Err(refuse(400, "originator-missing", "no Originator header")),
+        [one] => one.to_string(),
+        _ => {
+            return Err(refuse(
+                400,
+                "too-many-originators",
+                "more than one Originator",
+            ))
+        }
+    };
+    if !valid_address(&originator) {
+        return Err(refuse(
+            403,
+            "originator-invalid",
+            format!("{originator:?} is not a mailto: calendar user address"),
+        ));
+    }
+    // 4. at least one Recipient
+    let mut recipients: Vec<String> = Vec::new();
+    for r in values(h, "recipient")
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
+        if !recipients
+            .iter()
+            .any(|x| ical::norm_addr(x) == ical::norm_addr(r))
+        {
+            recipients.push(r.to_string());
+        }
+    }
+    if recipients.is_empty() {
+        return Err(refuse(400, "recipient-missing", "no Recipient header"));
+    }
+    if recipients.len() > is.max_recipients {
+        return Err(refuse(
+            403,
+            "max-recipients",
+            format!("more than {} recipients", is.max_recipients),
+        ));
+    }
+    if req.body.len() > is.max_content_length {
+        return Err(refuse(
+            403,
+            "max-content-length",
+            format!("body larger than {} octets", is.max_content_length),
+        ));
+    }
+    // 5. DKIM
+    let sigs = values(h, "dkim-signature");
+    let now = unix_now();
+    let unsigned_ok = req.peer.is_some_and(|ip| {
+        is.unsigned_peers
+            .iter()
+            .any(|p| p.parse::<IpAddr>().ok() == Some(ip))
+    });
+    let mut replay_until = now + is.max_signature_age_secs;
+    let mut signer = String::from("-");
+    match sigs.as_slice() {
+        [] if unsigned_ok => {}
+        [] => return Err(verification_failed(DkimError::Missing)),
+        [value] => {
+            let sig = dkim::parse_signature(value, is.allow_sha1).map_err(verification_failed)?;
+            dkim::check_required_headers(&sig).map_err(verification_failed)?;
+            dkim::check_times(&sig, now, is.clock_skew_secs, is.max_signature_age_secs)
+                .map_err(verification_failed)?;
+            let key = bridge.lookup_key(&sig).await.map_err(verification_failed)?;
+            dkim::verify(h, &req.body, value, &sig, &key).map_err(|e| {
+                refuse(
+                    403,
+                    "verification-failed",
+                    format!("{e} (key {}/{})", sig.domain, sig.selector),
+                )
+            })?;
+            if !bridge.signer_may_sign_for(&sig.domain, &originator) {
+                return Err(refuse(
+                    403,
+                    "verification-failed",
+                    format!(
+                        "signing domain {} does not match the Originator's domain {}",
+                        sig.domain,
+                        domain_of(&originator)
+                    ),
+                ));
+            }
+            replay_until = sig
+                .expiration
+                .unwrap_or(sig.timestamp.unwrap_or(now) + is.max_signature_age_secs)
+                + is.clock_skew_secs;
+            signer = sig.domain.clone();
+        }
+        _ => return Err(verification_failed(DkimError::Multiple)),
+    }
+    // 6. the body
+    let Ok(text) = std::str::from_utf8(&req.body) else {
+        return Err(refuse(403, "invalid-calendar-data", "body is not UTF-8"));
+    };
+    let ex = crate::extract::calendar_objects(text, ct_method.as_deref());
+    if let Some(r) = ex.refused.first() {
+        return Err(refuse(403, "invalid-calendar-data", r.reason.clone()));
+    }
+    let Some(first) = ex.objects.first() else {
+        return Err(refuse(
+            403,
+            "invalid-calendar-data",
+            "no scheduling component in the body",
+        ));
+    };
+    let method = first.method;
+    let kind = first.kind.clone();
+    if ex
+        .objects
+        .iter()
+        .any(|o| o.method != method || o.kind != kind)
+    {
+        return Err(refuse(
+            403,
+            "invalid-scheduling-message",
+            "one request carries one METHOD and one component type",
+        ));
+    }
+    if ct_comp.as_deref().is_some_and(|c| c != kind)
+        || ct_method.as_deref().is_some_and(|m| m != method.as_str())
+    {
+        return Err(refuse(
+            403,
+            "invalid-scheduling-message",
+            format!(
+                "Content-Type says {}/{}, the body is {kind}/{}",
+                ct_comp.unwrap_or_default(),
+                ct_method.unwrap_or_default(),
+                method.as_str()
+            ),
+        ));
+    }
+    if !super::capabilities::OUR_MESSAGES
+        .iter()
+        .any(|(c, ms)| *c == kind && ms.contains(&method.as_str()))
+    {
+        return Err(refuse(
+            403,
+            "invalid-scheduling-message",
+            format!("{} on {kind} is not accepted here", method.as_str()),
+        ));
+    }
+    // 7. Originator and Recipients against the iCalendar data (brief §4.4)
+    let orig = ical::norm_addr(&originator);
+    let comps: Vec<&Component> = ex
+        .objects
+        .iter()
+        .flat_map(|o| o.components.iter())
+        .collect();
+    let is_attendee = |c: &Component, a: &str| {
+        c.props_named("ATTENDEE")
+            .any(|p| ical::norm_addr(&p.value) == a)
+    };
+    let organizer_of = |c: &Component| c.prop("ORGANIZER").map(|p| ical::norm_addr(&p.value));
+    if kind == "VFREEBUSY" {
+        if comps.len() != 1 {
+            return Err(refuse(
+                403,
+                "invalid-scheduling-message",
+                "exactly one VFREEBUSY",
+            ));
+        }
+        let c = comps[0];
+        if organizer_of(c).as_deref() != Some(orig.as_str()) {
+            return Err(refuse(
+                403,
+                "organizer-denied",
+                "the ORGANIZER is not the Originator",
+            ));
+        }
+        if !is_utc(c.prop("DTSTART")) || !is_utc(c.prop("DTEND")) {
+            return Err(refuse(
+                403,
+                "invalid-scheduling-message",
+                "VFREEBUSY DTSTART and DTEND must be UTC",
+            ));
+        }
+        let mut attendees: Vec<String> = c
+            .props_named("ATTENDEE")
+            .map(|p| ical::norm_addr(&p.value))
+            .collect();
+        let mut rs: Vec<String> = recipients.iter().map(|r| ical::norm_addr(r)).collect();
+        attendees.sort();
+        attendees.dedup();
+        rs.sort();
+        if attendees != rs {
+            return Err(refuse(
+                403,
+                "recipient-mismatch",
+                "the VFREEBUSY ATTENDEEs are not the Recipients",
+            ));
+        }
+    } else if method.from_organizer() {
+        if method == Method::Publish {
+            return Err(refuse(
+                403,
+                "invalid-scheduling-message",
+                "PUBLISH is not a scheduling message",
+            ));
+        }
+        if comps
+            .iter()
+            .any(|c| organizer_of(c).as_deref() != Some(orig.as_str()))
+        {
+            return Err(refuse(
+                403,
+                "organizer-denied",
+                format!("the ORGANIZER is not the Originator {orig}"),
+            ));
+        }
+        for r in &recipients {
+            let r = ical::norm_addr(r);
+            if !comps.iter().any(|c| is_attendee(c, &r)) {
+                return Err(refuse(
+                    403,
+                    "invalid-scheduling-message",
+                    format!("Recipient {r} is not an ATTENDEE"),
+                ));
+            }
+        }
+    } else {
+        for c in &comps {
+            let atts: Vec<String> = c
+                .props_named("ATTENDEE")
+                .map(|p| ical::norm_addr(&p.value))
+                .collect();
+            if atts.len() != 1 || atts[0] != orig {
+                return Err(refuse(
+                    403,
+                    "invalid-scheduling-message",
+                    format!(
+                        "{} must carry exactly one ATTENDEE, the Originator",
+                        method.as_str()
+                    ),
+                ));
+            }
+            for r in &recipients {
+                if organizer_of(c).as_deref() != Some(ical::norm_addr(r).as_str()) {
+                    return Err(refuse(
+                        403,
+                        "invalid-scheduling-message",
+                        format!("Recipient {r} is not the ORGANIZER"),
+                    ));
+                }
+            }
+        }
+    }
+    // 8. locality: nobody outside may speak for our own users
+    if !bridge.cfg.local_domains.is_empty() && bridge.cfg.is_local(&orig) {
+        return Err(refuse(
+            403,
+            "originator-denied",
+            format!("{orig} is hosted here; it cannot arrive over iSchedule"),
+        ));
+    }
+    let message_id = values(h, "ischedule-message-id")
+        .first()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    let replay_key = message_id.as_ref().map(|id| {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(format!("{signer}\0{orig}\0{id}").as_bytes());
+        (
+            d.iter().take(16).map(|b| format!("{b:02x}")).collect(),
+            replay_until,
+        )
+    });
+    Ok(Checked {
+        originator: orig,
+        recipients,
+        method: method.as_str().to_string(),
+        message_id,
+        replay_key,
+    })
+}
+
+fn verification_failed(e: DkimError) -> Answer {
+    refuse(403, "verification-failed", e.to_string())
+}
+
+/// The status of one recipient from what the pipeline did.
+fn status_of(v: &Verdict, rcpt: &str) -> (&'static str, String) {
+    let mine: Vec<_> = v
+        .outcomes
+        .iter()
+        .filter(|o| ical::norm_addr(&o.recipient) == rcpt)
+        .collect();
+    let reason = mine
+        .iter()
+        .map(|o| format!("{} {}: {}", o.uid, o.outcome, o.reason))
+        .collect::<Vec<_>>()
+        .join("; ");
+    match mine.iter().find(|o| o.outcome == "rejected") {
+        None if mine.is_empty() => (CANNOT_HANDLE, "nothing to deliver".into()),
+        None => (DELIVERED, reason),
+        Some(o) => {
+            let authority = o.reason.contains("must come from")
+                || o.reason.contains("not proven")
+                || o.reason.contains("may not create")
+                || o.reason.contains("policy");
+            (
+                if authority {
+                    NO_AUTHORITY
+                } else {
+                    CANNOT_HANDLE
+                },
+                reason,
+            )
+        }
+    }
+}
+
+/// Checks and delivers one request.
+pub async fn receive(bridge: &Bridge, pipeline: Arc<Pipeline>, req: Request) -> Answer {
+    let c = match check(bridge, &req).await {
+        Ok(c) => c,
+        Err(a) => return a,
+    };
+    let text = String::from_utf8_lossy(&req.body).into_owned();
+    let local: Vec<String> = c
+        .recipients
+        .iter()
+        .map(|r| ical::norm_addr(r))
+        .filter(|r| !bridge.cfg.local_domains.is_empty() && bridge.cfg.is_local(r))
+        .collect();
+    let replay_key = c.replay_key.clone();
+    let method = c.method.clone();
+    let message_id = c.message_id.clone();
+    let originator = c.originator.clone();
+    let local2 = local.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        if let Some((key, until)) = &replay_key {
+            if !pipeline
+                .store
+                .remember_message_id(key, *until, unix_now())?
+            {
+                return Ok(None);
+            }
+        }
+        if local2.is_empty() {
+            return Ok(Some(Verdict::default()));
+        }
+        let v = pipeline.process_itip(&ItipDelivery {
+            body: &text,
+            method: Some(&method),
+            message_id: message_id.as_deref(),
+            recipients: local2,
+            proven: vec![originator],
+        })?;
+        pipeline.store.flush()?;
+        Ok::<_, crate::store::StoreError>(Some(v))
+    })
+    .await;
+    let verdict = match result {
+        Ok(Ok(Some(v))) => v,
+        Ok(Ok(None)) => {
+            return refuse(
+                403,
+                "verification-failed",
+                format!(
+                    "iSchedule-Message-ID {} was already received (replay)",
+                    c.message_id.unwrap_or_default()
+                ),
+            )
+        }
+        Ok(Err(e)) => {
+            return Answer::Responses(
+                c.recipients
+                    .iter()
+                    .map(|r| RecipientAnswer {
+                        recipient: r.clone(),
+                        status: UNAVAILABLE,
+                        calendar_data: None,
+                        description: Some(format!("store unavailable: {e}")),
+                    })
+                    .collect(),
+            )
+        }
+        Err(e) => {
+            return refuse(
+                500,
+                "invalid-scheduling-message",
+                format!("internal error: {e}"),
+            )
+        }
+    };
+    let mut out = Vec::new();
+    for r in &c.recipients {
+        let n = ical::norm_addr(r);
+        if !local.contains(&n) {
+            out.push(RecipientAnswer {
+                recipient: r.clone(),
+                status: INVALID_USER,
+                calendar_data: None,
+                description: Some("not a calendar user of this server".into()),
+            });
+            continue;
+        }
+        let (status, description) = status_of(&verdict, &n);
+        let calendar_data = if status == DELIVERED {
+            verdict
+                .freebusy
+                .iter()
+                .find(|f| f.recipient == n)
+                .map(|f| f.calendar.clone())
+        } else {
+            None
+        };
+        out.push(RecipientAnswer {
+            recipient: r.clone(),
+            status,
+            calendar_data,
+            description: Some(description),
+        });
+    }
+    Answer::Responses(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_type_parameters_in_any_order() {
+        let (mt, c, m) =
+            media_type("Text/Calendar ; method=REPLY; charset=utf-8; component=vevent");
+        assert_eq!(mt, "text/calendar");
+        assert_eq!(c.as_deref(), Some("VEVENT"));
+        assert_eq!(m.as_deref(), Some("REPLY"));
+    }
+
+    #[test]
+    fn addresses_need_mailto_and_domain() {
+        assert!(valid_address("mailto:a@b.example"));
+        assert!(!valid_address("a@b.example"));
+        assert!(!valid_address("mailto:nobody"));
+    }
+}
