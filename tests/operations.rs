@@ -121,3 +121,149 @@ ATTENDEE;PARTSTAT=ACCEPTED:mailto:alice@example.com\r\nEND:VEVENT\r\nEND:VCALEND
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("PARTSTAT=ACCEPTED"));
 }
+
+fn request_msg(dir: &std::path::Path, from: &str, uid: &str) -> std::path::PathBuf {
+    let p = dir.join(format!("{uid}.eml"));
+    std::fs::write(
+        &p,
+        format!(
+            "From: {from}\r\nTo: bob@example.org\r\nMessage-ID: <{uid}>\r\nSubject: Invitation\r\n\
+Content-Type: text/calendar; method=REQUEST\r\n\r\nBEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nMETHOD:REQUEST\r\n\
+BEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:20260102T000000Z\r\nDTSTART:20260110T100000Z\r\nDTEND:20260110T110000Z\r\n\
+ORGANIZER:mailto:{from}\r\nATTENDEE;PARTSTAT=NEEDS-ACTION:mailto:bob@example.org\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+        ),
+    )
+    .expect("msg");
+    p
+}
+
+fn policy_config(dir: &std::path::Path, policy: &str) -> std::path::PathBuf {
+    let p = dir.join("policy.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "data_dir = \"{}\"\nlocal_domains = [\"example.org\"]\n[policy]\n{policy}\n",
+            dir.join("data").display()
+        ),
+    )
+    .expect("config");
+    p
+}
+
+fn outcome_of(out: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(out.lines().next().unwrap_or("{}")).unwrap_or_default();
+    format!(
+        "{} {}",
+        v["outcome"].as_str().unwrap_or(""),
+        v["reason"].as_str().unwrap_or("")
+    )
+}
+
+/// Calendar-spam policy `create = "nobody"`: a proven organizer still cannot put a new event
+/// into the calendar; the reason says so and nothing is stored.
+#[test]
+fn policy_nobody_refuses_new_objects() {
+    let tmp = TempDir::new().expect("tempdir");
+    let cfg = policy_config(tmp.path(), "create = \"nobody\"");
+    let c = cfg.to_str().expect("path");
+    let m = request_msg(tmp.path(), "alice@example.com", "pol-1@example.com");
+    let (out, err, code) = imipd(&[
+        "--config",
+        c,
+        "process",
+        "--trust-sender",
+        m.to_str().expect("path"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let o = outcome_of(&out);
+    assert!(o.starts_with("rejected") && o.contains("policy"), "{o}");
+    let (out, _, _) = imipd(&["--config", c, "export", "--user", "bob@example.org"]);
+    assert!(!out.contains("VEVENT"), "{out}");
+}
+
+/// `create = "known"`: a sender on the allow list creates; a stranger does not; once an object
+/// with the stranger exists (imported), the stranger is known and may create more.
+#[test]
+fn policy_known_senders_and_allow_list() {
+    let tmp = TempDir::new().expect("tempdir");
+    let cfg = policy_config(
+        tmp.path(),
+        "create = \"known\"\nallow = [\"@partner.example\"]",
+    );
+    let c = cfg.to_str().expect("path");
+    let allowed = request_msg(tmp.path(), "carol@partner.example", "pol-2@partner.example");
+    let (out, _, _) = imipd(&[
+        "--config",
+        c,
+        "process",
+        "--trust-sender",
+        allowed.to_str().expect("path"),
+    ]);
+    assert!(outcome_of(&out).starts_with("applied"), "{out}");
+
+    let stranger = request_msg(tmp.path(), "mallory@spam.example", "pol-3@spam.example");
+    let (out, _, _) = imipd(&[
+        "--config",
+        c,
+        "process",
+        "--trust-sender",
+        stranger.to_str().expect("path"),
+    ]);
+    assert!(outcome_of(&out).starts_with("rejected"), "{out}");
+
+    let ics = tmp.path().join("known.ics");
+    std::fs::write(
+        &ics,
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nBEGIN:VEVENT\r\nUID:old@spam.example\r\nDTSTAMP:20250101T000000Z\r\n\
+DTSTART:20250110T100000Z\r\nORGANIZER:mailto:mallory@spam.example\r\nATTENDEE:mailto:bob@example.org\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n",
+    )
+    .expect("ics");
+    let (_, err, code) = imipd(&[
+        "--config",
+        c,
+        "import",
+        "--user",
+        "bob@example.org",
+        ics.to_str().expect("path"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let again = request_msg(tmp.path(), "mallory@spam.example", "pol-4@spam.example");
+    let (out, _, _) = imipd(&[
+        "--config",
+        c,
+        "process",
+        "--trust-sender",
+        again.to_str().expect("path"),
+    ]);
+    assert!(outcome_of(&out).starts_with("applied"), "{out}");
+}
+
+/// `create = "local"` per domain (`create_for`): only senders of the local domains create.
+#[test]
+fn policy_local_per_domain() {
+    let tmp = TempDir::new().expect("tempdir");
+    let cfg = policy_config(
+        tmp.path(),
+        "create = \"everyone\"\ncreate_for = { \"example.org\" = \"local\" }",
+    );
+    let c = cfg.to_str().expect("path");
+    let remote = request_msg(tmp.path(), "alice@example.com", "pol-5@example.com");
+    let (out, _, _) = imipd(&[
+        "--config",
+        c,
+        "process",
+        "--trust-sender",
+        remote.to_str().expect("path"),
+    ]);
+    assert!(outcome_of(&out).starts_with("rejected"), "{out}");
+    let local = request_msg(tmp.path(), "dave@example.org", "pol-6@example.org");
+    let (out, _, _) = imipd(&[
+        "--config",
+        c,
+        "process",
+        "--trust-sender",
+        local.to_str().expect("path"),
+    ]);
+    assert!(outcome_of(&out).starts_with("applied"), "{out}");
+}

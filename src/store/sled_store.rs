@@ -279,7 +279,11 @@ impl Store for Sled {
         let mut current = None;
         // Bounded: a concurrent writer can make a swap fail only while it inserts the same key.
         for _ in 0..4 {
-            match self.t.compare_and_swap(&k, current.clone(), Some(&value[..])).map_err(io)? {
+            match self
+                .t
+                .compare_and_swap(&k, current.clone(), Some(&value[..]))
+                .map_err(io)?
+            {
                 Ok(()) => {
                     if self.ids_added.fetch_add(1, Ordering::Relaxed) % 256 == 255 {
                         self.forget_expired_ids(now)?;
