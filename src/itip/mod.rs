@@ -282,6 +282,24 @@ fn newer(new: &Component, old: &Component) -> Result<(), Reason> {
     Ok(())
 }
 
+/// Ordering for one instance: against its stored override with the full rule of [`newer`];
+/// a new override only against the master's SEQUENCE (it may carry an older DTSTAMP).
+fn instance_is_newer(
+    c: &Component,
+    baseline: Option<&Component>,
+    has_override: bool,
+) -> Result<(), Reason> {
+    match baseline {
+        None => Ok(()),
+        Some(old) if has_override => newer(c, old),
+        Some(old) if c.sequence() < old.sequence() => Err(Reason::OlderSequence {
+            incoming: c.sequence(),
+            stored: old.sequence(),
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Merges timezones: keeps stored ones, adds/replaces by TZID with incoming ones.
 fn merge_timezones(stored: &[Component], incoming: &[Component]) -> Vec<Component> {
     let mut out: Vec<Component> = stored.to_vec();
@@ -611,21 +629,9 @@ fn organizer_update(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context
                 .iter()
                 .position(|s| rid_key(s, &st_tz) == key);
             let baseline = existing.map(|i| &result.components[i]).or(st_master);
-            if let Some(old) = baseline {
-                let check = if existing.is_some() {
-                    newer(c, old)
-                } else if c.sequence() < old.sequence() {
-                    Err(Reason::OlderSequence {
-                        incoming: c.sequence(),
-                        stored: old.sequence(),
-                    })
-                } else {
-                    Ok(())
-                };
-                if let Err(r) = check {
-                    last_reason = Some(r);
-                    continue;
-                }
+            if let Err(r) = instance_is_newer(c, baseline, existing.is_some()) {
+                last_reason = Some(r);
+                continue;
             }
             let mut nc = c.clone();
             if let Some(old) = baseline {
@@ -833,21 +839,9 @@ fn cancel(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decis
         let baseline = existing
             .map(|i| &result.components[i])
             .or_else(|| master(&result));
-        if let Some(old) = baseline {
-            let check = if existing.is_some() {
-                newer(c, old)
-            } else if c.sequence() < old.sequence() {
-                Err(Reason::OlderSequence {
-                    incoming: c.sequence(),
-                    stored: old.sequence(),
-                })
-            } else {
-                Ok(())
-            };
-            if let Err(r) = check {
-                last_reason = Some(r);
-                continue;
-            }
+        if let Err(r) = instance_is_newer(c, baseline, existing.is_some()) {
+            last_reason = Some(r);
+            continue;
         }
         if is_this_and_future(c) {
             // Truncate the series before this instance and cancel later overrides.
