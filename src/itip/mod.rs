@@ -1142,20 +1142,36 @@ fn reply(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decisi
     }
 }
 
-/// REFRESH (RFC 5546 3.2.6): answer with the current REQUEST.
-fn refresh(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decision {
-    let (stored, requester) = match check_attendee(stored, inc, ctx) {
+/// For REFRESH and COUNTER: the stored object and the attendee asking, who must be one of its
+/// attendees (RFC 5546 3.2.6, 3.2.7); otherwise the decision to return (a cold path, so the
+/// large error type costs nothing that matters).
+#[allow(clippy::result_large_err)]
+fn stored_attendee<'a>(
+    stored: Option<&'a StoredObject>,
+    inc: &Incoming,
+    ctx: &Context,
+) -> Result<(&'a StoredObject, String), Decision> {
+    let (stored, who) = match check_attendee(stored, inc, ctx) {
         Ok(v) => v,
-        Err(r @ Reason::UnknownObject(_)) => return Decision::Ignored(r),
-        Err(r) => return Decision::Rejected(r),
+        Err(r @ Reason::UnknownObject(_)) => return Err(Decision::Ignored(r)),
+        Err(r) => return Err(Decision::Rejected(r)),
     };
     if !stored
         .components
         .iter()
-        .any(|c| attendee(c, &requester).is_some())
+        .any(|c| attendee(c, &who).is_some())
     {
-        return Decision::Rejected(Reason::PartyCrasher(requester));
+        return Err(Decision::Rejected(Reason::PartyCrasher(who)));
     }
+    Ok((stored, who))
+}
+
+/// REFRESH (RFC 5546 3.2.6): answer with the current REQUEST.
+fn refresh(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decision {
+    let (stored, requester) = match stored_attendee(stored, inc, ctx) {
+        Ok(v) => v,
+        Err(d) => return d,
+    };
     let comps: Vec<Component> = stored
         .components
         .iter()
@@ -1183,18 +1199,10 @@ fn refresh(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Deci
 
 /// COUNTER (RFC 5546 3.2.7): recorded for the organizer; the event is unchanged.
 fn counter(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decision {
-    let (stored, from) = match check_attendee(stored, inc, ctx) {
+    let (stored, from) = match stored_attendee(stored, inc, ctx) {
         Ok(v) => v,
-        Err(r @ Reason::UnknownObject(_)) => return Decision::Ignored(r),
-        Err(r) => return Decision::Rejected(r),
+        Err(d) => return d,
     };
-    if !stored
-        .components
-        .iter()
-        .any(|c| attendee(c, &from).is_some())
-    {
-        return Decision::Rejected(Reason::PartyCrasher(from));
-    }
     Decision::Applied {
         object: Some(stored.clone()),
         changed: false,
