@@ -15,7 +15,7 @@ use openpgp::types::RevocationStatus;
 use openpgp::{Fingerprint, KeyHandle};
 
 use super::mime::PgpSigned;
-use super::results::{quote, value};
+use super::results::signature_resinfo;
 use super::AuthError;
 
 /// The OpenPGP certificates whose signatures imipd accepts.
@@ -59,14 +59,12 @@ pub(crate) struct PgpOutcome {
 
 impl PgpOutcome {
     pub(crate) fn resinfo(&self) -> String {
-        let mut item = format!("pgp={}", self.result);
-        if let Some(reason) = &self.reason {
-            item.push_str(&format!(" reason={}", quote(reason)));
-        }
-        if let Some(signer) = &self.signer {
-            item.push_str(&format!(" pgp.signer={}", value(signer)));
-        }
-        item
+        signature_resinfo(
+            "pgp",
+            self.result,
+            self.reason.as_deref(),
+            self.signer.as_deref(),
+        )
     }
 
     fn fail(reason: impl Into<String>) -> Self {

@@ -167,6 +167,24 @@ pub(crate) fn header_value(authserv_id: &str, results: &[String]) -> String {
 }
 
 /// A value as an RFC 2045 token when possible, else a quoted string.
+/// The resinfo of a signature check: `METHOD=RESULT [reason="..."] [METHOD.signer=ADDR]`
+/// (RFC 8601 2.7; `smime` per RFC 7281, `pgp` alike).
+pub(crate) fn signature_resinfo(
+    method: &str,
+    result: &str,
+    reason: Option<&str>,
+    signer: Option<&str>,
+) -> String {
+    let mut item = format!("{method}={result}");
+    if let Some(reason) = reason {
+        item.push_str(&format!(" reason={}", quote(reason)));
+    }
+    if let Some(signer) = signer {
+        item.push_str(&format!(" {method}.signer={}", value(signer)));
+    }
+    item
+}
+
 pub(crate) fn quote(text: &str) -> String {
     let is_token = !text.is_empty()
         && text

@@ -12,7 +12,7 @@ use openssl::x509::store::{X509Store, X509StoreBuilder};
 use openssl::x509::{X509Ref, X509};
 
 use super::mime::SmimeSigned;
-use super::results::{quote, value};
+use super::results::signature_resinfo;
 use super::AuthError;
 
 /// The CA certificates S/MIME signers must chain to.
@@ -72,14 +72,12 @@ pub(crate) struct SmimeOutcome {
 
 impl SmimeOutcome {
     pub(crate) fn resinfo(&self) -> String {
-        let mut item = format!("smime={}", self.result);
-        if let Some(reason) = &self.reason {
-            item.push_str(&format!(" reason={}", quote(reason)));
-        }
-        if let Some(signer) = &self.signer {
-            item.push_str(&format!(" smime.signer={}", value(signer)));
-        }
-        item
+        signature_resinfo(
+            "smime",
+            self.result,
+            self.reason.as_deref(),
+            self.signer.as_deref(),
+        )
     }
 
     fn fail(reason: impl Into<String>, inner: Option<Vec<u8>>) -> Self {

@@ -116,6 +116,30 @@ impl Capabilities {
     }
 }
 
+/// Versions, scheduling messages and limits from a capabilities body; `names` are the element
+/// names of the schema in use: (versions, messages, component), as -05 and -01 spell them.
+fn read_body(c: &mut Capabilities, body: &Element, names: [&str; 3]) {
+    if let Some(vs) = body.child(names[0]) {
+        c.versions = vs
+            .children_named("version")
+            .map(|v| v.text.trim().to_string())
+            .collect();
+    }
+    if let Some(sm) = body.child(names[1]) {
+        for comp in sm.children_named(names[2]) {
+            let methods = comp
+                .children_named("method")
+                .filter_map(|m| m.attr("name").map(str::to_string))
+                .collect();
+            c.messages
+                .push((comp.attr("name").unwrap_or("").to_string(), methods));
+        }
+    }
+    c.max_content_length = number(body.child("max-content-length"));
+    c.max_recipients = number(body.child("max-recipients"));
+    c.max_instances = number(body.child("max-instances"));
+}
+
 fn number(e: Option<&Element>) -> Option<usize> {
     e.and_then(|e| e.text.trim().parse().ok())
 }
@@ -135,46 +159,22 @@ pub fn parse(doc: &str) -> Result<Capabilities, String> {
                 c.serial = Some(first.text.trim().to_string());
             }
         }
-        if let Some(vs) = caps.child("versions") {
-            c.versions = vs
-                .children_named("version")
-                .map(|v| v.text.trim().to_string())
-                .collect();
-        }
-        if let Some(sm) = caps.child("scheduling-messages") {
-            for comp in sm.children_named("component") {
-                let methods = comp
-                    .children_named("method")
-                    .filter_map(|m| m.attr("name").map(str::to_string))
-                    .collect();
-                c.messages
-                    .push((comp.attr("name").unwrap_or("").to_string(), methods));
-            }
-        }
-        c.max_content_length = number(caps.child("max-content-length"));
-        c.max_recipients = number(caps.child("max-recipients"));
-        c.max_instances = number(caps.child("max-instances"));
+        read_body(
+            &mut c,
+            caps,
+            ["versions", "scheduling-messages", "component"],
+        );
     } else if let Some(set) = root.child("capability-set") {
         // The -01 schema.
-        if let Some(vs) = set.child("supported-version-set") {
-            c.versions = vs
-                .children_named("version")
-                .map(|v| v.text.trim().to_string())
-                .collect();
-        }
-        if let Some(sm) = set.child("supported-scheduling-message-set") {
-            for comp in sm.children_named("comp") {
-                let methods = comp
-                    .children_named("method")
-                    .filter_map(|m| m.attr("name").map(str::to_string))
-                    .collect();
-                c.messages
-                    .push((comp.attr("name").unwrap_or("").to_string(), methods));
-            }
-        }
-        c.max_content_length = number(set.child("max-content-length"));
-        c.max_recipients = number(set.child("max-recipients"));
-        c.max_instances = number(set.child("max-instances"));
+        read_body(
+            &mut c,
+            set,
+            [
+                "supported-version-set",
+                "supported-scheduling-message-set",
+                "comp",
+            ],
+        );
     } else {
         return Err("no capabilities element".into());
     }
