@@ -184,7 +184,7 @@ fn bench_store(c: &mut Criterion) {
                         kind: "VEVENT".into(),
                         uid,
                         components: vec![comp],
-                        timezones: vec![],
+                        timezones: Default::default(),
                     };
                     (u, extracted(inc, format!("r{k}@example.net")))
                 },
@@ -227,7 +227,7 @@ fn bench_store(c: &mut Criterion) {
                         kind: "VEVENT".into(),
                         uid,
                         components: vec![comp],
-                        timezones: vec![],
+                        timezones: Default::default(),
                     };
                     (u, extracted(inc, format!("q{k}@example.org")))
                 },

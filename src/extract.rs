@@ -279,7 +279,8 @@ fn calendar_objects_into(
             (None, Some(c)) => c.to_string(),
             (None, None) => "PUBLISH".into(),
         };
-        let timezones: Vec<Component> = cal.subs_named("VTIMEZONE").cloned().collect();
+        let timezones: std::sync::Arc<Vec<Component>> =
+            std::sync::Arc::new(cal.subs_named("VTIMEZONE").cloned().collect());
         let tzmap = {
             let refs: Vec<&Component> = timezones.iter().collect();
             ical::time::TzMap::new(&refs)

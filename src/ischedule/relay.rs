@@ -310,7 +310,7 @@ impl Bridge {
             kind: "VFREEBUSY".into(),
             uid: fb.uid().unwrap_or_default().to_string(),
             components: vec![fb],
-            timezones: Vec::new(),
+            timezones: Default::default(),
         };
         let user = ical::norm_addr(user);
         let results = self

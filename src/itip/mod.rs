@@ -83,7 +83,9 @@ pub struct Incoming {
     pub kind: String,
     pub uid: String,
     pub components: Vec<Component>,
-    pub timezones: Vec<Component>,
+    /// The calendar's VTIMEZONEs, shared by every object of that calendar (never copied per
+    /// object: a message with many objects and many zones stays linear in memory).
+    pub timezones: std::sync::Arc<Vec<Component>>,
 }
 
 /// Who is asking and for whom.
@@ -315,15 +317,12 @@ fn merge_timezones(stored: &[Component], incoming: &[Component]) -> Vec<Componen
 }
 
 /// Keeps only the timezones some component refers to.
-fn used_timezones(components: &[Component], timezones: Vec<Component>) -> Vec<Component> {
-    let mut used: Vec<String> = Vec::new();
-    fn walk(c: &Component, used: &mut Vec<String>) {
+fn used_timezones(components: &[Component], timezones: &[Component]) -> Vec<Component> {
+    let mut used: std::collections::HashSet<String> = std::collections::HashSet::new();
+    fn walk(c: &Component, used: &mut std::collections::HashSet<String>) {
         for p in &c.props {
             if let Some(t) = p.param("TZID") {
-                let t = t.trim_matches('"').to_string();
-                if !used.contains(&t) {
-                    used.push(t);
-                }
+                used.insert(t.trim_matches('"').to_string());
             }
         }
         for s in &c.subs {
@@ -334,8 +333,9 @@ fn used_timezones(components: &[Component], timezones: Vec<Component>) -> Vec<Co
         walk(c, &mut used);
     }
     timezones
-        .into_iter()
-        .filter(|t| used.iter().any(|u| Some(u.as_str()) == t.value("TZID")))
+        .iter()
+        .filter(|t| t.value("TZID").is_some_and(|id| used.contains(id)))
+        .cloned()
         .collect()
 }
 
@@ -566,7 +566,7 @@ fn organizer_update(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context
             uid: inc.uid.clone(),
             kind: inc.kind.clone(),
             components: inc.components.clone(),
-            timezones: used_timezones(&inc.components, inc.timezones.clone()),
+            timezones: used_timezones(&inc.components, &inc.timezones),
             reply_stamps: BTreeMap::new(),
         };
         let n = inc.components.len();
@@ -649,7 +649,7 @@ fn organizer_update(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context
     }
     result.timezones = used_timezones(
         &result.components,
-        merge_timezones(&stored.timezones, &inc.timezones),
+        &merge_timezones(&stored.timezones, &inc.timezones),
     );
     let seq = inc
         .components
@@ -759,7 +759,7 @@ fn add(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decision
     }
     result.timezones = used_timezones(
         &result.components,
-        merge_timezones(&stored.timezones, &inc.timezones),
+        &merge_timezones(&stored.timezones, &inc.timezones),
     );
     Decision::Applied {
         object: Some(result),
@@ -909,7 +909,7 @@ fn cancel(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decis
     }
     result.timezones = used_timezones(
         &result.components,
-        merge_timezones(&stored.timezones, &inc.timezones),
+        &merge_timezones(&stored.timezones, &inc.timezones),
     );
     Decision::Applied {
         object: Some(result),

@@ -75,7 +75,7 @@ pub fn record_sent(
                     None => obj.components.push(nc),
                 }
             }
-            for t in &inc.timezones {
+            for t in inc.timezones.iter() {
                 let id = t.value("TZID");
                 if !obj.timezones.iter().any(|o| o.value("TZID") == id) {
                     obj.timezones.push(t.clone());
