@@ -74,6 +74,8 @@ struct Part {
     is_text_calendar: bool,
     order: usize,
     proven: Vec<String>,
+    /// DKIM `l=` proofs that end inside this part: (address, the signed text of the part).
+    partial: Vec<(String, String)>,
 }
 
 /// Extracts every iTIP object of a message, all unproven (for tools and tests that need no
@@ -135,21 +137,35 @@ pub fn extract_parsed(parsed: &Parsed<'_>, proof: &Proof) -> Extracted {
                 if report_in(tree) {
                     return report(ex);
                 }
-                calendar_parts(tree, inner.bytes, &mut ex, &mut parts, |_, _| proven.clone());
+                calendar_parts(
+                    tree,
+                    inner.bytes,
+                    &mut ex,
+                    &mut parts,
+                    |_, _| proven.clone(),
+                    |_, _| Vec::new(),
+                );
             }
         }
         None => {
             if report_in(msg) {
                 return report(ex);
             }
-            calendar_parts(msg, parsed.bytes, &mut ex, &mut parts, |index, end| {
-                proof.proven_for_part(index, end)
-            });
+            calendar_parts(
+                msg,
+                parsed.bytes,
+                &mut ex,
+                &mut parts,
+                |index, end| proof.proven_for_part(index, end),
+                |body_start, end| proof.partial_for_part(body_start, end),
+            );
         }
     }
     if !proof.grants.is_empty() && parts.iter().any(|p| p.proven.is_empty()) {
-        ex.notes
-            .push("a calendar part lies outside what the sender's signature covers".into());
+        ex.notes.push(
+            "a calendar part lies outside what the sender's signature covers, in whole or in part"
+                .into(),
+        );
     }
     // Prefer proven parts, then the text/calendar alternative that carries method=, then
     // other text/calendar: a copy outside the signature never displaces the signed one.
@@ -163,6 +179,7 @@ pub fn extract_parsed(parsed: &Parsed<'_>, proof: &Proof) -> Extracted {
     });
     let mut seen = HashSet::new();
     for part in parts {
+        let first = ex.objects.len();
         calendar_objects_into(
             &part.text,
             part.ct_method.as_deref(),
@@ -170,9 +187,34 @@ pub fn extract_parsed(parsed: &Parsed<'_>, proof: &Proof) -> Extracted {
             &mut ex,
             &mut seen,
         );
+        // A DKIM l= prefix ending inside the part proves the objects that read the same
+        // from the signed text alone (a folded line continued after the prefix does not).
+        for (address, signed) in &part.partial {
+            let signed_objects = calendar_objects(signed, part.ct_method.as_deref());
+            let keys: HashSet<String> = signed_objects
+                .objects
+                .iter()
+                .map(|f| object_key(f))
+                .collect();
+            for found in &mut ex.objects[first..] {
+                if keys.contains(&object_key(found)) && !found.proven.contains(address) {
+                    found.proven.push(address.clone());
+                }
+            }
+        }
     }
     dedup_refusals(&mut ex);
     ex
+}
+
+/// An object's identity for comparing two readings: method and the exact components.
+fn object_key(inc: &Incoming) -> String {
+    let mut key = inc.method.as_str().to_string();
+    for c in &inc.components {
+        key.push('\n');
+        key.push_str(&c.to_ical());
+    }
+    key
 }
 
 /// The single From address of a parsed message, normalized.
@@ -213,6 +255,7 @@ fn calendar_parts(
     ex: &mut Extracted,
     parts: &mut Vec<Part>,
     proven_for: impl Fn(usize, usize) -> Vec<String>,
+    partial_for: impl Fn(usize, usize) -> Vec<(String, usize)>,
 ) {
     for (idx, part) in msg.parts.iter().enumerate() {
         if matches!(part.body, PartType::Multipart(_) | PartType::Message(_)) {
@@ -261,24 +304,28 @@ fn calendar_parts(
             ));
             break;
         }
-        let bytes: Vec<u8> = if headers_are_calendar {
-            let start = (part.offset_header as usize).min(body_end);
-            raw_msg[start..body_end].to_vec()
+        let cte = part
+            .headers
+            .iter()
+            .find(|h| h.name().eq_ignore_ascii_case("Content-Transfer-Encoding"))
+            .and_then(|h| h.value().as_text())
+            .map(|s| s.trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        let content_start = if headers_are_calendar {
+            (part.offset_header as usize).min(body_end)
         } else {
-            let body = &raw_msg[body_start.min(body_end)..body_end];
-            let cte = part
-                .headers
-                .iter()
-                .find(|h| h.name().eq_ignore_ascii_case("Content-Transfer-Encoding"))
-                .and_then(|h| h.value().as_text())
-                .map(|s| s.trim().to_ascii_lowercase())
-                .unwrap_or_default();
+            body_start.min(body_end)
+        };
+        let decode = |end: usize| -> Vec<u8> {
+            let body = &raw_msg[content_start..end];
             match cte.as_str() {
+                _ if headers_are_calendar => body.to_vec(),
                 "base64" => decode_base64_lenient(body),
                 "quoted-printable" => decode_qp_lenient(body),
                 _ => body.to_vec(),
             }
         };
+        let bytes = decode(body_end);
         if bytes.len() > MAX_PART {
             ex.refused.push(Refused {
                 method: attr("method").unwrap_or_default().to_ascii_uppercase(),
@@ -288,18 +335,29 @@ fn calendar_parts(
             });
             continue;
         }
-        let text = decode_charset(&bytes, attr("charset").as_deref());
+        let charset = attr("charset");
+        let text = decode_charset(&bytes, charset.as_deref());
         let text = if headers_are_calendar {
             strip_trailing_headers(&text)
         } else {
             text
         };
+        let proven = proven_for(idx, part.offset_end as usize);
+        let partial = partial_for(content_start, body_end)
+            .into_iter()
+            .filter(|(address, _)| !proven.contains(address))
+            .map(|(address, until)| {
+                let signed = decode_charset(&decode(until.min(body_end)), charset.as_deref());
+                (address, complete_calendars(&signed))
+            })
+            .collect();
         parts.push(Part {
             text,
             ct_method: attr("method").map(|m| m.trim().to_ascii_uppercase()),
             is_text_calendar,
             order: idx,
-            proven: proven_for(idx, part.offset_end as usize),
+            proven,
+            partial,
         });
     }
 }
@@ -315,6 +373,18 @@ fn dedup_refusals(ex: &mut Extracted) {
             r.reason.clone(),
         ))
     });
+}
+
+/// The text up to and including its last END:VCALENDAR line (a signed prefix may stop inside
+/// a later calendar, which is not signed whole).
+fn complete_calendars(text: &str) -> String {
+    match text.to_ascii_uppercase().rfind("END:VCALENDAR") {
+        Some(pos) => {
+            let end = text[pos..].find('\n').map_or(text.len(), |n| pos + n + 1);
+            text[..end].to_string()
+        }
+        None => String::new(),
+    }
 }
 
 /// Cuts MIME headers that a broken client wrote after END:VCALENDAR.
@@ -378,8 +448,7 @@ fn calendar_objects_into(
             (None, Some(c)) => c.to_string(),
             (None, None) => String::new(),
         };
-        let schedulable: Vec<&Component> =
-            cal.subs.iter().filter(|c| c.is_schedulable()).collect();
+        let schedulable: Vec<&Component> = cal.subs.iter().filter(|c| c.is_schedulable()).collect();
         let timezones: Arc<Vec<Component>> =
             Arc::new(cal.subs_named("VTIMEZONE").cloned().collect());
         let tzmap = {
@@ -406,10 +475,7 @@ fn calendar_objects_into(
             ex.refused.push(Refused {
                 method: method_str.clone(),
                 component: first.map(|c| c.name.clone()).unwrap_or_default(),
-                uid: first
-                    .and_then(|c| c.uid())
-                    .unwrap_or_default()
-                    .to_string(),
+                uid: first.and_then(|c| c.uid()).unwrap_or_default().to_string(),
                 reason,
             });
         };

@@ -68,7 +68,10 @@ impl<'a> Parsed<'a> {
 
     /// The parts of the tree (empty without a tree).
     pub fn parts(&self) -> &[MessagePart<'a>] {
-        self.tree.as_ref().map(|t| t.parts.as_slice()).unwrap_or(&[])
+        self.tree
+            .as_ref()
+            .map(|t| t.parts.as_slice())
+            .unwrap_or(&[])
     }
 
     /// Offset of the top-level body.
@@ -99,12 +102,7 @@ fn ambiguity(bytes: &[u8], tree: &Message<'_>) -> Option<String> {
 
 /// Every multipart's children must be exactly the parts that anchored delimiter lines
 /// (RFC 2046 §5.1.1: `--boundary` at the start of a line, then only white space) delimit.
-fn check_multipart(
-    bytes: &[u8],
-    tree: &Message<'_>,
-    index: usize,
-    depth: usize,
-) -> Option<String> {
+fn check_multipart(bytes: &[u8], tree: &Message<'_>, index: usize, depth: usize) -> Option<String> {
     let part = tree.parts.get(index)?;
     let PartType::Multipart(children) = &part.body else {
         return None;

@@ -3,10 +3,10 @@
 
 use crate::config::Config;
 use crate::extract::{self, Extracted};
-use crate::message::Parsed;
-use crate::proof::Proof;
 use crate::ical::{self, Component};
 use crate::itip::{self, Context, Decision, Incoming, Method, OutMessage, Reason, StoredObject};
+use crate::message::Parsed;
+use crate::proof::Proof;
 use crate::store::{Change, Commit, JournalEntry, Store, StoreError};
 use serde::Serialize;
 use std::sync::Arc;

@@ -57,12 +57,30 @@ impl Proof {
     /// Addresses proven for a part of the outer tree.
     pub fn proven_for_part(&self, index: usize, end: usize) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        for g in self.grants.iter().filter(|g| g.covers.covers_part(index, end)) {
+        for g in self
+            .grants
+            .iter()
+            .filter(|g| g.covers.covers_part(index, end))
+        {
             if !out.contains(&g.address) {
                 out.push(g.address.clone());
             }
         }
         out
+    }
+
+    /// DKIM `l=` prefixes that end inside a part's body (after `body_start`, before `end`):
+    /// (address, offset where the signed bytes end). Objects wholly inside are proven.
+    pub fn partial_for_part(&self, body_start: usize, end: usize) -> Vec<(String, usize)> {
+        self.grants
+            .iter()
+            .filter_map(|g| match g.covers {
+                Coverage::Prefix(until) if until > body_start && until < end => {
+                    Some((g.address.clone(), until))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// Addresses proven for the decoded content of an opaque S/MIME message.

@@ -431,7 +431,10 @@ async fn smime_detached_signature_proves_from() {
         .expect("S/MIME proof");
     // The proof covers the signed entity (part 1 of the multipart/signed), not the signature.
     assert_eq!(smime.covers, imipd::auth::Coverage::Parts(vec![1]));
-    assert_eq!(verdict.inner, None, "a detached signature leaves the tree as it is");
+    assert_eq!(
+        verdict.inner, None,
+        "a detached signature leaves the tree as it is"
+    );
 }
 
 /// RFC 8551 §3.5.2 application/pkcs7-mime signed-data: the inner entity comes back decoded.
@@ -811,7 +814,11 @@ async fn trusted_relay_proves_from() {
         client_ip: Some("198.51.100.7".parse().expect("ip")),
         auth_authen: None,
     };
-    assert!(auth.verify_message(&raw, &elsewhere).await.proofs.is_empty());
+    assert!(auth
+        .verify_message(&raw, &elsewhere)
+        .await
+        .proofs
+        .is_empty());
 }
 
 /// RFC 8601 §5: a trusted upstream's dkim=pass proves From; headers from anyone else, or

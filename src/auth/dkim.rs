@@ -296,8 +296,15 @@ mod tests {
         assert_eq!(relaxed.prefix_hash(11), None);
         let simple = CanonicalBody::new(b"x\n\n", Canonicalization::Simple);
         assert_eq!(simple.lines.len(), 1);
-        assert_eq!(CanonicalBody::new(b"", Canonicalization::Simple).lines.len(), 1);
-        assert!(CanonicalBody::new(b"", Canonicalization::Relaxed).lines.is_empty());
+        assert_eq!(
+            CanonicalBody::new(b"", Canonicalization::Simple)
+                .lines
+                .len(),
+            1
+        );
+        assert!(CanonicalBody::new(b"", Canonicalization::Relaxed)
+            .lines
+            .is_empty());
     }
 
     #[test]

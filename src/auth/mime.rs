@@ -184,7 +184,12 @@ impl<'p, 'a> TopLevel<'p, 'a> {
         let bytes = self
             .raw
             .get(content_part.offset_header as usize..content_part.offset_end as usize)?;
-        let signature = self.message.parts.get(*signature as usize)?.contents().to_vec();
+        let signature = self
+            .message
+            .parts
+            .get(*signature as usize)?
+            .contents()
+            .to_vec();
         Some((canonical_crlf(bytes), signature, *content as usize))
     }
 }
