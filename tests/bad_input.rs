@@ -570,11 +570,12 @@ fn many_uids_in_many_parts_are_linear() {
             message_id()
         );
         for part in 0..4 {
-            msg.push_str(&format!("--{b}\r\nContent-Type: text/calendar; method=REQUEST\r\n\r\n"));
+            msg.push_str(&format!(
+                "--{b}\r\nContent-Type: text/calendar; method=REQUEST\r\n\r\n"
+            ));
             // Both shapes: one calendar of many UIDs, and many one-UID calendars.
             if part % 2 == 0 {
-                let comps: Vec<Comp> =
-                    (0..n).map(|i| invite(&format!("u{part}-{i}"))).collect();
+                let comps: Vec<Comp> = (0..n).map(|i| invite(&format!("u{part}-{i}"))).collect();
                 msg.push_str(&vcal("REQUEST", &comps));
             } else {
                 for i in 0..n {
