@@ -405,6 +405,17 @@ fn cmd_process(args: &Args, env: &Env, raw: Vec<u8>, io: &mut Io) -> Result<i32,
     }
     let ex = crate::extract::extract(&raw);
     let recipients: Vec<String> = args.recipients.iter().map(|r| ical::norm_addr(r)).collect();
+    if recipients.is_empty() && !ex.recipients.iter().any(|r| env.cfg.is_local(r)) {
+        io.errln(format!(
+            "note: no local recipient in To/Cc (local_domains: {}); nothing was applied. \
+             Name one with --recipient ADDR",
+            if env.cfg.local_domains.is_empty() {
+                "any".to_string()
+            } else {
+                env.cfg.local_domains.join(", ")
+            }
+        ));
+    }
     let delivery = Delivery {
         raw: &raw,
         recipients,

@@ -312,6 +312,7 @@ impl Pipeline {
         let ctx = Context {
             recipient: rcpt,
             proven,
+            delegates: &self.config.policy.delegate_map,
             delete_on_cancel: self.config.itip.delete_on_cancel,
             now: ts,
         };
