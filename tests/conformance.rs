@@ -1353,6 +1353,63 @@ fn refresh_is_answered_with_current_request() {
     assert!(cal.contains("LOCATION:Room 3"));
 }
 
+/// DESIGN (REFRESH of a cancelled object): the answer in the outbox is a CANCEL, never a
+/// REQUEST that would bring the event back.
+#[test]
+fn refresh_of_cancelled_object_is_answered_with_cancel() {
+    let env = Env::new();
+    alice_has(&env, &[invite("ref-c").seq(3).set("STATUS:CANCELLED")]);
+    let r = Comp::event("ref-c")
+        .without("SUMMARY")
+        .without("DTSTART")
+        .without("DTEND")
+        .without("SEQUENCE")
+        .stamp("20260110T000000Z")
+        .add(&format!("ATTENDEE:mailto:{CAROL}"));
+    let msg = imip(CAROL, &[ALICE], "REFRESH", &vcal("REFRESH", &[r]));
+    assert_outcome(&env.process(&msg, &[ALICE]), "applied");
+    let out = env.outbox();
+    assert_eq!(out.len(), 1, "one CANCEL expected");
+    assert!(header(&out[0], "To").unwrap().contains(CAROL));
+    let cal = calendar_of(&out[0]);
+    assert!(cal.contains("METHOD:CANCEL"), "{cal}");
+    assert!(!cal.contains("METHOD:REQUEST"), "{cal}");
+    assert!(cal.contains("STATUS:CANCELLED"), "{cal}");
+}
+
+/// DESIGN: a REQUEST that no longer lists the recipient cancels the stored copy (applied), and
+/// the time is free again.
+#[test]
+fn request_without_recipient_cancels_stored_copy() {
+    let env = Env::new();
+    bob_invited(&env, invite("rm-1"));
+    let without_bob = Comp::event("rm-1")
+        .seq(1)
+        .stamp("20260105T000000Z")
+        .att(ALICE, "ACCEPTED")
+        .att(CAROL, "NEEDS-ACTION");
+    let msg = imip(ALICE, &[BOB], "REQUEST", &vcal("REQUEST", &[without_bob]));
+    let fb = env.freebusy(BOB, "20260302T000000Z", "20260303T000000Z");
+    assert_eq!(busy_periods(&fb).len(), 1, "{fb}");
+    assert_outcome(&env.process(&msg, &[BOB]), "applied");
+    assert!(env.export(BOB, "rm-1").contains("STATUS:CANCELLED"));
+    let fb = env.freebusy(BOB, "20260302T000000Z", "20260303T000000Z");
+    assert!(busy_periods(&fb).is_empty(), "{fb}");
+    // Nothing stored: still rejected.
+    let msg = imip(
+        ALICE,
+        &[BOB],
+        "REQUEST",
+        &vcal(
+            "REQUEST",
+            &[invite("rm-2")
+                .without("ATTENDEE")
+                .att(CAROL, "NEEDS-ACTION")],
+        ),
+    );
+    assert_outcome(&env.process(&msg, &[BOB]), "rejected");
+}
+
 /// RFC 5546 3.2.6: a REFRESH from someone who is not invited gets nothing.
 #[test]
 fn refresh_from_non_attendee_is_rejected() {
