@@ -292,21 +292,12 @@ fn newer_than(new: &Component, os: i64, old_stamp: Option<i64>) -> Result<(), Re
     Ok(())
 }
 
-/// Ordering for one instance: against its stored override with the full rule of [`newer`];
-/// a new override only against the master's SEQUENCE (it may carry an older DTSTAMP).
-fn instance_is_newer(
-    c: &Component,
-    baseline: Option<&Component>,
-    has_override: bool,
-) -> Result<(), Reason> {
+/// Ordering for one instance (DESIGN: ordering holds per instance): the full rule of [`newer`]
+/// against the stored instance, that is its override, or else the master that generates it.
+fn instance_is_newer(c: &Component, baseline: Option<&Component>) -> Result<(), Reason> {
     match baseline {
         None => Ok(()),
-        Some(old) if has_override => newer(c, old),
-        Some(old) if c.sequence() < old.sequence() => Err(Reason::OlderSequence {
-            incoming: c.sequence(),
-            stored: old.sequence(),
-        }),
-        Some(_) => Ok(()),
+        Some(old) => newer(c, old),
     }
 }
 
@@ -834,7 +825,7 @@ fn organizer_update(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context
                 },
                 (None, _) => {
                     let baseline = existing.map(|i| &result.components[i]).or(st_master);
-                    instance_is_newer(c, baseline, existing.is_some())
+                    instance_is_newer(c, baseline)
                 }
             };
             if let Err(r) = order {
@@ -1101,7 +1092,7 @@ fn cancel(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decis
         let baseline = existing
             .map(|i| &result.components[i])
             .or_else(|| master(&result));
-        if let Err(r) = instance_is_newer(c, baseline, existing.is_some()) {
+        if let Err(r) = instance_is_newer(c, baseline) {
             last_reason = Some(r);
             continue;
         }
