@@ -1760,3 +1760,117 @@ pub fn freebusy_reply(
         summary: "Free/busy".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn comp(lines: &[&str]) -> Component {
+        let text = format!(
+            "BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\n{}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n",
+            lines.join("\r\n")
+        );
+        crate::ical::parse(&text).expect("parses")[0].subs[0].clone()
+    }
+
+    fn ctx<'a>(proven: &'a [String], delegates: &'a HashMap<String, Vec<String>>) -> Context<'a> {
+        Context {
+            recipient: "bob@example.org",
+            proven,
+            delegates,
+            delete_on_cancel: false,
+            now: 0,
+        }
+    }
+
+    #[test]
+    fn sent_by_needs_a_configured_or_recorded_delegate() {
+        let line = Prop {
+            name: "ORGANIZER".into(),
+            params: vec![crate::ical::Param {
+                name: "SENT-BY".into(),
+                values: vec!["mailto:Office@example.org".into()],
+            }],
+            value: "mailto:alice@example.org".into(),
+        };
+        let proven = vec!["office@example.org".to_string()];
+        let none = HashMap::new();
+        // Same domain alone is not enough.
+        assert_eq!(authorized(&line, &[], &ctx(&proven, &none)), None);
+        // A delegate of someone else is not Alice's.
+        let other: HashMap<_, _> = [(
+            "dora@example.org".to_string(),
+            vec!["office@example.org".to_string()],
+        )]
+        .into();
+        assert_eq!(authorized(&line, &[], &ctx(&proven, &other)), None);
+        let conf: HashMap<_, _> = [(
+            "alice@example.org".to_string(),
+            vec!["office@example.org".to_string()],
+        )]
+        .into();
+        assert_eq!(
+            authorized(&line, &[], &ctx(&proven, &conf)).as_deref(),
+            Some("office@example.org")
+        );
+        // Recorded on the stored line of the same user.
+        assert_eq!(
+            authorized(&line, &[&line], &ctx(&proven, &none)).as_deref(),
+            Some("office@example.org")
+        );
+        // Recorded for another user does not count.
+        let mut elsewhere = line.clone();
+        elsewhere.value = "mailto:dora@example.org".into();
+        assert_eq!(authorized(&line, &[&elsewhere], &ctx(&proven, &none)), None);
+        // The SENT-BY must itself be proven.
+        let nobody: Vec<String> = vec![];
+        assert_eq!(authorized(&line, &[], &ctx(&nobody, &conf)), None);
+    }
+
+    #[test]
+    fn reschedule_is_sequence_or_time() {
+        let tz = TzMap::new(&[]);
+        let base = comp(&[
+            "UID:x",
+            "SEQUENCE:1",
+            "DTSTART:20260302T100000Z",
+            "DTEND:20260302T110000Z",
+            "RRULE:FREQ=DAILY;COUNT=3",
+            "SUMMARY:a",
+        ]);
+        let same_time = comp(&[
+            "UID:x",
+            "SEQUENCE:1",
+            "DTSTART;TZID=Europe/Berlin:20260302T110000",
+            "DURATION:PT1H",
+            "RRULE:COUNT=3;FREQ=DAILY",
+            "SUMMARY:b",
+            "DESCRIPTION:c",
+        ]);
+        assert!(!is_reschedule(&same_time, &tz, &base, &tz));
+        let higher = comp(&[
+            "UID:x",
+            "SEQUENCE:2",
+            "DTSTART:20260302T100000Z",
+            "DTEND:20260302T110000Z",
+            "RRULE:FREQ=DAILY;COUNT=3",
+        ]);
+        assert!(is_reschedule(&higher, &tz, &base, &tz));
+        for changed in [
+            "DTSTART:20260302T100500Z",
+            "DTEND:20260302T113000Z",
+            "RRULE:FREQ=DAILY;COUNT=4",
+            "EXDATE:20260303T100000Z",
+            "RDATE:20260310T100000Z",
+        ] {
+            let mut c = base.clone();
+            let p = comp(&[changed]).props[0].clone();
+            if matches!(p.name.as_str(), "EXDATE" | "RDATE") {
+                c.props.push(p);
+            } else {
+                c.set_prop(p);
+            }
+            assert!(is_reschedule(&c, &tz, &base, &tz), "{changed}");
+        }
+    }
+}
