@@ -379,9 +379,11 @@ impl Core {
         Core::log_verdict("milter", env.queue_id.as_deref(), &verdict);
         Core::log_verdict_debug(&st, "milter", &verdict, proof);
         self.enqueue_outgoing(&st, &verdict);
-        actions
-            .insert_headers
-            .push(("Authentication-Results".into(), proof.results.clone()));
+        if !proof.results.is_empty() {
+            actions
+                .insert_headers
+                .push(("Authentication-Results".into(), proof.results.clone()));
+        }
         if verdict.had_calendar {
             actions.add_headers.push((
                 RESULT_HEADER.into(),
@@ -511,7 +513,11 @@ impl crate::lmtp::Deliver for LmtpDoor {
             tokio::task::spawn_blocking(move || {
                 let (bytes, bare) = crate::message::normalize_line_ends(&data);
                 let parsed = crate::message::Parsed::new(&bytes, bare);
-                Verdict::proof_only(prover.prove_blocking(&parsed, &Facts::default()))
+                Verdict::proof_only(if crate::extract::may_hold_calendar(&parsed) {
+                    prover.prove_blocking(&parsed, &Facts::default())
+                } else {
+                    prover.forged_results(&parsed)
+                })
             })
             .await
             .map_err(|e| format!("proof task failed: {e}"))
@@ -549,7 +555,10 @@ impl crate::lmtp::Deliver for LmtpDoor {
                 }
             };
             let proof = &v.proof;
-            let mut headers = vec![("Authentication-Results".to_string(), proof.results.clone())];
+            let mut headers = Vec::new();
+            if !proof.results.is_empty() {
+                headers.push(("Authentication-Results".to_string(), proof.results.clone()));
+            }
             if st.cfg.is_local(&r) && v.had_calendar {
                 let mine = v.for_recipient(&r);
                 headers.push((RESULT_HEADER.into(), result_header(&mine, &visible)));

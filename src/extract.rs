@@ -248,6 +248,79 @@ fn report_in(msg: &Message<'_>) -> bool {
     })
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CalendarKind {
+    /// text/calendar (or text/x-vcalendar).
+    Text,
+    /// application/ics and the like, or a .ics/.vcs file as text/plain or octet-stream.
+    Other,
+    /// A part whose iCalendar lines were read as headers (its real headers follow the body).
+    InHeaders,
+}
+
+/// Whether a leaf part holds a calendar, and how.
+fn calendar_kind(part: &mail_parser::MessagePart<'_>) -> Option<CalendarKind> {
+    if part
+        .headers
+        .first()
+        .is_some_and(|h| h.name().eq_ignore_ascii_case("BEGIN"))
+    {
+        return Some(CalendarKind::InHeaders);
+    }
+    let ct = part.content_type();
+    let (ctype, csub) = match ct {
+        Some(ct) => (
+            ct.c_type.to_ascii_lowercase(),
+            ct.c_subtype.as_deref().unwrap_or("").to_ascii_lowercase(),
+        ),
+        None => ("text".into(), "plain".into()),
+    };
+    if ctype == "text" && (csub == "calendar" || csub == "x-vcalendar") {
+        return Some(CalendarKind::Text);
+    }
+    if ctype == "application" && matches!(csub.as_str(), "ics" | "x-ics" | "calendar") {
+        return Some(CalendarKind::Other);
+    }
+    let ics_name = ct
+        .and_then(|ct| ct.attribute("name"))
+        .or_else(|| {
+            part.content_disposition()
+                .and_then(|d| d.attribute("filename"))
+        })
+        .is_some_and(|f| {
+            let f = f.to_ascii_lowercase();
+            f.ends_with(".ics") || f.ends_with(".vcs")
+        });
+    if ics_name
+        && matches!(
+            (ctype.as_str(), csub.as_str()),
+            ("text", "plain") | ("application", "octet-stream")
+        )
+    {
+        return Some(CalendarKind::Other);
+    }
+    None
+}
+
+/// Whether the message may hold a calendar at all: a calendar part anywhere in its tree, or
+/// an opaque S/MIME entity (which may wrap one). Decided from the MIME structure alone, so
+/// that ordinary mail costs no signature check, DNS lookup or store access.
+pub fn may_hold_calendar(parsed: &Parsed<'_>) -> bool {
+    parsed.parts().iter().any(|part| match &part.body {
+        PartType::Multipart(_) | PartType::Message(_) => false,
+        _ => {
+            calendar_kind(part).is_some()
+                || part.content_type().is_some_and(|ct| {
+                    ct.c_type.eq_ignore_ascii_case("application")
+                        && ct.c_subtype.as_deref().is_some_and(|s| {
+                            s.eq_ignore_ascii_case("pkcs7-mime")
+                                || s.eq_ignore_ascii_case("x-pkcs7-mime")
+                        })
+                })
+        }
+    })
+}
+
 /// The calendar parts of one tree (never inside message/rfc822: those are separate trees).
 fn calendar_parts(
     msg: &Message<'_>,
@@ -262,42 +335,16 @@ fn calendar_parts(
             continue;
         }
         let ct = part.content_type();
-        let (ctype, csub) = match ct {
-            Some(ct) => (
-                ct.c_type.to_ascii_lowercase(),
-                ct.c_subtype.as_deref().unwrap_or("").to_ascii_lowercase(),
-            ),
-            None => ("text".into(), "plain".into()),
-        };
         let attr = |name: &str| -> Option<String> {
             ct.and_then(|ct| ct.attribute(name)).map(str::to_string)
         };
-        let filename = attr("name").or_else(|| {
-            part.content_disposition()
-                .and_then(|d| d.attribute("filename"))
-                .map(str::to_string)
-        });
-        let ics_name = filename.as_deref().is_some_and(|f| {
-            f.to_ascii_lowercase().ends_with(".ics") || f.to_ascii_lowercase().ends_with(".vcs")
-        });
-        let is_text_calendar = ctype == "text" && (csub == "calendar" || csub == "x-vcalendar");
-        let is_calendar = is_text_calendar
-            || (ctype == "application" && matches!(csub.as_str(), "ics" | "x-ics" | "calendar"))
-            || (ics_name
-                && matches!(
-                    (ctype.as_str(), csub.as_str()),
-                    ("text", "plain") | ("application", "octet-stream")
-                ));
+        let Some(kind) = calendar_kind(part) else {
+            continue;
+        };
+        let is_text_calendar = kind == CalendarKind::Text;
+        let headers_are_calendar = kind == CalendarKind::InHeaders;
         let body_start = part.offset_body as usize;
         let body_end = (part.offset_end as usize).min(raw_msg.len());
-        // A part whose iCalendar lines were read as headers (its real headers follow the body).
-        let headers_are_calendar = part
-            .headers
-            .first()
-            .is_some_and(|h| h.name().eq_ignore_ascii_case("BEGIN"));
-        if !is_calendar && !headers_are_calendar {
-            continue;
-        }
         if parts.len() >= MAX_PARTS {
             ex.notes.push(format!(
                 "more than {MAX_PARTS} calendar parts; the rest were skipped"

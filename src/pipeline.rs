@@ -283,6 +283,15 @@ impl Pipeline {
     pub fn process(&self, d: &Delivery) -> Result<Verdict, StoreError> {
         let (bytes, bare_cr) = extract::normalize_line_ends(d.raw);
         let parsed = Parsed::new(&bytes, bare_cr);
+        if !extract::may_hold_calendar(&parsed) {
+            // Ordinary mail: nothing to prove or decide. Only forged Authentication-Results
+            // that claim our own authserv-id are still removed (a header scan, no DNS).
+            let proof = match &d.trust {
+                Trust::Verify(prover, _) => prover.forged_results(&parsed),
+                _ => Proof::default(),
+            };
+            return Ok(Verdict::proof_only(proof));
+        }
         let proof = match &d.trust {
             Trust::Verify(prover, facts) => prover.prove_blocking(&parsed, facts),
             Trust::Sender => Proof::trusted_sender(extract::from_of(&parsed)),

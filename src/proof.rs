@@ -180,6 +180,15 @@ impl Prover {
         proof
     }
 
+    /// For a message that holds no calendar: only which Authentication-Results headers claim
+    /// our own authserv-id or another untrusted one (RFC 8601 §5), with no signature checked.
+    pub fn forged_results(&self, parsed: &Parsed<'_>) -> Proof {
+        Proof {
+            remove_results: self.auth.forged_results(parsed),
+            ..Default::default()
+        }
+    }
+
     /// [`Prover::prove`] from synchronous code: on a blocking thread of a tokio runtime (the
     /// daemon's doors), or outside any runtime (the CLI).
     pub fn prove_blocking(&self, parsed: &Parsed<'_>, facts: &Facts) -> Proof {

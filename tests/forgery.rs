@@ -400,10 +400,24 @@ fn smime_replayed_signed_mail_with_added_cancel_is_not_applied() {
         b"Content-Type: text/plain\r\n\r\nSee you on Monday.\r\n",
         false,
     );
-    // As a top-level message, the old mail proves alice sent it (control).
+    // Control: the old mail's signature is valid (openssl verifies it against the test CA).
     let whole = [headers("alice@example.com").into_bytes(), old.clone()].concat();
-    let p = fx.process(&whole);
-    assert!(p.stderr.contains("smime=pass"), "{}", p.stderr);
+    let signed_file = tmp.path().join("old.eml");
+    std::fs::write(&signed_file, &whole).expect("write");
+    signers::run(
+        "openssl",
+        &[
+            "smime",
+            "-verify",
+            "-CAfile",
+            ca.cert.to_str().expect("path"),
+            "-in",
+            signed_file.to_str().expect("path"),
+            "-out",
+            "/dev/null",
+        ],
+        None,
+    );
     let forged = format!(
         "{}Content-Type: multipart/mixed; boundary=outer\r\n\r\n--outer\r\n{}\r\n--outer\r\n\
          Content-Type: text/calendar; method=CANCEL\r\n\r\n{}--outer--\r\n",

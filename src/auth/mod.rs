@@ -283,6 +283,15 @@ impl Authenticator {
             .collect()
     }
 
+    /// The 0-based indexes of the Authentication-Results headers to remove, without any
+    /// signature check (for mail that imipd does not judge).
+    pub fn forged_results(&self, parsed: &Parsed<'_>) -> Vec<usize> {
+        let headers = mime::TopLevel::of(parsed)
+            .map(|m| m.auth_results_headers())
+            .unwrap_or_default();
+        results::judge_upstream(&headers, &self.authserv_id, &self.trusted_authserv_ids).remove
+    }
+
     /// [`Authenticator::verify`] on raw message bytes (parsed here, once).
     pub async fn verify_message(&self, raw: &[u8], facts: &TransportFacts) -> AuthVerdict {
         let (bytes, bare_cr) = crate::message::normalize_line_ends(raw);
