@@ -291,6 +291,33 @@ fn request_addresses_compare_case_insensitively() {
     assert_outcome(&env.process(&msg, &[BOB]), "applied");
 }
 
+/// RFC 3986 6.2.2.2 with DESIGN: a percent-escaped unreserved character is the character
+/// (`fay%2Eortiz` is `fay.ortiz`); `%40` is not an `@`.
+#[test]
+fn request_addresses_decode_unreserved_escapes() {
+    let env = Env::new();
+    let ev =
+        Comp::event("req-pct").add("ATTENDEE;PARTSTAT=NEEDS-ACTION:mailto:fay%2Eortiz@example.org");
+    let msg = imip(
+        ALICE,
+        &["fay.ortiz@example.org"],
+        "REQUEST",
+        &vcal("REQUEST", &[ev]),
+    );
+    assert_outcome(&env.process(&msg, &["fay.ortiz@example.org"]), "applied");
+    assert!(env
+        .export("fay.ortiz@example.org", "req-pct")
+        .contains("UID:req-pct"));
+    let ev = Comp::event("req-pct2").add("ATTENDEE;PARTSTAT=NEEDS-ACTION:mailto:fay%40example.org");
+    let msg = imip(
+        ALICE,
+        &["fay@example.org"],
+        "REQUEST",
+        &vcal("REQUEST", &[ev]),
+    );
+    assert_outcome(&env.process(&msg, &["fay@example.org"]), "rejected");
+}
+
 /// RFC 5546 3.2.2 / 2.1.5: an update with a higher SEQUENCE replaces the event.
 #[test]
 fn request_with_higher_sequence_updates_event() {

@@ -867,10 +867,11 @@ fn organizer_update(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context
         .map(|c| c.sequence())
         .max()
         .unwrap_or(0);
-    let answer = if rescheduled {
-        "; PARTSTAT reset: the organizer asks again"
-    } else {
-        "; local PARTSTAT kept"
+    let attends = inc.components.iter().any(|c| attendee(c, me).is_some());
+    let answer = match (attends, rescheduled) {
+        (false, _) => "",
+        (true, true) => "; PARTSTAT reset: the organizer asks again",
+        (true, false) => "; local PARTSTAT kept",
     };
     Decision::Applied {
         object: Some(result),

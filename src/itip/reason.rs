@@ -80,11 +80,11 @@ impl fmt::Display for Reason {
             Reason::NoAttendee(m) => write!(f, "{m} names no ATTENDEE"),
             Reason::NotFromOrganizer { method, organizer, proven } => write!(
                 f,
-                "{method} must come from the organizer {organizer} (or its SENT-BY); sender proven: {proven}"
+                "{method} must come from the organizer {organizer} (or its configured or recorded SENT-BY delegate); sender proven: {proven}"
             ),
             Reason::NotFromAttendee { method, attendee, proven } => write!(
                 f,
-                "{method} must come from the attendee {attendee} (or its SENT-BY); sender proven: {proven}"
+                "{method} must come from the attendee {attendee} (or its configured or recorded SENT-BY delegate); sender proven: {proven}"
             ),
             Reason::OrganizerChanged { stored, incoming } => {
                 write!(f, "ORGANIZER changed from {stored} to {incoming}")
