@@ -121,6 +121,7 @@ fn extracted(inc: Incoming, proven: String, message_id: String) -> Extracted {
         objects: vec![Found {
             incoming: inc,
             proven: vec![proven],
+            size: 512,
         }],
         ..Default::default()
     }

@@ -33,6 +33,8 @@ pub struct Found {
     pub incoming: Incoming,
     /// Normalized addresses whose proof covers this object.
     pub proven: Vec<String>,
+    /// About how many octets of calendar text it came from (for the pipeline's work budget).
+    pub size: usize,
 }
 
 impl std::ops::Deref for Found {
@@ -133,7 +135,7 @@ pub fn extract_parsed(parsed: &Parsed<'_>, proof: &Proof) -> Extracted {
             let (bytes, bare_cr) = normalize_line_ends(inner);
             let inner = Parsed::new(&bytes, bare_cr);
             if let Some(tree) = inner.tree.as_ref() {
-                let proven = proof.proven_for_opaque();
+                let ambiguous = inner.ambiguity.is_some();
                 if report_in(tree) {
                     return report(ex);
                 }
@@ -142,7 +144,9 @@ pub fn extract_parsed(parsed: &Parsed<'_>, proof: &Proof) -> Extracted {
                     inner.bytes,
                     &mut ex,
                     &mut parts,
-                    |_, _| proven.clone(),
+                    |index, _, in_headers| {
+                        proof.proven_for_opaque(in_headers && index == 0, ambiguous)
+                    },
                     |_, _| Vec::new(),
                 );
             }
@@ -156,7 +160,7 @@ pub fn extract_parsed(parsed: &Parsed<'_>, proof: &Proof) -> Extracted {
                 parsed.bytes,
                 &mut ex,
                 &mut parts,
-                |index, end| proof.proven_for_part(index, end),
+                |index, end, in_headers| proof.proven_for_part(index, end, in_headers),
                 |body_start, end| proof.partial_for_part(body_start, end),
             );
         }
@@ -327,7 +331,7 @@ fn calendar_parts(
     raw_msg: &[u8],
     ex: &mut Extracted,
     parts: &mut Vec<Part>,
-    proven_for: impl Fn(usize, usize) -> Vec<String>,
+    proven_for: impl Fn(usize, usize, bool) -> Vec<String>,
     partial_for: impl Fn(usize, usize) -> Vec<(String, usize)>,
 ) {
     for (idx, part) in msg.parts.iter().enumerate() {
@@ -389,8 +393,14 @@ fn calendar_parts(
         } else {
             text
         };
-        let proven = proven_for(idx, part.offset_end as usize);
-        let partial = partial_for(content_start, body_end)
+        let proven = proven_for(idx, part.offset_end as usize, headers_are_calendar);
+        // Calendar lines in the top-level header section are never part of a signed prefix.
+        let partial_start = if headers_are_calendar && idx == 0 {
+            body_end
+        } else {
+            content_start
+        };
+        let partial = partial_for(partial_start, body_end)
             .into_iter()
             .filter(|(address, _)| !proven.contains(address))
             .map(|(address, until)| {
@@ -476,6 +486,12 @@ fn calendar_objects_into(
             return;
         }
     };
+    // The text's size shared among its components: what each object weighs in the work budget.
+    let components: usize = cals
+        .iter()
+        .map(|c| c.subs.iter().filter(|s| s.is_schedulable()).count())
+        .sum();
+    let per_component = text.len() / components.max(1);
     for cal in cals {
         if ex.objects.len() + ex.refused.len() >= MAX_OBJECTS {
             ex.notes.push(format!(
@@ -583,6 +599,7 @@ fn calendar_objects_into(
             groups[slot].2.push(c.clone());
         }
         for (uid, kind, components) in groups {
+            let size = per_component * components.len();
             ex.objects.push(Found {
                 incoming: Incoming {
                     method,
@@ -592,6 +609,7 @@ fn calendar_objects_into(
                     timezones: timezones.clone(),
                 },
                 proven: proven.to_vec(),
+                size,
             });
         }
     }

@@ -178,19 +178,22 @@ pub fn split_multipart_offsets(body: &[u8], boundary: &[u8]) -> Option<Vec<(usiz
     None
 }
 
-/// The indexes of `index` and every part below it in the tree.
+/// The indexes of `index` and every part below it in the tree, sorted.
 pub fn subtree(tree: &Message<'_>, index: usize) -> Vec<usize> {
+    let mut seen = vec![false; tree.parts.len()];
     let mut out = Vec::new();
     let mut stack = vec![index];
     while let Some(i) = stack.pop() {
-        if out.contains(&i) || out.len() > tree.parts.len() {
-            continue;
+        match seen.get_mut(i) {
+            Some(s) if !*s => *s = true,
+            _ => continue,
         }
         out.push(i);
         if let Some(PartType::Multipart(children)) = tree.parts.get(i).map(|p| &p.body) {
             stack.extend(children.iter().map(|&c| c as usize));
         }
     }
+    out.sort_unstable();
     out
 }
 

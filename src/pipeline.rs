@@ -161,6 +161,11 @@ impl Verdict {
     }
 }
 
+/// The calendar data one message may have decided and written, summed over its (recipient,
+/// object) pairs: a meeting of a few hundred local attendees fits many times over; a small
+/// message that names a thousand recipients beside dozens of large objects does not.
+pub const MAX_WORK_BYTES: usize = 64 << 20;
+
 /// The rejections of one message for one recipient, one entry per kind of reason.
 struct Rejections {
     kind: Option<std::mem::Discriminant<Reason>>,
@@ -353,6 +358,9 @@ impl Pipeline {
             return Ok(v);
         }
         let message_id = ex.message_id.clone().unwrap_or_default();
+        // Work per message is bounded: each (recipient, object) pair costs the object's size,
+        // and pairs past the budget are refused without touching the store.
+        let mut budget = MAX_WORK_BYTES;
         for rcpt in &recipients {
             // Rejections cost one journal line per message, recipient and reason.
             let mut rejected: Vec<Rejections> = Vec::new();
@@ -368,6 +376,24 @@ impl Pipeline {
                 Rejections::add(&mut rejected, None, v.outcomes.last());
             }
             for found in &ex.objects {
+                let cost = found.size.max(1);
+                if cost > budget {
+                    v.outcomes.push(ObjectOutcome {
+                        recipient: ical::mailto(rcpt),
+                        method: found.method.as_str().into(),
+                        component: found.kind.clone(),
+                        uid: found.uid.clone(),
+                        outcome: "rejected".into(),
+                        reason: format!(
+                            "the message asks for more than {} MiB of calendar updates; \
+                             the rest were not looked at",
+                            MAX_WORK_BYTES >> 20
+                        ),
+                    });
+                    Rejections::add(&mut rejected, None, v.outcomes.last());
+                    continue;
+                }
+                budget -= cost;
                 let (outcome, kind) = self.apply_one(
                     rcpt,
                     found,

@@ -46,7 +46,7 @@ impl Proof {
                 .iter()
                 .map(|f| Grant {
                     address: f.clone(),
-                    covers: Coverage::Message,
+                    covers: Coverage::Transport,
                 })
                 .collect(),
             from,
@@ -54,13 +54,14 @@ impl Proof {
         }
     }
 
-    /// Addresses proven for a part of the outer tree.
-    pub fn proven_for_part(&self, index: usize, end: usize) -> Vec<String> {
+    /// Addresses proven for a part of the outer tree (`in_headers`: its calendar was read from
+    /// the part's header section).
+    pub fn proven_for_part(&self, index: usize, end: usize, in_headers: bool) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for g in self
             .grants
             .iter()
-            .filter(|g| g.covers.covers_part(index, end))
+            .filter(|g| g.covers.covers_part(index, end, in_headers))
         {
             if !out.contains(&g.address) {
                 out.push(g.address.clone());
@@ -83,10 +84,13 @@ impl Proof {
             .collect()
     }
 
-    /// Addresses proven for the decoded content of an opaque S/MIME message.
-    pub fn proven_for_opaque(&self) -> Vec<String> {
+    /// Addresses proven for the decoded content of an opaque S/MIME message; only transport
+    /// proofs when that content is itself ambiguous.
+    pub fn proven_for_opaque(&self, in_headers: bool, ambiguous: bool) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        for g in self.grants.iter().filter(|g| g.covers.covers_opaque()) {
+        for g in self.grants.iter().filter(|g| {
+            g.covers.covers_opaque(in_headers) && (!ambiguous || g.covers.is_transport())
+        }) {
             if !out.contains(&g.address) {
                 out.push(g.address.clone());
             }
@@ -225,9 +229,13 @@ pub fn splice_opaque(outer: &[u8], inner: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let mut out = Vec::with_capacity(outer.len() + inner.len());
+    // Only the outer headers extraction reads; nothing unsigned that could be taken as content.
     for (name, value) in header_fields(outer) {
         let n = name.to_ascii_lowercase();
-        if n.starts_with("content-") || n == "mime-version" {
+        if !matches!(
+            n.as_str(),
+            "from" | "to" | "cc" | "date" | "message-id" | "subject"
+        ) {
             continue;
         }
         out.extend_from_slice(name.as_bytes());

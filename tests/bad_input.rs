@@ -671,3 +671,46 @@ fn many_recipients_times_many_objects_bound_the_journal() {
         "rejections are summarized"
     );
 }
+
+/// A multipart/signed whose signed entity holds many parts (the covered-part set used to be
+/// searched linearly per part): linear.
+#[test]
+fn signed_entity_with_many_parts_is_linear() {
+    let env = Env::new();
+    let make = |n: usize| -> Vec<u8> {
+        let mut m = format!(
+            "From: <{ALICE}>\r\nTo: <{BOB}>\r\nSubject: x\r\nMessage-ID: {}\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; boundary=s\r\n\r\n\
+             --s\r\nContent-Type: multipart/mixed; boundary=m\r\n\r\n",
+            message_id()
+        );
+        for _ in 0..n {
+            m.push_str("--m\r\n\r\n");
+        }
+        m.push_str("--m\r\nContent-Type: text/calendar; method=REQUEST\r\n\r\n");
+        m.push_str(&vcal("REQUEST", &[invite("signed-many")]));
+        m.push_str(
+            "--m--\r\n--s\r\nContent-Type: application/pkcs7-signature\r\n\r\nAAAA\r\n--s--\r\n",
+        );
+        m.into_bytes()
+    };
+    let (small, large) = scaling_unproven(&env, make, 5_000);
+    linear(small, large);
+}
+
+fn scaling_unproven(
+    env: &Env,
+    make: impl Fn(usize) -> Vec<u8>,
+    mut n: usize,
+) -> (Duration, Duration) {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let small = env.process_run(&make(n), &[BOB], false, LIMIT);
+        let large = env.process_run(&make(2 * n), &[BOB], false, LIMIT);
+        assert_eq!(large.code, 0, "{}", large.stderr);
+        if small.elapsed >= Duration::from_millis(150) || n >= 1 << 20 {
+            return (small.elapsed, large.elapsed);
+        }
+        n *= 2;
+    }
+}

@@ -843,3 +843,78 @@ fn authenticated_submission_records_only_the_logins_own_address() {
     );
     on.stop();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Found in review: header lines, unsigned MIME framing, an unreadable upstream header
+
+/// Calendar lines put above the headers of an ordinary signed mail are header lines, which
+/// no content signature covers: never a proven calendar.
+#[test]
+fn calendar_lines_above_signed_headers_are_not_proven() {
+    let Some((_k, key, dns)) = dkim_setup("calendar_in_headers") else {
+        return;
+    };
+    let fx = Fixture::new(&dns, "");
+    let plain = format!(
+        "{}Content-Type: text/plain\r\n\r\nSee you at lunch.\r\n",
+        headers("alice@example.com")
+    );
+    let signed = key.sign(plain.as_bytes(), &[]);
+    let lines = request("").replace("METHOD:REQUEST\r\n", "METHOD:REQUEST\r\n");
+    let forged = [lines.into_bytes(), signed].concat();
+    let p = fx.process(&forged);
+    assert!(!p.applied("REQUEST"), "{}", p.stdout);
+    assert!(!fx.export().contains(UID));
+}
+
+/// A Content-Transfer-Encoding the signer did not sign (dkimpy lists only headers present at
+/// signing) would turn signed bytes into other values: the signature is `policy`, not pass.
+#[test]
+fn unsigned_content_transfer_encoding_voids_the_dkim_proof() {
+    let Some((_k, key, dns)) = dkim_setup("unsigned_cte") else {
+        return;
+    };
+    let fx = Fixture::new(&dns, "");
+    let signed = key.sign(
+        &single(
+            "alice@example.com",
+            &request("RRULE:FREQ=WEEKLY;COUNT=10\r\n"),
+        ),
+        &[],
+    );
+    let text = String::from_utf8_lossy(&signed).into_owned();
+    let forged = text.replacen(
+        "Content-Type: text/calendar",
+        "Content-Transfer-Encoding: quoted-printable\r\nContent-Type: text/calendar",
+        1,
+    );
+    let p = fx.process(forged.as_bytes());
+    assert!(!p.applied("REQUEST"), "{}", p.stdout);
+    assert!(p.stderr.contains("dkim=policy"), "{}", p.stderr);
+    assert!(!fx.export().contains(UID));
+    let p = fx.process(&signed);
+    assert!(p.applied("REQUEST"), "{}", p.stdout);
+}
+
+/// The upstream's own header that imipd cannot parse (an SRS address with '=' in it) still
+/// is the topmost one of that authserv-id: a forged pass below it never counts.
+#[test]
+fn unreadable_topmost_upstream_header_does_not_let_a_lower_one_count() {
+    if !tools_present("unreadable_ar", &["dnsmasq"]) {
+        return;
+    }
+    let dns = Dns::start(&[]);
+    let fx = Fixture::new(
+        &dns,
+        "[policy]\ntrusted_authserv_ids = [\"mx.upstream.example\"]\n",
+    );
+    let forged = [
+        b"Authentication-Results: mx.upstream.example; spf=pass smtp.mailfrom=SRS0=Ab12=XY=example.net=eve@fwd.example; dkim=fail header.d=example.com\r\n".to_vec(),
+        b"Authentication-Results: mx.upstream.example; dkim=pass header.d=example.com\r\n".to_vec(),
+        single("alice@example.com", &request("")),
+    ]
+    .concat();
+    let p = fx.process(&forged);
+    assert!(!p.applied("REQUEST"), "{}", p.stdout);
+    assert!(!fx.export().contains(UID));
+}

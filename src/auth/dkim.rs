@@ -140,6 +140,24 @@ pub(crate) async fn verify(dns: &Dns, raw: &[u8], body_offset: usize) -> Vec<Dki
                     outcome.result = "policy";
                     outcome.reason = Some("From not signed".to_string());
                 }
+                // The MIME framing must be signed too: an unsigned Content-Type or
+                // Content-Transfer-Encoding would give the signed bytes another meaning.
+                for name in ["content-type", "content-transfer-encoding"] {
+                    let present = message
+                        .headers
+                        .iter()
+                        .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+                        .count();
+                    let signed = signature
+                        .h
+                        .iter()
+                        .filter(|h| h.eq_ignore_ascii_case(name))
+                        .count();
+                    if outcome.passed() && signed < present {
+                        outcome.result = "policy";
+                        outcome.reason = Some(format!("{name} not signed"));
+                    }
+                }
             }
             outcome
         })

@@ -135,9 +135,14 @@ pub enum ProofMethod {
 /// Which parts of the message a proof vouches for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Coverage {
-    /// All of it (DKIM over the whole body, trusted paths), an opaque S/MIME entity included.
+    /// Everything, header lines included: the transport vouches for the whole message (a
+    /// trusted relay, authenticated submission, an admin's replay).
+    Transport,
+    /// All of the content (DKIM over the whole body, a trusted upstream's verdict), an opaque
+    /// S/MIME entity included, but never calendar lines in the top-level header section, which
+    /// no content signature covers.
     Message,
-    /// These parts of the tree (indexes into its parts): a multipart/signed's signed entity.
+    /// These parts of the tree (sorted indexes into its parts): a multipart/signed's entity.
     Parts(Vec<usize>),
     /// The parts that end at or before this offset of the message bytes (DKIM `l=`).
     Prefix(usize),
@@ -146,19 +151,32 @@ pub enum Coverage {
 }
 
 impl Coverage {
-    /// Whether a part of the outer tree, at `index`, ending at `end`, is covered.
-    pub fn covers_part(&self, index: usize, end: usize) -> bool {
+    /// Whether a part of the outer tree, at `index`, ending at `end`, is covered;
+    /// `in_headers` when its calendar was read from the top-level header section.
+    pub fn covers_part(&self, index: usize, end: usize, in_headers: bool) -> bool {
         match self {
+            Coverage::Transport => true,
+            _ if in_headers && index == 0 => false,
             Coverage::Message => true,
-            Coverage::Parts(parts) => parts.contains(&index),
+            Coverage::Parts(parts) => parts.binary_search(&index).is_ok(),
             Coverage::Prefix(until) => end <= *until,
             Coverage::Opaque => false,
         }
     }
 
-    /// Whether the decoded content of an opaque S/MIME message is covered.
-    pub fn covers_opaque(&self) -> bool {
-        matches!(self, Coverage::Message | Coverage::Opaque)
+    /// Whether the decoded content of an opaque S/MIME message is covered (`in_headers`: the
+    /// calendar was read from the spliced message's header section, which holds outer headers).
+    pub fn covers_opaque(&self, in_headers: bool) -> bool {
+        match self {
+            Coverage::Transport => true,
+            Coverage::Message | Coverage::Opaque => !in_headers,
+            _ => false,
+        }
+    }
+
+    /// Whether the proof comes from the transport rather than from the content.
+    pub fn is_transport(&self) -> bool {
+        matches!(self, Coverage::Transport)
     }
 }
 
@@ -204,7 +222,7 @@ impl AuthVerdict {
         let wanted = normalize_address(addr);
         let mut limited = None;
         for proof in self.proofs.iter().filter(|p| p.address == wanted) {
-            if proof.covers == Coverage::Message {
+            if matches!(proof.covers, Coverage::Message | Coverage::Transport) {
                 return Some(proof);
             }
             limited = limited.or(Some(proof));
@@ -462,7 +480,7 @@ impl Authenticator {
                     verdict.proofs.push(Proof {
                         address: from.clone(),
                         method: ProofMethod::AuthenticatedSubmission,
-                        covers: Coverage::Message,
+                        covers: Coverage::Transport,
                     });
                 } else {
                     verdict.results.push(format!(
@@ -482,7 +500,7 @@ impl Authenticator {
             verdict.proofs.push(Proof {
                 address: from.clone(),
                 method: ProofMethod::TrustedRelay,
-                covers: Coverage::Message,
+                covers: Coverage::Transport,
             });
         }
         if let (Some(domain), Some(policy)) = (&from_domain, &policy) {
@@ -492,10 +510,16 @@ impl Authenticator {
                     results::value(&id),
                     results::value(domain)
                 ));
+                // The upstream may have passed a signature with l=: then only what that
+                // signature covers is vouched for, as far as imipd can tell.
+                let covers = match dkim.iter().filter_map(|o| o.signed_until).min() {
+                    Some(until) => Coverage::Prefix(until),
+                    None => Coverage::Message,
+                };
                 verdict.proofs.push(Proof {
                     address: from,
                     method: ProofMethod::TrustedAuthResults,
-                    covers: Coverage::Message,
+                    covers,
                 });
             }
         }

@@ -114,17 +114,26 @@ pub(crate) fn judge_upstream(headers: &[String], ours: &str, trusted_ids: &[Stri
         remove: Vec::new(),
         trusted: Vec::new(),
     };
+    let mut seen_trusted = false;
     for (index, header) in headers.iter().enumerate() {
+        // Only the topmost header of a trusted upstream is its own (RFC 8601 §5): one lower
+        // down was there before the upstream saw the message, so it may be the sender's. The
+        // authserv-id alone decides which header is topmost: one the parser cannot read still
+        // ends the search, so an unreadable upstream header never lets a lower one count.
+        let id = header
+            .split(';')
+            .next()
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap_or("");
+        let trusted_id = !id.eq_ignore_ascii_case(ours)
+            && trusted_ids.iter().any(|t| t.eq_ignore_ascii_case(id));
+        if trusted_id && seen_trusted {
+            upstream.remove.push(index);
+            continue;
+        }
+        seen_trusted |= trusted_id;
         match parse_auth_results(header) {
-            // Only the topmost header of a trusted upstream is its own (RFC 8601 §5): one lower
-            // down was there before the upstream saw the message, so it may be the sender's.
-            Some(parsed)
-                if upstream.trusted.is_empty()
-                    && !parsed.authserv_id.eq_ignore_ascii_case(ours)
-                    && trusted_ids
-                        .iter()
-                        .any(|id| id.eq_ignore_ascii_case(&parsed.authserv_id)) =>
-            {
+            Some(parsed) if trusted_id && parsed.authserv_id.eq_ignore_ascii_case(id) => {
                 upstream.trusted.push(parsed)
             }
             // Unparseable headers cannot be attributed, so nobody downstream should trust them.
