@@ -60,6 +60,12 @@ const P_HDR_LEADSPC: u32 = 0x100000;
 
 /// Largest packet accepted from the MTA (Postfix sends at most 64 KiB body chunks).
 const MAX_PACKET: usize = 1 << 20;
+/// Largest packet before negotiation (an OPTNEG is 13 octets).
+const MAX_FIRST_PACKET: usize = 1024;
+/// A connection that has not negotiated (OPTNEG) this long after connecting is closed.
+pub const NEGOTIATE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most header fields kept of one message; a message with more is passed on unprocessed.
+pub const MAX_HEADER_FIELDS: usize = 1000;
 
 /// What the milter saw of one message.
 #[derive(Debug, Default, Clone)]
@@ -142,6 +148,10 @@ pub trait Handler: Send + Sync + 'static {
         -> impl std::future::Future<Output = EomActions> + Send;
 }
 
+fn clean(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(100).collect()
+}
+
 fn packet(cmd: u8, data: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&((data.len() + 1) as u32).to_be_bytes());
     out.push(cmd);
@@ -201,6 +211,7 @@ fn encode_actions(a: &EomActions) -> Vec<u8> {
 async fn read_packet<S: AsyncRead + Unpin>(
     s: &mut S,
     timeout: Duration,
+    max: usize,
 ) -> std::io::Result<Option<(u8, Vec<u8>)>> {
     let mut len = [0u8; 4];
     match tokio::time::timeout(timeout, s.read_exact(&mut len)).await {
@@ -215,7 +226,7 @@ async fn read_packet<S: AsyncRead + Unpin>(
         Ok(Ok(_)) => {}
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len == 0 || len > MAX_PACKET {
+    if len == 0 || len > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("bad milter packet length {len}"),
@@ -230,7 +241,10 @@ async fn read_packet<S: AsyncRead + Unpin>(
     Ok(Some((cmd, buf)))
 }
 
-/// Serves one MTA connection until it quits.
+/// Serves one MTA connection until it quits. The first packet must be an OPTNEG, within
+/// [`NEGOTIATE_TIMEOUT`]; after that a connection idle for `timeout` is closed. Header bytes
+/// count against `max_message` like body bytes, and at most [`MAX_HEADER_FIELDS`] header
+/// fields are kept: a message over either limit is passed on unprocessed.
 pub async fn serve<S, H>(
     mut stream: S,
     handler: &H,
@@ -246,8 +260,26 @@ where
     // Stages for which the MTA expects a reply (cleared by negotiation).
     let mut no_reply: u32 = 0;
     let mut too_big = false;
-    while let Some((cmd, data)) = read_packet(&mut stream, timeout).await? {
+    let mut negotiated = false;
+    loop {
+        let next = if negotiated {
+            read_packet(&mut stream, timeout, MAX_PACKET).await?
+        } else {
+            read_packet(
+                &mut stream,
+                NEGOTIATE_TIMEOUT.min(timeout),
+                MAX_FIRST_PACKET,
+            )
+            .await?
+        };
+        let Some((cmd, data)) = next else { break };
         stream.quickack();
+        if !negotiated && cmd != C_OPTNEG {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("milter command {:?} before OPTNEG", cmd as char),
+            ));
+        }
         let mut reply: Option<u8> = None;
         match cmd {
             C_OPTNEG => {
@@ -277,6 +309,7 @@ where
                     | P_HDR_LEADSPC;
                 let proto = wanted & mta_proto;
                 no_reply = proto;
+                negotiated = true;
                 let mut d = Vec::with_capacity(64);
                 d.extend_from_slice(&version.to_be_bytes());
                 d.extend_from_slice(&actions.to_be_bytes());
@@ -351,6 +384,14 @@ where
                 let name = String::from_utf8_lossy(it.next().unwrap_or(&[])).into_owned();
                 let value = it.next().unwrap_or(&[]);
                 let value = value.strip_suffix(&[0]).unwrap_or(value);
+                // Counted before it is kept: name, ": ", value and CRLF.
+                if env.header_names.len() >= MAX_HEADER_FIELDS
+                    || env.message.len() + name.len() + value.len() + 4 > max_message
+                {
+                    too_big = true;
+                    env.message = Vec::new();
+                    env.header_names = Vec::new();
+                }
                 if !too_big {
                     env.message.extend_from_slice(name.as_bytes());
                     env.message.push(b':');
@@ -367,8 +408,8 @@ where
                         prev = b;
                     }
                     env.message.extend_from_slice(b"\r\n");
+                    env.header_names.push(name);
                 }
-                env.header_names.push(name);
                 if no_reply & P_NR_HDR == 0 {
                     reply = Some(R_CONTINUE);
                 }
@@ -382,6 +423,7 @@ where
             C_BODY => {
                 if env.message.len() + data.len() > max_message {
                     too_big = true;
+                    env.message = Vec::new();
                 } else if !too_big {
                     env.message.extend_from_slice(&data);
                 }
@@ -390,7 +432,9 @@ where
                 }
             }
             C_BODYEOB => {
-                if !data.is_empty() && !too_big {
+                if env.message.len() + data.len() > max_message {
+                    too_big = true;
+                } else if !data.is_empty() && !too_big {
                     env.message.extend_from_slice(&data);
                 }
                 env.queue_id = macros.get("i").cloned();
@@ -399,6 +443,11 @@ where
                     env.client_ip = macros.get("client_addr").and_then(|a| a.parse().ok());
                 }
                 let actions = if too_big {
+                    eprintln!(
+                        "imipd: milter: queue_id={} message over the size limit ({max_message} octets) \
+                         or {MAX_HEADER_FIELDS} header fields: passed on unprocessed",
+                        clean(env.queue_id.as_deref().unwrap_or("-"))
+                    );
                     EomActions::default()
                 } else {
                     handler.end_of_message(std::mem::take(&mut env)).await

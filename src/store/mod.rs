@@ -333,3 +333,47 @@ impl Store for Faulty {
         self.inner.remember_message_id(key, until, now)
     }
 }
+
+/// Creates `dir` (mode 0750) or takes any permission for others away from an existing one.
+pub fn private_data_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let e = |err: std::io::Error| StoreError::Io(format!("{}: {err}", dir.display()));
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
+            .map_err(e)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750)).map_err(e)?;
+    } else {
+        let mode = std::fs::metadata(dir).map_err(e)?.permissions().mode() & 0o7777;
+        if mode & 0o027 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o750))
+                .map_err(e)?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes every directory under `root` 0700 and every file 0600 (bounded depth).
+pub fn private_tree(root: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fn walk(p: &std::path::Path, depth: usize) -> std::io::Result<()> {
+        let md = std::fs::symlink_metadata(p)?;
+        if md.file_type().is_symlink() {
+            return Ok(());
+        }
+        if md.is_dir() {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))?;
+            if depth < 8 {
+                for entry in std::fs::read_dir(p)? {
+                    walk(&entry?.path(), depth + 1)?;
+                }
+            }
+        } else {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(())
+    }
+    walk(root, 0).map_err(|err| StoreError::Io(format!("{}: {err}", root.display())))
+}
