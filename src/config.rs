@@ -211,7 +211,7 @@ pub struct Ischedule {
     pub max_recipients: usize,
     /// How far in the future a signature's t= may be.
     pub clock_skew_secs: i64,
-    /// How old a signature without x= may be.
+    /// Longest accepted lifetime of a request signature: x= - t=, or the age of t= without x=.
     pub max_signature_age_secs: i64,
     /// Lifetime (x= - t=) of the signatures we make.
     pub signature_ttl_secs: i64,

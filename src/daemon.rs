@@ -240,6 +240,28 @@ fn visible_recipients(raw: &[u8]) -> Vec<String> {
 pub const RESULT_HEADER: &str = "X-Imipd-Result";
 
 impl milter::Handler for Arc<Core> {
+    /// The body is wanted when the top-level Content-Type may hold a calendar, or when an
+    /// Authentication-Results header claims our authserv-id (it must be removed).
+    fn wants_body(&self, env: &Envelope) -> bool {
+        if milter::may_hold_calendar(&milter::header_values(&env.message, "Content-Type")) {
+            return true;
+        }
+        let ours = self
+            .state()
+            .cfg
+            .authserv_id
+            .clone()
+            .unwrap_or_else(crate::proof::hostname);
+        milter::header_values(&env.message, "Authentication-Results")
+            .iter()
+            .any(|v| {
+                v.split(';')
+                    .next()
+                    .and_then(|id| id.split_whitespace().next())
+                    .is_some_and(|id| id.eq_ignore_ascii_case(&ours))
+            })
+    }
+
     async fn end_of_message(&self, env: Envelope) -> EomActions {
         self.inflight.fetch_add(1, Ordering::SeqCst);
         let a = self.milter_eom(env).await;

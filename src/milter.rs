@@ -3,7 +3,9 @@
 //! Written against the protocol rather than a library so that imipd controls the two things that
 //! decide its speed under Postfix: it negotiates "no reply" for every stage before end-of-message
 //! (Postfix then streams the message without waiting), and it sends every end-of-message action
-//! in one write on a TCP_NODELAY socket (no Nagle/delayed-ACK stall).
+//! in one write on a TCP_NODELAY socket (no Nagle/delayed-ACK stall). End of headers is the one
+//! stage answered before end of message: a message whose top-level Content-Type cannot hold a
+//! calendar is accepted there, and the MTA sends neither its body nor its end of message.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -144,8 +146,72 @@ impl<T: Conn + ?Sized> Conn for Box<T> {
 
 /// The decision function, called once per message at end of message.
 pub trait Handler: Send + Sync + 'static {
+    /// Called at end of headers (`env.message` holds the header block): whether the body is
+    /// wanted. `false` answers ACCEPT at once: the MTA sends neither body nor end of message.
+    fn wants_body(&self, _env: &Envelope) -> bool {
+        true
+    }
+
     fn end_of_message(&self, env: Envelope)
         -> impl std::future::Future<Output = EomActions> + Send;
+}
+
+/// The unfolded values of the header fields called `name` in a header block.
+pub fn header_values(block: &[u8], name: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut current: Option<String> = None;
+    for line in block.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            if let Some(c) = current.as_mut() {
+                c.push(' ');
+                c.push_str(String::from_utf8_lossy(line).trim());
+            }
+            continue;
+        }
+        out.extend(current.take());
+        if let Some(i) = line.iter().position(|b| *b == b':') {
+            if line[..i].eq_ignore_ascii_case(name.as_bytes()) {
+                current = Some(String::from_utf8_lossy(&line[i + 1..]).trim().to_string());
+            }
+        }
+    }
+    out.extend(current);
+    out
+}
+
+/// Whether a message with these top-level Content-Type values may hold a calendar: a
+/// multipart, a calendar itself, or an opaque S/MIME entity; one header field only (none is
+/// text/plain; two are ambiguous and examined).
+pub fn may_hold_calendar(content_types: &[String]) -> bool {
+    let [ct] = content_types else {
+        return !content_types.is_empty();
+    };
+    let mt = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mt.starts_with("multipart/")
+        || matches!(
+            mt.as_str(),
+            "text/calendar"
+                | "application/ics"
+                | "application/pkcs7-mime"
+                | "application/x-pkcs7-mime"
+        )
+}
+
+fn log_unprocessed(macros: &HashMap<String, String>, max_message: usize) {
+    eprintln!(
+        "imipd: milter: queue_id={} message over the size limit ({max_message} octets) or \
+         {MAX_HEADER_FIELDS} header fields: passed on unprocessed",
+        clean(macros.get("i").map(String::as_str).unwrap_or("-"))
+    );
 }
 
 fn clean(s: &str) -> String {
@@ -303,7 +369,6 @@ where
                     | P_NR_RCPT
                     | P_NR_DATA
                     | P_NR_UNKN
-                    | P_NR_EOH
                     | P_NR_BODY
                     | P_NR_HDR
                     | P_HDR_LEADSPC;
@@ -417,7 +482,16 @@ where
             C_EOH => {
                 env.message.extend_from_slice(b"\r\n");
                 if no_reply & P_NR_EOH == 0 {
-                    reply = Some(R_CONTINUE);
+                    // Most mail holds no calendar: let it go now, before its body is sent.
+                    // Over a limit already: nothing will be examined either.
+                    reply = Some(if too_big {
+                        log_unprocessed(&macros, max_message);
+                        R_ACCEPT
+                    } else if !handler.wants_body(&env) {
+                        R_ACCEPT
+                    } else {
+                        R_CONTINUE
+                    });
                 }
             }
             C_BODY => {
@@ -443,11 +517,7 @@ where
                     env.client_ip = macros.get("client_addr").and_then(|a| a.parse().ok());
                 }
                 let actions = if too_big {
-                    eprintln!(
-                        "imipd: milter: queue_id={} message over the size limit ({max_message} octets) \
-                         or {MAX_HEADER_FIELDS} header fields: passed on unprocessed",
-                        clean(env.queue_id.as_deref().unwrap_or("-"))
-                    );
+                    log_unprocessed(&macros, max_message);
                     EomActions::default()
                 } else {
                     handler.end_of_message(std::mem::take(&mut env)).await
@@ -503,6 +573,28 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_calendar_capable_types_are_examined() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert!(!may_hold_calendar(&v(&[])));
+        assert!(!may_hold_calendar(&v(&["text/plain; charset=utf-8"])));
+        assert!(!may_hold_calendar(&v(&["text/html"])));
+        assert!(!may_hold_calendar(&v(&["application/pdf"])));
+        assert!(may_hold_calendar(&v(&["Multipart/Mixed; boundary=x"])));
+        assert!(may_hold_calendar(&v(&["text/calendar; method=REQUEST"])));
+        assert!(may_hold_calendar(&v(&["application/ics"])));
+        assert!(may_hold_calendar(&v(&[
+            "application/pkcs7-mime; smime-type=signed-data"
+        ])));
+        assert!(may_hold_calendar(&v(&["application/x-pkcs7-mime"])));
+        assert!(may_hold_calendar(&v(&["text/plain", "text/calendar"])));
+        let block = b"Subject: x\r\nContent-Type: multipart/mixed;\r\n\tboundary=b\r\n\r\nbody";
+        assert_eq!(
+            header_values(block, "content-type"),
+            vec!["multipart/mixed; boundary=b".to_string()]
+        );
+    }
 
     #[test]
     fn eom_actions_are_one_buffer_ending_in_accept() {

@@ -182,6 +182,12 @@ fn envelope(s: &mut TcpStream) -> std::io::Result<()> {
     s.write_all(&packet(b'R', b"<bob@example.org>\0"))
 }
 
+/// Sends end of headers and reads its answer (the one stage imipd answers before the end).
+fn end_of_headers(s: &mut TcpStream) -> std::io::Result<u8> {
+    s.write_all(&packet(b'N', b""))?;
+    Ok(read_packet(s)?.0)
+}
+
 /// Reads end-of-message actions up to the final one; returns its command.
 fn eom_reply(s: &mut TcpStream) -> std::io::Result<u8> {
     for _ in 0..64 {
@@ -202,8 +208,15 @@ fn milter_session(port: u16) -> Result<Duration, String> {
         optneg(s)?;
         envelope(s)?;
         s.write_all(&packet(b'L', b"Subject\0hello\0"))?;
-        s.write_all(&packet(b'N', b""))?;
-        s.write_all(&packet(b'B', b"just text\r\n"))?;
+        s.write_all(&packet(
+            b'L',
+            b"Content-Type\0multipart/mixed; boundary=b\0",
+        ))?;
+        let r = end_of_headers(s)?;
+        if r != b'c' {
+            return Ok(r);
+        }
+        s.write_all(&packet(b'B', b"--b\r\n\r\njust text\r\n--b--\r\n"))?;
         s.write_all(&packet(b'E', b""))?;
         let r = eom_reply(s)?;
         s.write_all(&packet(b'Q', b""))?;
@@ -259,9 +272,7 @@ fn idle_milter_connections_do_not_lock_out_the_mta() {
     assert!(waited < Duration::from_secs(15), "{waited:?}");
     // The negotiated one still works.
     envelope(&mut negotiated).unwrap();
-    negotiated.write_all(&packet(b'N', b"")).unwrap();
-    negotiated.write_all(&packet(b'E', b"")).unwrap();
-    assert_eq!(eom_reply(&mut negotiated).unwrap(), b'a');
+    assert_eq!(end_of_headers(&mut negotiated).unwrap(), b'a');
 }
 
 /// Item 5: header packets count against `lmtp.max_message_size` (header bytes included), and
@@ -291,10 +302,8 @@ fn milter_header_flood_is_bounded() {
     for _ in 0..200 {
         s.write_all(&h).unwrap();
     }
-    s.write_all(&packet(b'N', b"")).unwrap();
-    s.write_all(&packet(b'B', b"body\r\n")).unwrap();
-    s.write_all(&packet(b'E', b"")).unwrap();
-    assert_eq!(eom_reply(&mut s).unwrap(), b'a');
+    // Over the limit: accepted unexamined at end of headers (no body wanted).
+    assert_eq!(end_of_headers(&mut s).unwrap(), b'a');
     let took = t.elapsed();
     let after = vm_hwm_kib(d.pid());
     println!(
@@ -322,24 +331,99 @@ fn milter_header_flood_is_bounded() {
         b"Content-Type\0text/calendar; method=REQUEST\0",
     ))
     .unwrap();
-    s.write_all(&packet(b'N', b"")).unwrap();
-    s.write_all(&packet(
-        b'B',
-        b"BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\nBEGIN:VEVENT\r\nUID:flood-1\r\nDTSTAMP:20261101T000000Z\r\n\
-          DTSTART:20261201T100000Z\r\nORGANIZER:mailto:alice@example.com\r\nATTENDEE:mailto:bob@example.org\r\n\
-          END:VEVENT\r\nEND:VCALENDAR\r\n",
-    ))
-    .unwrap();
-    s.write_all(&packet(b'E', b"")).unwrap();
-    assert_eq!(eom_reply(&mut s).unwrap(), b'a');
+    // Over the cap: accepted unexamined at end of headers (no body wanted).
+    assert_eq!(end_of_headers(&mut s).unwrap(), b'a');
+    std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
         d.log().matches("outcome=").count(),
         before_rejected,
         "{}",
         d.log()
     );
-    assert!(!d.log().contains("uid=flood-1"), "{}", d.log());
+    assert!(
+        d.log().matches("passed on unprocessed").count() >= 2,
+        "{}",
+        d.log()
+    );
     milter_session(port).expect("a session after the attack");
+}
+
+/// Issue 12 fast path: mail whose top-level Content-Type cannot hold a calendar is accepted at
+/// end of headers (the body is never asked for and nothing is changed); calendar mail, and
+/// mail carrying an Authentication-Results header with our authserv-id, are still examined.
+#[test]
+fn milter_accepts_mail_without_calendar_at_end_of_headers() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Imipd::start(tmp.path(), MILTER_ONLY, &[]);
+    let port = d.milter_port.expect("milter port");
+    let eoh = |hdrs: &[(&str, &str)]| {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        optneg(&mut s).unwrap();
+        envelope(&mut s).unwrap();
+        for (n, v) in hdrs {
+            s.write_all(&packet(b'L', format!("{n}\0{v}\0").as_bytes()))
+                .unwrap();
+        }
+        let r = end_of_headers(&mut s).unwrap();
+        (s, r)
+    };
+    for ct in ["text/plain; charset=utf-8", "text/html", "application/pdf"] {
+        let (_, r) = eoh(&[("From", "a@example.com"), ("Content-Type", ct)]);
+        assert_eq!(r, b'a', "{ct}");
+    }
+    let (_, r) = eoh(&[("From", "a@example.com"), ("Subject", "no Content-Type")]);
+    assert_eq!(r, b'a');
+    for ct in [
+        "multipart/mixed; boundary=b",
+        "text/calendar; method=REQUEST",
+        "application/ics",
+        "application/pkcs7-mime; smime-type=enveloped-data",
+        "application/x-pkcs7-mime",
+    ] {
+        let (_, r) = eoh(&[("Content-Type", ct)]);
+        assert_eq!(r, b'c', "{ct}");
+    }
+    // A forged Authentication-Results with our authserv-id: examined, so that it is removed.
+    let (mut s, r) = eoh(&[
+        (
+            "Authentication-Results",
+            "mx.example.org; dkim=pass header.d=example.com",
+        ),
+        ("Content-Type", "text/plain"),
+    ]);
+    assert_eq!(r, b'c');
+    s.write_all(&packet(b'B', b"hello\r\n")).unwrap();
+    s.write_all(&packet(b'E', b"")).unwrap();
+    let mut removed = false;
+    for _ in 0..16 {
+        let (cmd, data) = read_packet(&mut s).unwrap();
+        if cmd == b'm' && data.windows(22).any(|w| w == b"Authentication-Results") {
+            removed = true;
+        }
+        if cmd == b'a' {
+            break;
+        }
+    }
+    assert!(removed, "the forged header was not removed");
+    // A calendar is still processed to the end.
+    let (mut s, r) = eoh(&[("Content-Type", "text/calendar; method=REQUEST")]);
+    assert_eq!(r, b'c');
+    s.write_all(&packet(
+        b'B',
+        b"BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\nBEGIN:VEVENT\r\nUID:fast-1\r\nDTSTAMP:20261101T000000Z\r\n\
+          DTSTART:20261201T100000Z\r\nORGANIZER:mailto:alice@example.com\r\nATTENDEE:mailto:bob@example.org\r\n\
+          END:VEVENT\r\nEND:VCALENDAR\r\n",
+    ))
+    .unwrap();
+    s.write_all(&packet(b'E', b"")).unwrap();
+    assert_eq!(eom_reply(&mut s).unwrap(), b'a');
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("uid=fast-1") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(d.log().contains("uid=fast-1"), "{}", d.log());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1447,9 +1531,7 @@ fn attack_figures() {
                         return;
                     }
                 }
-                let _ = s.write_all(&packet(b'N', b""));
-                let _ = s.write_all(&packet(b'E', b""));
-                let _ = eom_reply(&mut s);
+                let _ = end_of_headers(&mut s);
             }),
         );
         measure("2 clients looping 200 x 512 KiB milter headers");
