@@ -617,6 +617,7 @@ pub struct User {
 /// Looks a user up by name (or a numeric uid) in the system's user database.
 pub fn lookup_user(name: &str) -> Result<User, String> {
     let cname = std::ffi::CString::new(name).map_err(|_| format!("{name:?} is not a user name"))?;
+    // SAFETY: passwd is a plain C struct of integers and pointers; all zero is a valid value.
     let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut out: *mut libc::passwd = std::ptr::null_mut();
