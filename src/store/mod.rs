@@ -334,7 +334,8 @@ impl Store for Faulty {
     }
 }
 
-/// Creates `dir` (mode 0750) or takes any permission for others away from an existing one.
+/// Creates `dir` (mode 0750), or takes group write and every permission for others away from
+/// an existing one of ours (a shared, sticky directory is left alone).
 pub fn private_data_dir(dir: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let e = |err: std::io::Error| StoreError::Io(format!("{}: {err}", dir.display()));
@@ -346,8 +347,13 @@ pub fn private_data_dir(dir: &std::path::Path) -> Result<()> {
             .map_err(e)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750)).map_err(e)?;
     } else {
-        let mode = std::fs::metadata(dir).map_err(e)?.permissions().mode() & 0o7777;
-        if mode & 0o027 != 0 {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(dir).map_err(e)?;
+        let mode = md.permissions().mode() & 0o7777;
+        // Only our own directory, and never a shared one (sticky, like /tmp).
+        // SAFETY: geteuid has no preconditions.
+        let ours = md.uid() == unsafe { libc::geteuid() };
+        if ours && mode & 0o1000 == 0 && mode & 0o027 != 0 {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o750))
                 .map_err(e)?;
         }
