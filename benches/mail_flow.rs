@@ -131,6 +131,7 @@ deliver = \"lmtp:inet:127.0.0.1:{}\"\n",
             lmtp_port: lmtp,
             virtual_domains: &["example.org"],
             smtp_port: None,
+            extra_main_cf: "",
         },
     );
     let t = Instant::now();

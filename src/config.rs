@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 pub struct Config {
     /// Where the store, outbox and control socket live.
     pub data_dir: PathBuf,
+    /// When `imipd run` starts as root: bind, then run as this user. Unset: keep the user.
+    pub user: Option<String>,
     /// Recipients in these domains have calendars here. Empty: every recipient (CLI use).
     pub local_domains: Vec<String>,
     /// authserv-id for Authentication-Results headers; default the host name.
@@ -30,6 +32,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from("/var/lib/imipd"),
+            user: None,
             local_domains: Vec::new(),
             authserv_id: None,
             milter: Milter::default(),
@@ -74,6 +77,8 @@ pub struct Lmtp {
     /// `maildir:/var/mail/%d/%u` or `lmtp:inet:HOST:PORT` / `lmtp:unix:/path`.
     pub deliver: String,
     pub max_message_size: usize,
+    /// Owner of delivered Maildir files and directories (e.g. "vmail"); unset: the daemon's.
+    pub maildir_owner: Option<String>,
 }
 
 impl Default for Lmtp {
@@ -83,6 +88,7 @@ impl Default for Lmtp {
             listen: "inet:127.0.0.1:2424".into(),
             deliver: "maildir:/var/mail/%d/%u".into(),
             max_message_size: 50 * 1024 * 1024,
+            maildir_owner: None,
         }
     }
 }
@@ -235,7 +241,7 @@ pub struct Ischedule {
     pub max_recipients: usize,
     /// How far in the future a signature's t= may be.
     pub clock_skew_secs: i64,
-    /// How old a signature without x= may be.
+    /// Longest accepted lifetime of a request signature: x= - t=, or the age of t= without x=.
     pub max_signature_age_secs: i64,
     /// Lifetime (x= - t=) of the signatures we make.
     pub signature_ttl_secs: i64,

@@ -246,6 +246,28 @@ fn visible_recipients(raw: &[u8]) -> Vec<String> {
 pub const RESULT_HEADER: &str = "X-Imipd-Result";
 
 impl milter::Handler for Arc<Core> {
+    /// The body is wanted when the top-level Content-Type may hold a calendar, or when an
+    /// Authentication-Results header claims our authserv-id (it must be removed).
+    fn wants_body(&self, env: &Envelope) -> bool {
+        if milter::may_hold_calendar(&milter::header_values(&env.message, "Content-Type")) {
+            return true;
+        }
+        let ours = self
+            .state()
+            .cfg
+            .authserv_id
+            .clone()
+            .unwrap_or_else(crate::proof::hostname);
+        milter::header_values(&env.message, "Authentication-Results")
+            .iter()
+            .any(|v| {
+                v.split(';')
+                    .next()
+                    .and_then(|id| id.split_whitespace().next())
+                    .is_some_and(|id| id.eq_ignore_ascii_case(&ours))
+            })
+    }
+
     async fn end_of_message(&self, env: Envelope) -> EomActions {
         self.inflight.fetch_add(1, Ordering::SeqCst);
         let a = self.milter_eom(env).await;
@@ -488,6 +510,11 @@ impl Core {
 struct LmtpDoor(Arc<Core>);
 
 impl crate::lmtp::Deliver for LmtpDoor {
+    fn accepts(&self, rcpt: &str) -> bool {
+        let st = self.0.state();
+        st.cfg.local_domains.is_empty() || st.cfg.is_local(&strip_angle(rcpt))
+    }
+
     async fn deliver(&self, t: crate::lmtp::Transaction) -> Vec<crate::lmtp::Reply> {
         use crate::lmtp::Reply;
         let core = &self.0;
@@ -571,11 +598,16 @@ impl crate::lmtp::Deliver for LmtpDoor {
             );
             let res = match &deliver {
                 Ok(Deliver::Maildir(template)) => {
-                    match crate::maildir::expand_template(template, &r) {
-                        Ok(dir) => {
+                    match crate::maildir::expand_template(template, &r).and_then(|dir| {
+                        match &st.cfg.lmtp.maildir_owner {
+                            None => Ok((dir, None)),
+                            Some(name) => lookup_user(name).map(|u| (dir, Some((u.uid, u.gid)))),
+                        }
+                    }) {
+                        Ok((dir, owner)) => {
                             let copy2 = copy.clone();
                             tokio::task::spawn_blocking(move || {
-                                crate::maildir::deliver(&dir, &copy2)
+                                crate::maildir::deliver(&dir, &copy2, owner)
                                     .map(|p| p.display().to_string())
                             })
                             .await
@@ -620,6 +652,130 @@ impl crate::lmtp::Deliver for LmtpDoor {
     }
 }
 
+/// Connections served at once per door: high, because a descriptor and a parked task cost
+/// little; idle and slow clients are cut by timeouts, not by locking everyone else out.
+const MAX_CONNECTIONS: usize = 4096;
+/// A milter or LMTP session idle this long is closed (Postfix's own smtpd_timeout is 300 s,
+/// and it keeps the milter connection for the SMTP session).
+const SESSION_IDLE: Duration = Duration::from_secs(300);
+
+/// Raises the soft limit of open descriptors to the hard limit (at most 65,536), so that the
+/// connection limits above can be reached.
+fn raise_fd_limit() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 {
+            let want = l.rlim_max.min(65_536);
+            if l.rlim_cur < want {
+                l.rlim_cur = want;
+                let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+            }
+        }
+    }
+}
+
+/// A system user.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Looks a user up by name (or a numeric uid) in the system's user database.
+pub fn lookup_user(name: &str) -> Result<User, String> {
+    let cname = std::ffi::CString::new(name).map_err(|_| format!("{name:?} is not a user name"))?;
+    // SAFETY: passwd is a plain C struct of integers and pointers; all zero is a valid value.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwnam_r/getpwuid_r write into pw and buf (of the given length) and set out to
+    // &pw on success or null when there is no such user.
+    let rc = unsafe {
+        match name.parse::<u32>() {
+            Ok(uid) => libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out),
+            Err(_) => libc::getpwnam_r(
+                cname.as_ptr(),
+                &mut pw,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut out,
+            ),
+        }
+    };
+    if rc != 0 || out.is_null() {
+        return Err(format!("no such user {name:?}"));
+    }
+    Ok(User {
+        name: name.to_string(),
+        uid: pw.pw_uid,
+        gid: pw.pw_gid,
+    })
+}
+
+/// Hands the data dir (store, outbox, control socket) to `u`, then switches the whole process
+/// (every thread: glibc broadcasts set*id) to `u`'s uid, gid and supplementary groups, and
+/// checks that root cannot be regained.
+fn drop_privileges(
+    u: &User,
+    data_dir: &std::path::Path,
+    sock: &std::path::Path,
+) -> Result<(), String> {
+    fn chown_tree(p: &std::path::Path, uid: u32, gid: u32, depth: usize) -> std::io::Result<()> {
+        let md = std::fs::symlink_metadata(p)?;
+        std::os::unix::fs::lchown(p, Some(uid), Some(gid))?;
+        if md.is_dir() && depth < 16 {
+            for e in std::fs::read_dir(p)? {
+                chown_tree(&e?.path(), uid, gid, depth + 1)?;
+            }
+        }
+        Ok(())
+    }
+    chown_tree(data_dir, u.uid, u.gid, 0)
+        .map_err(|e| format!("chown {}: {e}", data_dir.display()))?;
+    if sock.exists() {
+        let _ = std::os::unix::fs::lchown(sock, Some(u.uid), Some(u.gid));
+    }
+    let cname = std::ffi::CString::new(u.name.as_str()).map_err(|e| e.to_string())?;
+    // SAFETY: plain system calls on integers and a NUL-terminated name.
+    unsafe {
+        let groups_ok = if u.name.parse::<u32>().is_ok() {
+            libc::setgroups(1, &u.gid) == 0
+        } else {
+            libc::initgroups(cname.as_ptr(), u.gid as _) == 0
+        };
+        if !groups_ok {
+            return Err(format!(
+                "setgroups for {}: {}",
+                u.name,
+                std::io::Error::last_os_error()
+            ));
+        }
+        if libc::setgid(u.gid) != 0 {
+            return Err(format!(
+                "setgid {}: {}",
+                u.gid,
+                std::io::Error::last_os_error()
+            ));
+        }
+        if libc::setuid(u.uid) != 0 {
+            return Err(format!(
+                "setuid {}: {}",
+                u.uid,
+                std::io::Error::last_os_error()
+            ));
+        }
+        if u.uid != 0 && (libc::setuid(0) == 0 || libc::geteuid() == 0) {
+            return Err("root privileges could be regained after setuid".into());
+        }
+    }
+    Ok(())
+}
+
 enum Bound {
     Tcp(TcpListener),
     Unix(UnixListener, std::path::PathBuf),
@@ -647,6 +803,13 @@ async fn bind(l: &Listen) -> std::io::Result<Bound> {
             let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o660));
             Ok(Bound::Unix(l, p.clone()))
         }
+    }
+}
+
+fn unix_path(b: &Bound) -> Option<std::path::PathBuf> {
+    match b {
+        Bound::Unix(_, p) => Some(p.clone()),
+        Bound::Tcp(_) => None,
     }
 }
 
@@ -793,6 +956,21 @@ async fn control_server(core: Arc<Core>, l: UnixListener, mut shutdown: watch::R
 
 pub fn run(args: &Args) -> Result<i32, CliError> {
     let cfg = load_config(args)?;
+    raise_fd_limit();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let run_as = match &cfg.user {
+        Some(name) if root => {
+            Some(lookup_user(name).map_err(|e| CliError::new(EX_CONFIG, format!("user: {e}")))?)
+        }
+        Some(name) => {
+            log(format!(
+                "user = {name:?} is set but imipd was not started as root: keeping the current user"
+            ));
+            None
+        }
+        None => None,
+    };
     let config_path = args.config.clone().or_else(|| {
         let p = std::path::PathBuf::from(crate::cli::DEFAULT_CONFIG);
         p.exists().then_some(p)
@@ -832,15 +1010,17 @@ pub fn run(args: &Args) -> Result<i32, CliError> {
     rt.block_on(async move {
         let (tx, rx) = watch::channel(false);
         let mut tasks = Vec::new();
-        let timeout = Duration::from_secs(300);
+        let timeout = SESSION_IDLE;
+        let mut unix_socks: Vec<std::path::PathBuf> = Vec::new();
         if cfg.milter.enabled {
             let l = parse_listen(&cfg.milter.listen).map_err(|e| CliError::new(EX_CONFIG, e))?;
             let b = bind(&l).await.map_err(|e| CliError::new(EX_IOERR, format!("milter {}: {e}", cfg.milter.listen)))?;
+            unix_socks.extend(unix_path(&b));
             println!("{}", serde_json::json!({"listening": "milter", "address": describe(&b)}));
             log(format!("milter listening on {}", describe(&b)));
             let core2 = core.clone();
             let max = cfg.lmtp.max_message_size;
-            tasks.push(tokio::spawn(accept_loop(b, rx.clone(), Arc::new(Semaphore::new(256)), move |s| {
+            tasks.push(tokio::spawn(accept_loop(b, rx.clone(), Arc::new(Semaphore::new(MAX_CONNECTIONS)), move |s| {
                 let core = core2.clone();
                 async move {
                     if let Err(e) = milter::serve(s, &core, timeout, max).await {
@@ -852,12 +1032,13 @@ pub fn run(args: &Args) -> Result<i32, CliError> {
         if cfg.lmtp.enabled {
             let l = parse_listen(&cfg.lmtp.listen).map_err(|e| CliError::new(EX_CONFIG, e))?;
             let b = bind(&l).await.map_err(|e| CliError::new(EX_IOERR, format!("lmtp {}: {e}", cfg.lmtp.listen)))?;
+            unix_socks.extend(unix_path(&b));
             println!("{}", serde_json::json!({"listening": "lmtp", "address": describe(&b)}));
             log(format!("LMTP listening on {} (delivering to {})", describe(&b), cfg.lmtp.deliver));
             let door = Arc::new(LmtpDoor(core.clone()));
             let host = cfg.authserv_id.clone().unwrap_or_else(crate::proof::hostname);
             let max = cfg.lmtp.max_message_size;
-            tasks.push(tokio::spawn(accept_loop(b, rx.clone(), Arc::new(Semaphore::new(256)), move |s| {
+            tasks.push(tokio::spawn(accept_loop(b, rx.clone(), Arc::new(Semaphore::new(MAX_CONNECTIONS)), move |s| {
                 let door = door.clone();
                 let host = host.clone();
                 async move {
@@ -888,11 +1069,19 @@ pub fn run(args: &Args) -> Result<i32, CliError> {
         match UnixListener::bind(&sock) {
             Ok(l) => {
                 use std::os::unix::fs::PermissionsExt;
-                let _ = std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600));
+                let _ = std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660));
                 println!("{}", serde_json::json!({"listening": "control", "address": format!("unix:{}", sock.display())}));
                 tasks.push(tokio::spawn(control_server(core.clone(), l, rx.clone())));
             }
             Err(e) => log(format!("control socket {}: {e} (admin commands need the daemon stopped)", sock.display())),
+        }
+        // Everything is bound: now give up root when a user is configured.
+        if let Some(u) = &run_as {
+            for p in &unix_socks {
+                let _ = std::os::unix::fs::lchown(p, Some(u.uid), Some(u.gid));
+            }
+            drop_privileges(u, &data_dir, &sock).map_err(|e| CliError::new(EX_CONFIG, e))?;
+            log(format!("running as user {} (uid {}, gid {})", u.name, u.uid, u.gid));
         }
         tasks.push(tokio::spawn(queue_runner(core.clone(), rx.clone())));
         core.queue_wakeup.notify_one();

@@ -3,6 +3,11 @@
 //! Server: LHLO, MAIL, RCPT, DATA, RSET, NOOP, VRFY, QUIT with PIPELINING, ENHANCEDSTATUSCODES,
 //! 8BITMIME and SIZE; after DATA one reply per accepted recipient, as the delivery handler
 //! decides them.
+//!
+//! Every line is capped before it is buffered (a command line at [`MAX_COMMAND_LINE`], a DATA
+//! line at [`MAX_DATA_LINE`]: longer, and the client gets an error and the connection is
+//! closed), and DATA ends only at CRLF "." CRLF: a "." after a bare LF is message content, so
+//! a second message cannot be smuggled behind the first.
 
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -37,7 +42,43 @@ pub struct Transaction {
     pub lhlo: String,
 }
 
+/// Longest command line accepted, CRLF included.
+pub const MAX_COMMAND_LINE: usize = 4096;
+/// Longest DATA line accepted, CRLF included.
+pub const MAX_DATA_LINE: usize = 1 << 20;
+
+/// Reads one line of at most `max` octets into `line` (cleared first). `Ok(None)` at end of
+/// input; `Err(TooLong)` when `max` octets came without a LF.
+async fn read_line_capped<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    line: &mut Vec<u8>,
+    max: usize,
+    timeout: Duration,
+    what: &'static str,
+) -> std::io::Result<Option<()>> {
+    use tokio::io::AsyncReadExt;
+    line.clear();
+    let n = tokio::time::timeout(timeout, r.take(max as u64).read_until(b'\n', line))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, what))??;
+    if n == 0 {
+        return Ok(None);
+    }
+    if !line.ends_with(b"\n") && line.len() >= max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "line too long",
+        ));
+    }
+    Ok(Some(()))
+}
+
 pub trait Deliver: Send + Sync + 'static {
+    /// Whether mail for `rcpt` (as given in RCPT TO) is taken at all; refused at RCPT when not.
+    fn accepts(&self, _rcpt: &str) -> bool {
+        true
+    }
+
     /// Returns one reply per recipient, in order.
     fn deliver(&self, t: Transaction) -> impl std::future::Future<Output = Vec<Reply>> + Send;
 }
@@ -83,16 +124,24 @@ where
             w.flush().await?;
             out.clear();
         }
-        line.clear();
-        let n = tokio::time::timeout(timeout, r.read_until(b'\n', &mut line))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "LMTP client idle"))??;
-        if n == 0 {
-            return Ok(());
-        }
-        if line.len() > 4096 {
-            out.push_str("500 5.5.2 Line too long\r\n");
-            continue;
+        match read_line_capped(
+            &mut r,
+            &mut line,
+            MAX_COMMAND_LINE,
+            timeout,
+            "LMTP client idle",
+        )
+        .await
+        {
+            Ok(Some(())) => {}
+            Ok(None) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                out.push_str("500 5.5.2 Line too long, closing connection\r\n");
+                w.write_all(out.as_bytes()).await?;
+                w.flush().await?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
         }
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end_matches(['\r', '\n']);
@@ -133,8 +182,12 @@ where
             "RCPT" => match path_arg(&arg, "TO:") {
                 _ if !have_mail => out.push_str("503 5.5.1 Need MAIL command\r\n"),
                 Some((addr, _)) if addr.contains('@') && t.rcpt_to.len() < 1000 => {
-                    t.rcpt_to.push(addr);
-                    out.push_str("250 2.1.5 Ok\r\n");
+                    if handler.accepts(&addr) {
+                        t.rcpt_to.push(addr);
+                        out.push_str("250 2.1.5 Ok\r\n");
+                    } else {
+                        out.push_str("550 5.1.1 Recipient is not local here\r\n");
+                    }
                 }
                 Some(_) => out.push_str("550 5.1.3 Bad recipient address syntax\r\n"),
                 None => out.push_str("501 5.5.4 Syntax: RCPT TO:<address>\r\n"),
@@ -150,27 +203,38 @@ where
                 out.clear();
                 let mut data = Vec::with_capacity(16 * 1024);
                 let mut overflow = false;
+                // Whether the last line ended in CRLF (DATA itself did): only then is a "."
+                // line the end of the data, and only then is a leading dot unstuffed.
+                let mut at_crlf = true;
                 loop {
-                    line.clear();
-                    let n = tokio::time::timeout(timeout, r.read_until(b'\n', &mut line))
-                        .await
-                        .map_err(|_| {
-                            std::io::Error::new(
-                                std::io::ErrorKind::TimedOut,
-                                "LMTP client idle in DATA",
-                            )
-                        })??;
-                    if n == 0 {
-                        return Ok(()); // connection lost: nothing was accepted
+                    match read_line_capped(
+                        &mut r,
+                        &mut line,
+                        MAX_DATA_LINE,
+                        timeout,
+                        "LMTP client idle in DATA",
+                    )
+                    .await
+                    {
+                        Ok(Some(())) => {}
+                        Ok(None) => return Ok(()), // connection lost: nothing was accepted
+                        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                            w.write_all(b"500 5.5.2 Line too long, closing connection\r\n")
+                                .await?;
+                            w.flush().await?;
+                            return Err(e);
+                        }
+                        Err(e) => return Err(e),
                     }
-                    if line == b".\r\n" || line == b".\n" {
+                    if at_crlf && line == b".\r\n" {
                         break;
                     }
-                    let content = if line.first() == Some(&b'.') {
+                    let content = if at_crlf && line.first() == Some(&b'.') {
                         &line[1..]
                     } else {
                         &line[..]
                     };
+                    at_crlf = line.ends_with(b"\r\n");
                     if data.len() + content.len() > max_size {
                         overflow = true;
                     } else if !overflow {

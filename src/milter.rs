@@ -3,7 +3,9 @@
 //! Written against the protocol rather than a library so that imipd controls the two things that
 //! decide its speed under Postfix: it negotiates "no reply" for every stage before end-of-message
 //! (Postfix then streams the message without waiting), and it sends every end-of-message action
-//! in one write on a TCP_NODELAY socket (no Nagle/delayed-ACK stall).
+//! in one write on a TCP_NODELAY socket (no Nagle/delayed-ACK stall). End of headers is the one
+//! stage answered before end of message: a message whose top-level Content-Type cannot hold a
+//! calendar is accepted there, and the MTA sends neither its body nor its end of message.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -60,6 +62,12 @@ const P_HDR_LEADSPC: u32 = 0x100000;
 
 /// Largest packet accepted from the MTA (Postfix sends at most 64 KiB body chunks).
 const MAX_PACKET: usize = 1 << 20;
+/// Largest packet before negotiation (an OPTNEG is 13 octets).
+const MAX_FIRST_PACKET: usize = 1024;
+/// A connection that has not negotiated (OPTNEG) this long after connecting is closed.
+pub const NEGOTIATE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most header fields kept of one message; a message with more is passed on unprocessed.
+pub const MAX_HEADER_FIELDS: usize = 1000;
 
 /// What the milter saw of one message.
 #[derive(Debug, Default, Clone)]
@@ -138,8 +146,76 @@ impl<T: Conn + ?Sized> Conn for Box<T> {
 
 /// The decision function, called once per message at end of message.
 pub trait Handler: Send + Sync + 'static {
+    /// Called at end of headers (`env.message` holds the header block): whether the body is
+    /// wanted. `false` answers ACCEPT at once: the MTA sends neither body nor end of message.
+    fn wants_body(&self, _env: &Envelope) -> bool {
+        true
+    }
+
     fn end_of_message(&self, env: Envelope)
         -> impl std::future::Future<Output = EomActions> + Send;
+}
+
+/// The unfolded values of the header fields called `name` in a header block.
+pub fn header_values(block: &[u8], name: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut current: Option<String> = None;
+    for line in block.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            if let Some(c) = current.as_mut() {
+                c.push(' ');
+                c.push_str(String::from_utf8_lossy(line).trim());
+            }
+            continue;
+        }
+        out.extend(current.take());
+        if let Some(i) = line.iter().position(|b| *b == b':') {
+            if line[..i].eq_ignore_ascii_case(name.as_bytes()) {
+                current = Some(String::from_utf8_lossy(&line[i + 1..]).trim().to_string());
+            }
+        }
+    }
+    out.extend(current);
+    out
+}
+
+/// Whether a message with these top-level Content-Type values may hold a calendar: a
+/// multipart, a calendar itself, or an opaque S/MIME entity; one header field only (none is
+/// text/plain; two are ambiguous and examined).
+pub fn may_hold_calendar(content_types: &[String]) -> bool {
+    let [ct] = content_types else {
+        return !content_types.is_empty();
+    };
+    let mt = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mt.starts_with("multipart/")
+        || matches!(
+            mt.as_str(),
+            "text/calendar"
+                | "application/ics"
+                | "application/pkcs7-mime"
+                | "application/x-pkcs7-mime"
+        )
+}
+
+fn log_unprocessed(macros: &HashMap<String, String>, max_message: usize) {
+    eprintln!(
+        "imipd: milter: queue_id={} message over the size limit ({max_message} octets) or \
+         {MAX_HEADER_FIELDS} header fields: passed on unprocessed",
+        clean(macros.get("i").map(String::as_str).unwrap_or("-"))
+    );
+}
+
+fn clean(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(100).collect()
 }
 
 fn packet(cmd: u8, data: &[u8], out: &mut Vec<u8>) {
@@ -201,6 +277,7 @@ fn encode_actions(a: &EomActions) -> Vec<u8> {
 async fn read_packet<S: AsyncRead + Unpin>(
     s: &mut S,
     timeout: Duration,
+    max: usize,
 ) -> std::io::Result<Option<(u8, Vec<u8>)>> {
     let mut len = [0u8; 4];
     match tokio::time::timeout(timeout, s.read_exact(&mut len)).await {
@@ -215,7 +292,7 @@ async fn read_packet<S: AsyncRead + Unpin>(
         Ok(Ok(_)) => {}
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len == 0 || len > MAX_PACKET {
+    if len == 0 || len > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("bad milter packet length {len}"),
@@ -230,7 +307,10 @@ async fn read_packet<S: AsyncRead + Unpin>(
     Ok(Some((cmd, buf)))
 }
 
-/// Serves one MTA connection until it quits.
+/// Serves one MTA connection until it quits. The first packet must be an OPTNEG, within
+/// [`NEGOTIATE_TIMEOUT`]; after that a connection idle for `timeout` is closed. Header bytes
+/// count against `max_message` like body bytes, and at most [`MAX_HEADER_FIELDS`] header
+/// fields are kept: a message over either limit is passed on unprocessed.
 pub async fn serve<S, H>(
     mut stream: S,
     handler: &H,
@@ -246,8 +326,26 @@ where
     // Stages for which the MTA expects a reply (cleared by negotiation).
     let mut no_reply: u32 = 0;
     let mut too_big = false;
-    while let Some((cmd, data)) = read_packet(&mut stream, timeout).await? {
+    let mut negotiated = false;
+    loop {
+        let next = if negotiated {
+            read_packet(&mut stream, timeout, MAX_PACKET).await?
+        } else {
+            read_packet(
+                &mut stream,
+                NEGOTIATE_TIMEOUT.min(timeout),
+                MAX_FIRST_PACKET,
+            )
+            .await?
+        };
+        let Some((cmd, data)) = next else { break };
         stream.quickack();
+        if !negotiated && cmd != C_OPTNEG {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("milter command {:?} before OPTNEG", cmd as char),
+            ));
+        }
         let mut reply: Option<u8> = None;
         match cmd {
             C_OPTNEG => {
@@ -271,12 +369,12 @@ where
                     | P_NR_RCPT
                     | P_NR_DATA
                     | P_NR_UNKN
-                    | P_NR_EOH
                     | P_NR_BODY
                     | P_NR_HDR
                     | P_HDR_LEADSPC;
                 let proto = wanted & mta_proto;
                 no_reply = proto;
+                negotiated = true;
                 let mut d = Vec::with_capacity(64);
                 d.extend_from_slice(&version.to_be_bytes());
                 d.extend_from_slice(&actions.to_be_bytes());
@@ -351,6 +449,14 @@ where
                 let name = String::from_utf8_lossy(it.next().unwrap_or(&[])).into_owned();
                 let value = it.next().unwrap_or(&[]);
                 let value = value.strip_suffix(&[0]).unwrap_or(value);
+                // Counted before it is kept: name, ": ", value and CRLF.
+                if env.header_names.len() >= MAX_HEADER_FIELDS
+                    || env.message.len() + name.len() + value.len() + 4 > max_message
+                {
+                    too_big = true;
+                    env.message = Vec::new();
+                    env.header_names = Vec::new();
+                }
                 if !too_big {
                     env.message.extend_from_slice(name.as_bytes());
                     env.message.push(b':');
@@ -367,8 +473,8 @@ where
                         prev = b;
                     }
                     env.message.extend_from_slice(b"\r\n");
+                    env.header_names.push(name);
                 }
-                env.header_names.push(name);
                 if no_reply & P_NR_HDR == 0 {
                     reply = Some(R_CONTINUE);
                 }
@@ -376,12 +482,22 @@ where
             C_EOH => {
                 env.message.extend_from_slice(b"\r\n");
                 if no_reply & P_NR_EOH == 0 {
-                    reply = Some(R_CONTINUE);
+                    // Most mail holds no calendar: let it go now, before its body is sent.
+                    // Over a limit already: nothing will be examined either.
+                    reply = Some(if too_big {
+                        log_unprocessed(&macros, max_message);
+                        R_ACCEPT
+                    } else if !handler.wants_body(&env) {
+                        R_ACCEPT
+                    } else {
+                        R_CONTINUE
+                    });
                 }
             }
             C_BODY => {
                 if env.message.len() + data.len() > max_message {
                     too_big = true;
+                    env.message = Vec::new();
                 } else if !too_big {
                     env.message.extend_from_slice(&data);
                 }
@@ -390,7 +506,9 @@ where
                 }
             }
             C_BODYEOB => {
-                if !data.is_empty() && !too_big {
+                if env.message.len() + data.len() > max_message {
+                    too_big = true;
+                } else if !data.is_empty() && !too_big {
                     env.message.extend_from_slice(&data);
                 }
                 env.queue_id = macros.get("i").cloned();
@@ -399,6 +517,7 @@ where
                     env.client_ip = macros.get("client_addr").and_then(|a| a.parse().ok());
                 }
                 let actions = if too_big {
+                    log_unprocessed(&macros, max_message);
                     EomActions::default()
                 } else {
                     handler.end_of_message(std::mem::take(&mut env)).await
@@ -454,6 +573,28 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_calendar_capable_types_are_examined() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert!(!may_hold_calendar(&v(&[])));
+        assert!(!may_hold_calendar(&v(&["text/plain; charset=utf-8"])));
+        assert!(!may_hold_calendar(&v(&["text/html"])));
+        assert!(!may_hold_calendar(&v(&["application/pdf"])));
+        assert!(may_hold_calendar(&v(&["Multipart/Mixed; boundary=x"])));
+        assert!(may_hold_calendar(&v(&["text/calendar; method=REQUEST"])));
+        assert!(may_hold_calendar(&v(&["application/ics"])));
+        assert!(may_hold_calendar(&v(&[
+            "application/pkcs7-mime; smime-type=signed-data"
+        ])));
+        assert!(may_hold_calendar(&v(&["application/x-pkcs7-mime"])));
+        assert!(may_hold_calendar(&v(&["text/plain", "text/calendar"])));
+        let block = b"Subject: x\r\nContent-Type: multipart/mixed;\r\n\tboundary=b\r\n\r\nbody";
+        assert_eq!(
+            header_values(block, "content-type"),
+            vec!["multipart/mixed; boundary=b".to_string()]
+        );
+    }
 
     #[test]
     fn eom_actions_are_one_buffer_ending_in_accept() {

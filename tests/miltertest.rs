@@ -138,3 +138,53 @@ mt.disconnect(conn)
     assert!(exported.contains("UID:sub-1"), "{exported}\n{}", d.log());
     assert!(exported.contains("SCHEDULE-STATUS=1.1"), "{exported}");
 }
+
+/// The fast path, with libmilter's own client: a message whose top-level Content-Type cannot
+/// hold a calendar is accepted at end of headers (SMFIR_ACCEPT there, so the MTA sends no body
+/// and no end of message), while a calendar message gets SMFIR_CONTINUE and is processed.
+#[test]
+fn miltertest_accepts_ordinary_mail_at_end_of_headers() {
+    if !have(
+        "miltertest_accepts_ordinary_mail_at_end_of_headers",
+        &["miltertest"],
+    ) {
+        return;
+    }
+    let tmp = TempDir::new().expect("tempdir");
+    let d = Imipd::start(
+        tmp.path(),
+        "local_domains = [\"example.org\"]\nauthserv_id = \"mx.example.org\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_secs = 1\n[milter]\nlisten = \"inet:127.0.0.1:0\"\n[lmtp]\nenabled = false\n",
+        &[],
+    );
+    let port = d.milter_port.expect("port");
+    let lua = format!(
+        r#"conn = mt.connect("inet:{port}@127.0.0.1")
+if conn == nil then error("cannot connect") end
+if mt.conninfo(conn, "client.example.com", "192.0.2.1") ~= nil then error("conninfo") end
+if mt.mailfrom(conn, "alice@example.com") ~= nil then error("mailfrom") end
+if mt.rcptto(conn, "<bob@example.org>") ~= nil then error("rcptto") end
+if mt.header(conn, "From", "Alice <alice@example.com>") ~= nil then error("header") end
+if mt.header(conn, "Content-Type", "text/plain; charset=utf-8") ~= nil then error("header") end
+if mt.eoh(conn) ~= nil then error("eoh") end
+if mt.getreply(conn) ~= SMFIR_ACCEPT then error("ordinary mail not accepted at end of headers") end
+mt.disconnect(conn)
+conn = mt.connect("inet:{port}@127.0.0.1")
+if conn == nil then error("cannot connect") end
+if mt.conninfo(conn, "client.example.com", "192.0.2.1") ~= nil then error("conninfo") end
+if mt.mailfrom(conn, "alice@example.com") ~= nil then error("mailfrom") end
+if mt.rcptto(conn, "<bob@example.org>") ~= nil then error("rcptto") end
+if mt.header(conn, "From", "Alice <alice@example.com>") ~= nil then error("header") end
+if mt.header(conn, "Content-Type", "text/calendar; method=REQUEST") ~= nil then error("header") end
+if mt.eoh(conn) ~= nil then error("eoh") end
+if mt.getreply(conn) ~= SMFIR_CONTINUE then error("calendar mail not continued at end of headers") end
+if mt.bodystring(conn, "{BODY}") ~= nil then error("body") end
+if mt.eom(conn) ~= nil then error("eom") end
+if mt.getreply(conn) ~= SMFIR_ACCEPT then error("not accepted") end
+if not mt.eom_check(conn, MT_HDRADD, "X-Imipd-Result") then error("no X-Imipd-Result added") end
+mt.disconnect(conn)
+"#
+    );
+    let (ok, out) = run_script(&lua, tmp.path());
+    assert!(ok, "{out}\n{}", d.log());
+    assert!(d.log().contains("uid=mt-1"), "{}", d.log());
+}

@@ -59,6 +59,12 @@ enum Mode {
 }
 
 fn world(mode: Mode, milter_extra: &str, env: &[(&str, &str)]) -> World {
+    world_routed(mode, milter_extra, env, true)
+}
+
+/// `route_remote`: mail for remote.test goes to a second imipd LMTP (local for remote.test);
+/// without it, to the first, which refuses it at RCPT (remote.test is not local there).
+fn world_routed(mode: Mode, milter_extra: &str, env: &[(&str, &str)], route_remote: bool) -> World {
     let tmp = TempDir::new().expect("tempdir");
     let key = DkimKey::rsa(tmp.path(), "sel", "example.com");
     let key_remote = DkimKey::rsa(tmp.path(), "sel", "remote.test");
@@ -80,21 +86,35 @@ fn world(mode: Mode, milter_extra: &str, env: &[(&str, &str)]) -> World {
         mail.display(),
     );
     let imipd = Imipd::start(&tmp.path().join("imipd"), &cfg, env);
-    // In milter-only mode Postfix delivers through an imipd LMTP that keeps no calendars:
-    // a second instance with no local domains that matter.
-    let sink = if mode == Mode::Milter {
+    // In milter-only mode Postfix delivers through a second imipd LMTP, with its own store:
+    // the calendars that matter are the first one's. Otherwise that second one takes the
+    // mail for remote.test (the first one's LMTP refuses recipients that are not local).
+    let sink_domains = if mode == Mode::Milter {
+        "\"example.org\", \"remote.test\""
+    } else {
+        "\"remote.test\""
+    };
+    let sink = if mode == Mode::Milter || route_remote {
         let sink_cfg = format!(
-            "local_domains = [\"nowhere.invalid\"]\n[milter]\nenabled = false\n\
-[lmtp]\nlisten = \"inet:127.0.0.1:0\"\ndeliver = \"maildir:{}/%d/%u\"\n",
+            "local_domains = [{sink_domains}]\n[dns]\nnameservers = [\"{}\"]\ntimeout_secs = 3\n\
+[milter]\nenabled = false\n[lmtp]\nlisten = \"inet:127.0.0.1:0\"\ndeliver = \"maildir:{}/%d/%u\"\n",
+            dns.addr,
             mail.display()
         );
         Some(Imipd::start(&tmp.path().join("sink"), &sink_cfg, &[]))
     } else {
         None
     };
-    let lmtp_port = match &sink {
-        Some(s) => s.lmtp_port,
-        None => imipd.lmtp_port,
+    let lmtp_port = match (&sink, mode) {
+        (Some(s), Mode::Milter) => s.lmtp_port,
+        _ => imipd.lmtp_port,
+    };
+    let extra = match (&sink, mode) {
+        (Some(s), m) if m != Mode::Milter => format!(
+            "transport_maps = inline:{{remote.test=lmtp:inet:127.0.0.1:{}}}\n",
+            s.lmtp_port.expect("sink port")
+        ),
+        _ => String::new(),
     };
     let postfix = Postfix::start(
         &tmp.path().join("postfix"),
@@ -107,6 +127,7 @@ fn world(mode: Mode, milter_extra: &str, env: &[(&str, &str)]) -> World {
             lmtp_port,
             virtual_domains: &["example.org", "remote.test"],
             smtp_port: Some(smtp_port),
+            extra_main_cf: &extra,
         },
     );
     World {
@@ -429,13 +450,15 @@ fn same_message_twice_is_applied_once() {
     );
 }
 
-/// Only local domains have calendars: a message for another domain is delivered untouched.
+/// Only local domains have calendars, and imipd's LMTP delivers only for them: a message for
+/// another domain is refused at RCPT (Postfix bounces it), never written under the Maildir
+/// template, and no calendar is touched.
 #[test]
 fn message_for_non_local_domain_is_not_touched() {
     if !have("non_local_domain", TOOLS) {
         return;
     }
-    let w = world(Mode::Lmtp, "", &[]);
+    let w = world_routed(Mode::Lmtp, "", &[], false);
     let raw = w.key.sign(
         &message(
             "alice@example.com",
@@ -450,13 +473,18 @@ fn message_for_non_local_domain_is_not_touched() {
         .postfix
         .send("alice@example.com", &["carol@remote.test"], &raw);
     assert!(queued, "{out}");
-    let msgs = wait_maildir(
-        &mailbox(&w, "carol@remote.test"),
-        1,
-        Duration::from_secs(30),
+    assert!(
+        w.postfix
+            .wait_log("Recipient is not local here", 1, Duration::from_secs(30)),
+        "{}",
+        w.postfix.maillog()
     );
-    assert_eq!(msgs.len(), 1, "{}", w.postfix.maillog());
-    assert!(header(&msgs[0], "X-Imipd-Result").is_none(), "{}", msgs[0]);
+    assert!(
+        w.postfix.maillog().contains("status=bounced"),
+        "{}",
+        w.postfix.maillog()
+    );
+    assert!(!w.mail.join("remote.test").exists());
     assert!(!w.imipd.export("carol@remote.test").contains("VEVENT"));
     assert!(!w.imipd.log().contains("rcpt=carol@remote.test uid="));
 }
@@ -471,7 +499,7 @@ fn lmtp_hands_on_to_downstream_lmtp() {
     let mail = tmp.path().join("mail");
     let down = Imipd::start(
         &tmp.path().join("down"),
-        &format!("local_domains = [\"nowhere.invalid\"]\n[milter]\nenabled = false\n[lmtp]\nlisten = \"inet:127.0.0.1:0\"\ndeliver = \"maildir:{}/%d/%u\"\n", mail.display()),
+        &format!("local_domains = [\"example.org\"]\n[milter]\nenabled = false\n[lmtp]\nlisten = \"inet:127.0.0.1:0\"\ndeliver = \"maildir:{}/%d/%u\"\n", mail.display()),
         &[],
     );
     let up = Imipd::start(
@@ -569,6 +597,74 @@ ATTENDEE:mailto:dave@remote.test\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
         w.imipd
             .log()
             .contains("outbound: bob@example.org -> dave@remote.test sent"),
+        "{}",
+        w.imipd.log()
+    );
+}
+
+/// The milter's fast path under a real Postfix: ordinary mail (text/plain, no calendar) is
+/// accepted at end of headers and delivered without any header of imipd's milter, while a
+/// calendar message in the same run is still examined and stamped.
+#[test]
+fn ordinary_mail_passes_the_milter_unmodified() {
+    if !have("ordinary_mail_passes_the_milter_unmodified", TOOLS) {
+        return;
+    }
+    let w = world(Mode::Milter, "[log]\nlevel = \"debug\"\n", &[]);
+    let plain = b"From: <alice@example.com>\r\nTo: <bob@example.org>\r\nSubject: lunch\r\n\
+Message-ID: <plain-1@example.com>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+Shall we have lunch?\r\n";
+    let (out, queued) = w
+        .postfix
+        .send("alice@example.com", &["bob@example.org"], plain);
+    assert!(queued, "{out}");
+    let msgs = wait_maildir(&mailbox(&w, "bob@example.org"), 1, Duration::from_secs(30));
+    assert_eq!(msgs.len(), 1, "{}", w.postfix.maillog());
+    let m = &msgs[0];
+    assert!(m.contains("Shall we have lunch?"), "{m}");
+    assert!(header(m, "X-Imipd-Result").is_none(), "{m}");
+    assert!(
+        !m.lines()
+            .take_while(|l| !l.is_empty())
+            .any(|l| l.starts_with("Authentication-Results: mx.example.org")),
+        "{m}"
+    );
+    let raw = w.key.sign(
+        &message(
+            "alice@example.com",
+            &["bob@example.org"],
+            "REQUEST",
+            "fast-cal@example.com",
+            &request("fast-cal@example.com", &["bob@example.org"]),
+        ),
+        &[],
+    );
+    let (out, queued) = w
+        .postfix
+        .send("alice@example.com", &["bob@example.org"], &raw);
+    assert!(queued, "{out}");
+    let msgs = wait_maildir(&mailbox(&w, "bob@example.org"), 2, Duration::from_secs(30));
+    assert_eq!(msgs.len(), 2, "{}", w.postfix.maillog());
+    // The milter's debug log names every message it examined to the end: the calendar one,
+    // not the ordinary one.
+    assert!(
+        msgs.iter()
+            .any(|m| m.matches("X-Imipd-Result").count() == 2),
+        "{msgs:?}"
+    );
+    assert!(
+        !w.imipd.log().contains("plain-1@example.com"),
+        "{}",
+        w.imipd.log()
+    );
+    assert!(
+        w.imipd.log().contains("msgid=fast-cal@example.com")
+            || w.imipd.log().contains("msgid=<fast-cal@example.com>"),
+        "{}",
+        w.imipd.log()
+    );
+    assert!(
+        w.imipd.log().contains("uid=fast-cal@example.com"),
         "{}",
         w.imipd.log()
     );

@@ -1,8 +1,10 @@
 //! The iSchedule sender's HTTP side (draft-desruisseaux-ischedule-05 §5, §6): capabilities GET
 //! (cached per receiver, refreshed when a response announces another serial), the signed POST,
-//! redirects followed with the same method and body (at most 3 hops; a permanent one remembered),
-//! and the `schedule-response` / `error` documents read back. Every request is bounded in time
-//! and in the size of what is read back.
+//! redirects followed with the same method and body (at most 3 hops; a permanent one remembered;
+//! never from `https://` to anything else, so that a peer cannot move an invitation and its
+//! signature to cleartext), and the `schedule-response` / `error` documents read back. Every
+//! request is bounded in time and in the size of what is read back. Keys fetched over
+//! `http/well-known` come over HTTPS only, without redirects, in a few seconds and a few KiB.
 
 use super::capabilities::{self, Capabilities};
 use super::discovery::Resolver;
@@ -17,6 +19,10 @@ use std::time::{Duration, Instant};
 const MAX_REDIRECTS: usize = 3;
 /// Largest response body read.
 const MAX_RESPONSE: usize = 4 * 1024 * 1024;
+/// Largest key document read over `http/well-known`.
+const MAX_KEY_RESPONSE: usize = 16 * 1024;
+/// Budget of one key fetch.
+const KEY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a capabilities document is used without asking again.
 const CAPS_TTL: Duration = Duration::from_secs(3600);
 
@@ -96,6 +102,8 @@ impl std::fmt::Display for PostError {
 
 pub struct Client {
     http: reqwest::Client,
+    /// For key fetches: HTTPS only, no redirects, short timeout.
+    keys: reqwest::Client,
     key: Option<Arc<SigningKey>>,
     /// Capabilities by base URL, with the time they were fetched.
     caps: Mutex<HashMap<String, (Capabilities, Instant)>>,
@@ -124,11 +132,15 @@ fn base_of(url: &str) -> String {
     url.split('?').next().unwrap_or(url).to_string()
 }
 
-async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
+async fn read_limited(resp: reqwest::Response) -> Result<Vec<u8>, String> {
+    read_at_most(resp, MAX_RESPONSE).await
+}
+
+async fn read_at_most(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
-        if out.len() + chunk.len() > MAX_RESPONSE {
-            return Err(format!("response larger than {MAX_RESPONSE} octets"));
+        if out.len() + chunk.len() > max {
+            return Err(format!("response larger than {max} octets"));
         }
         out.extend_from_slice(&chunk);
     }
@@ -156,6 +168,15 @@ impl Client {
         signature_ttl: i64,
     ) -> Result<Client, String> {
         install_crypto_provider();
+        let mut kb = reqwest::Client::builder()
+            .dns_resolver(Arc::new(resolver.clone()))
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(true)
+            .timeout(KEY_TIMEOUT.min(timeout))
+            .connect_timeout(KEY_TIMEOUT.min(timeout))
+            .user_agent(concat!("imipd/", env!("CARGO_PKG_VERSION")))
+            .pool_max_idle_per_host(0)
+            .no_proxy();
         let mut b = reqwest::Client::builder()
             .dns_resolver(Arc::new(resolver))
             .redirect(reqwest::redirect::Policy::none())
@@ -173,10 +194,12 @@ impl Client {
             if certs.is_empty() {
                 return Err(format!("{}: no certificate found", p.display()));
             }
+            kb = kb.tls_certs_merge(certs.clone());
             b = b.tls_certs_merge(certs);
         }
         Ok(Client {
             http: b.build().map_err(|e| describe(&e))?,
+            keys: kb.build().map_err(|e| describe(&e))?,
             key,
             caps: Mutex::new(HashMap::new()),
             moved: Mutex::new(HashMap::new()),
@@ -212,9 +235,18 @@ impl Client {
                 .get(reqwest::header::LOCATION)
                 .and_then(|v| v.to_str().ok())
                 .ok_or_else(|| PostError::BadResponse(format!("{status} without Location")))?;
-            let next = reqwest::Url::parse(&url)
-                .and_then(|u| u.join(loc))
+            let here = reqwest::Url::parse(&url)
+                .map_err(|e| PostError::BadResponse(format!("bad URL {url:?}: {e}")))?;
+            let next = here
+                .join(loc)
                 .map_err(|e| PostError::BadResponse(format!("bad Location {loc:?}: {e}")))?;
+            if !redirect_allowed(&here, &next) {
+                return Err(PostError::BadResponse(format!(
+                    "redirect from {} to {} refused: iSchedule never leaves HTTPS",
+                    base_of(here.as_str()),
+                    base_of(next.as_str())
+                )));
+            }
             if matches!(status, 301 | 308) {
                 lock(&self.moved).insert(base_of(&url), base_of(next.as_str()));
             }
@@ -356,12 +388,13 @@ impl Client {
         })
     }
 
-    /// `http/well-known` key records: GET `url`, which must answer text/plain.
+    /// `http/well-known` key records: GET `url` (HTTPS, certificate checked, no redirect),
+    /// which must answer 200 text/plain within a few seconds and a few KiB.
     pub async fn fetch_key_records(&self, url: &str) -> Result<Vec<String>, String> {
-        let (resp, _) = self
-            .send_following(url, |u| self.http.get(u))
-            .await
-            .map_err(|e| e.to_string())?;
+        if !url.starts_with("https://") {
+            return Err(format!("{url}: key URLs are https:// only"));
+        }
+        let resp = self.keys.get(url).send().await.map_err(|e| describe(&e))?;
         if resp.status().as_u16() != 200 {
             return Err(format!("{url}: HTTP {}", resp.status().as_u16()));
         }
@@ -374,13 +407,28 @@ impl Client {
         if !ct.starts_with("text/plain") {
             return Err(format!("{url}: content type {ct:?} is not text/plain"));
         }
-        let body = read_limited(resp).await?;
+        let body = tokio::time::timeout(KEY_TIMEOUT, read_at_most(resp, MAX_KEY_RESPONSE))
+            .await
+            .map_err(|_| format!("{url}: timed out"))??;
         Ok(String::from_utf8_lossy(&body)
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())
             .map(str::to_string)
             .collect())
+    }
+}
+
+/// A redirect from `here` to `next` is followed only when it stays on HTTPS; from a plain
+/// `http://` peer (`allow_http`, configured per peer) to HTTPS or to the same origin.
+pub fn redirect_allowed(here: &reqwest::Url, next: &reqwest::Url) -> bool {
+    match (here.scheme(), next.scheme()) {
+        (_, "https") => true,
+        ("http", "http") => {
+            here.host_str() == next.host_str()
+                && here.port_or_known_default() == next.port_or_known_default()
+        }
+        _ => false,
     }
 }
 
@@ -483,6 +531,22 @@ mod tests {
         if let Some(t) = observed("cyrus-3.6.1-deb12-post-two-originators.txt") {
             assert_eq!(parse_error(&t).0.as_deref(), Some("too-many-originators"));
         }
+    }
+
+    #[test]
+    fn redirects_never_leave_https() {
+        let u = |s: &str| reqwest::Url::parse(s).unwrap();
+        let h = u("https://cal.example/.well-known/ischedule");
+        assert!(redirect_allowed(&h, &u("https://other.example/x")));
+        assert!(!redirect_allowed(
+            &h,
+            &u("http://cal.example/.well-known/ischedule")
+        ));
+        assert!(!redirect_allowed(&h, &u("ftp://cal.example/x")));
+        let p = u("http://127.0.0.1:8080/ischedule");
+        assert!(redirect_allowed(&p, &u("http://127.0.0.1:8080/other")));
+        assert!(!redirect_allowed(&p, &u("http://127.0.0.1:9090/other")));
+        assert!(redirect_allowed(&p, &u("https://cal.example/")));
     }
 
     #[test]

@@ -194,6 +194,11 @@ impl Bridge {
     }
 
     async fn http_key_records(&self, sig: &Signature) -> Result<Vec<String>, String> {
+        // d= and s= were checked by `signer_syntax`; checked again here so that no caller can
+        // make this function fetch from an address or a path of its choosing.
+        if !is_dns_name(&sig.domain) || !is_dns_label(&sig.selector) {
+            return Err("d= or s= is not a DNS name".into());
+        }
         let k = (sig.domain.clone(), sig.selector.clone());
         if let Some((r, at)) = self
             .http_keys
@@ -205,12 +210,21 @@ impl Bridge {
                 return Ok(r.clone());
             }
         }
+        // An SRV record may move the key server, but only to a host of the signing domain
+        // itself (never to an address literal or another domain's host).
         let host = match self
             .resolver
             .srv(&format!("_domainkey_lookup._tcp.{}", sig.domain))
             .await
         {
-            Ok(t) if !t.is_empty() => format!("{}:{}", t[0].target, t[0].port),
+            Ok(t) if !t.is_empty() => {
+                let target = t[0].target.trim_end_matches('.').to_ascii_lowercase();
+                if is_dns_name(&target) && within_domain(&target, &sig.domain) {
+                    format!("{target}:{}", t[0].port)
+                } else {
+                    sig.domain.clone()
+                }
+            }
             _ => sig.domain.clone(),
         };
         let url = format!(
@@ -225,16 +239,31 @@ impl Bridge {
         Ok(r)
     }
 
+    /// The cheap checks of a signature's d= and s= before any key is looked up: d= is a DNS
+    /// name (no address literal, no port, no path) that equals the Originator's domain or a
+    /// parent of it (or a configured signer for it); s= is one DNS label.
+    pub fn signer_syntax(&self, sig: &Signature, originator: &str) -> Result<(), String> {
+        if !is_dns_name(&sig.domain) {
+            return Err(format!("d={} is not a DNS name", clean(&sig.domain)));
+        }
+        if !is_dns_label(&sig.selector) {
+            return Err(format!("s={} is not a DNS label", clean(&sig.selector)));
+        }
+        if !self.signer_may_sign_for(&sig.domain, originator) {
+            return Err(format!(
+                "signing domain {} does not match the Originator's domain {}",
+                sig.domain,
+                domain_of(originator)
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether a signature by `d` may speak for `originator` (the draft's d= binding: the
     /// Originator's domain or a parent of it, plus the configured exceptions).
     pub fn signer_may_sign_for(&self, d: &str, originator: &str) -> bool {
         let od = domain_of(originator);
-        let within = |dom: &str, parent: &str| {
-            dom.eq_ignore_ascii_case(parent)
-                || dom
-                    .to_ascii_lowercase()
-                    .ends_with(&format!(".{}", parent.to_ascii_lowercase()))
-        };
+        let within = within_domain;
         if within(&od, d) {
             return true;
         }
@@ -259,6 +288,40 @@ impl Bridge {
             })
             .map(|a| crate::ical::mailto(&crate::ical::norm_addr(&a)))
     }
+}
+
+/// `s` for a log line or an answer: control characters removed, at most 200 characters.
+pub fn clean(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(200).collect()
+}
+
+/// Whether `dom` is `parent` or a name below it (case-insensitive).
+pub fn within_domain(dom: &str, parent: &str) -> bool {
+    dom.eq_ignore_ascii_case(parent)
+        || dom
+            .to_ascii_lowercase()
+            .ends_with(&format!(".{}", parent.to_ascii_lowercase()))
+}
+
+/// One DNS label: letters, digits, `-` and `_`, 1 to 63 octets, not starting or ending in `-`.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A DNS host name of at least two labels that is not an IP address literal (no port, no
+/// path, no brackets; a trailing dot is not accepted either).
+pub fn is_dns_name(s: &str) -> bool {
+    s.len() <= 253
+        && s.contains('.')
+        && s.split('.').all(is_dns_label)
+        && s.parse::<std::net::IpAddr>().is_err()
+        // An all-numeric last label would be read as an IPv4 address by some resolvers.
+        && !s.rsplit('.').next().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The DNS record to publish for our key (for `imipd ischedule-key`).
@@ -286,4 +349,39 @@ pub fn key_publication(cfg: &Config) -> Result<serde_json::Value, String> {
 
 pub(crate) fn unix_now() -> i64 {
     now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_lookup_names_are_dns_names_only() {
+        assert!(is_dns_name("a.test"));
+        assert!(is_dns_name("mail-1.example.org"));
+        for bad in [
+            "127.0.0.1",
+            "127.0.0.1:8443",
+            "a.test:443",
+            "[::1]",
+            "::1",
+            "localhost",
+            "a.test/x",
+            "a.test.",
+            "a..test",
+            "-a.test",
+            "10.0.0.010",
+            "a.123",
+            "",
+        ] {
+            assert!(!is_dns_name(bad), "{bad:?}");
+        }
+        assert!(is_dns_label("ischedule"));
+        assert!(is_dns_label("sel_2024"));
+        for bad in ["../../admin?x=1", "a/b", "a.b", "", "a b", &"x".repeat(64)] {
+            assert!(!is_dns_label(bad), "{bad:?}");
+        }
+        assert!(within_domain("cal.a.test", "a.test"));
+        assert!(!within_domain("evila.test", "a.test"));
+    }
 }

@@ -4,9 +4,16 @@
 //! Originator/Recipient rules, locality, replay; then the shared pipeline for each local
 //! recipient. The answer is a whole-request error or one status per recipient; nothing is
 //! stored for a refused request.
+//!
+//! Cost before authentication is bounded: the cheap header checks (counts, sizes, the d= and s=
+//! syntax and binding) come first and are linear in the request; a key is looked up only after
+//! them; the signature check, the iCalendar parsing and the pipeline run on a blocking thread,
+//! never on the async workers that also serve the milter and LMTP. What goes back to the peer
+//! is generic where the detail would reveal something (key lookups, stored state); the detail
+//! goes to the log.
 
 use super::dkim::{self, DkimError};
-use super::{domain_of, unix_now, Bridge};
+use super::{unix_now, Bridge};
 use crate::ical::{self, Component};
 use crate::itip::Method;
 use crate::pipeline::{ItipDelivery, Pipeline, Verdict};
@@ -98,19 +105,82 @@ fn is_utc(p: Option<&crate::ical::Prop>) -> bool {
     p.is_some_and(|p| p.param("TZID").is_none() && p.value.trim().ends_with(['Z', 'z']))
 }
 
+/// What the cheap checks found, before the signature is verified.
+struct Pre {
+    originator: String,
+    recipients: Vec<String>,
+    ct_comp: Option<String>,
+    ct_method: Option<String>,
+    /// The DKIM-Signature value, its parse and the key found for it.
+    signature: Option<(
+        String,
+        dkim::Signature,
+        openssl::pkey::PKey<openssl::pkey::Public>,
+    )>,
+    replay_until: i64,
+    signer: String,
+}
+
 /// The header checks, DKIM and the iTIP rules: `Ok((originator, recipients, message-id
 /// key))` when the request may be delivered.
 struct Checked {
     originator: String,
     recipients: Vec<String>,
     method: String,
+    /// The component type (VEVENT, VTODO, VFREEBUSY).
+    kind: String,
     message_id: Option<String>,
     replay_key: Option<(String, i64)>,
 }
 
-async fn check(bridge: &Bridge, req: &Request) -> Result<Checked, Answer> {
+/// Recipients from the Recipient headers, de-duplicated in linear time, in the order given;
+/// `Err(())` as soon as more than `max` distinct ones are seen.
+fn recipients_of(h: &[(String, String)], max: usize) -> Result<Vec<String>, ()> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out: Vec<String> = Vec::new();
+    for r in values(h, "recipient")
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
+        if seen.insert(ical::norm_addr(r)) {
+            if out.len() == max {
+                return Err(());
+            }
+            out.push(r.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// The longest accepted lifetime of a request signature: `x - t`, or the age of `t` without
+/// `x`; a signature with neither never expires and is refused.
+fn check_lifetime(sig: &dkim::Signature, now: i64, max: i64) -> Result<(), String> {
+    match (sig.timestamp, sig.expiration) {
+        (Some(t), Some(x)) if x - t > max => Err(format!(
+            "signature valid for {} s (x - t); at most {max} s are accepted",
+            x - t
+        )),
+        (None, Some(x)) if x - now > max => Err(format!(
+            "signature without t= valid for {} more seconds; at most {max} s are accepted",
+            x - now
+        )),
+        (None, None) => Err("signature without t= and x= never expires".into()),
+        _ => Ok(()),
+    }
+}
+
+async fn precheck(bridge: &Bridge, req: &Request) -> Result<Pre, Answer> {
     let is = &bridge.cfg.ischedule;
     let h = &req.headers;
+    if req.body.len() > is.max_content_length {
+        return Err(refuse(
+            403,
+            "max-content-length",
+            format!("body larger than {} octets", is.max_content_length),
+        ));
+    }
     // 1. version
     let versions = values(h, "ischedule-version");
     if !versions
@@ -126,7 +196,7 @@ async fn check(bridge: &Bridge, req: &Request) -> Result<Checked, Answer> {
             } else {
                 format!(
                     "iSchedule-Version {} is not supported; 1.0 is",
-                    versions.join(",")
+                    super::clean(&versions.join(","))
                 )
             },
         ));
@@ -141,7 +211,10 @@ async fn check(bridge: &Bridge, req: &Request) -> Result<Checked, Answer> {
         return Err(refuse(
             400,
             "invalid-calendar-data-type",
-            format!("media type {mt:?} is not accepted; text/calendar is"),
+            format!(
+                "media type {:?} is not accepted; text/calendar is",
+                super::clean(&mt)
+            ),
         ));
     }
     // 3. exactly one Originator
@@ -150,6 +223,7 @@ async fn check(bridge: &Bridge, req: &Request) -> Result<Checked, Answer> {
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|v| !v.is_empty())
+        .take(2)
         .collect();
     let originator = match origs.as_slice() {
         [] => return Err(refuse(400, "originator-missing", "no Originator header")),
@@ -166,42 +240,24 @@ async fn check(bridge: &Bridge, req: &Request) -> Result<Checked, Answer> {
         return Err(refuse(
             403,
             "originator-invalid",
-            format!("{originator:?} is not a mailto: calendar user address"),
+            format!(
+                "{:?} is not a mailto: calendar user address",
+                super::clean(&originator)
+            ),
         ));
     }
-    // 4. at least one Recipient
-    let mut recipients: Vec<String> = Vec::new();
-    for r in values(h, "recipient")
-        .into_iter()
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-    {
-        if !recipients
-            .iter()
-            .any(|x| ical::norm_addr(x) == ical::norm_addr(r))
-        {
-            recipients.push(r.to_string());
-        }
-    }
-    if recipients.is_empty() {
-        return Err(refuse(400, "recipient-missing", "no Recipient header"));
-    }
-    if recipients.len() > is.max_recipients {
+    // 4. at least one Recipient, at most max_recipients
+    let Ok(recipients) = recipients_of(h, is.max_recipients) else {
         return Err(refuse(
             403,
             "max-recipients",
             format!("more than {} recipients", is.max_recipients),
         ));
+    };
+    if recipients.is_empty() {
+        return Err(refuse(400, "recipient-missing", "no Recipient header"));
     }
-    if req.body.len() > is.max_content_length {
-        return Err(refuse(
-            403,
-            "max-content-length",
-            format!("body larger than {} octets", is.max_content_length),
-        ));
-    }
-    // 5. DKIM
+    // 5. DKIM: the cheap checks, then the key; the signature itself is checked later.
     let sigs = values(h, "dkim-signature");
     let now = unix_now();
     let unsigned_ok = req.peer.is_some_and(|ip| {
@@ -211,6 +267,7 @@ async fn check(bridge: &Bridge, req: &Request) -> Result<Checked, Answer> {
     });
     let mut replay_until = now + is.max_signature_age_secs;
     let mut signer = String::from("-");
+    let mut signature = None;
     match sigs.as_slice() {
         [] if unsigned_ok => {}
         [] => return Err(verification_failed(DkimError::Missing)),
@@ -219,32 +276,72 @@ async fn check(bridge: &Bridge, req: &Request) -> Result<Checked, Answer> {
             dkim::check_required_headers(&sig).map_err(verification_failed)?;
             dkim::check_times(&sig, now, is.clock_skew_secs, is.max_signature_age_secs)
                 .map_err(verification_failed)?;
-            let key = bridge.lookup_key(&sig).await.map_err(verification_failed)?;
-            dkim::verify(h, &req.body, value, &sig, &key).map_err(|e| {
-                refuse(
-                    403,
-                    "verification-failed",
-                    format!("{e} (key {}/{})", sig.domain, sig.selector),
-                )
-            })?;
-            if !bridge.signer_may_sign_for(&sig.domain, &originator) {
-                return Err(refuse(
-                    403,
-                    "verification-failed",
-                    format!(
-                        "signing domain {} does not match the Originator's domain {}",
+            check_lifetime(&sig, now, is.max_signature_age_secs)
+                .map_err(|e| refuse(403, "verification-failed", e))?;
+            bridge
+                .signer_syntax(&sig, &originator)
+                .map_err(|e| refuse(403, "verification-failed", e))?;
+            let key = match bridge.lookup_key(&sig).await {
+                Ok(k) => k,
+                Err(e) => {
+                    // The detail (what was fetched, what answered) is for the log only: told
+                    // to the peer it would make the receiver a probe of other hosts.
+                    eprintln!(
+                        "imipd: ischedule: peer={} key lookup for {}/{} failed: {}",
+                        req.peer
+                            .map(|p| p.to_string())
+                            .unwrap_or_else(|| "-".into()),
                         sig.domain,
-                        domain_of(&originator)
-                    ),
-                ));
-            }
+                        sig.selector,
+                        super::clean(&e.to_string())
+                    );
+                    return Err(refuse(
+                        403,
+                        "verification-failed",
+                        format!("no usable public key for {}/{}", sig.domain, sig.selector),
+                    ));
+                }
+            };
             replay_until = sig
                 .expiration
                 .unwrap_or(sig.timestamp.unwrap_or(now) + is.max_signature_age_secs)
                 + is.clock_skew_secs;
             signer = sig.domain.clone();
+            signature = Some((value.to_string(), sig, key));
         }
         _ => return Err(verification_failed(DkimError::Multiple)),
+    }
+    Ok(Pre {
+        originator,
+        recipients,
+        ct_comp,
+        ct_method,
+        signature,
+        replay_until,
+        signer,
+    })
+}
+
+/// The CPU-heavy checks (signature, iCalendar, iTIP rules); run on a blocking thread.
+fn check(bridge: &Bridge, req: &Request, pre: Pre) -> Result<Checked, Answer> {
+    let h = &req.headers;
+    let Pre {
+        originator,
+        recipients,
+        ct_comp,
+        ct_method,
+        signature,
+        replay_until,
+        signer,
+    } = pre;
+    if let Some((value, sig, key)) = &signature {
+        dkim::verify(h, &req.body, value, sig, key).map_err(|e| {
+            refuse(
+                403,
+                "verification-failed",
+                format!("{e} (key {}/{})", sig.domain, sig.selector),
+            )
+        })?;
     }
     // 6. the body
     let Ok(text) = std::str::from_utf8(&req.body) else {
@@ -427,6 +524,7 @@ async fn check(bridge: &Bridge, req: &Request) -> Result<Checked, Answer> {
         originator: orig,
         recipients,
         method: method.as_str().to_string(),
+        kind,
         message_id,
         replay_key,
     })
@@ -448,29 +546,47 @@ fn status_of(v: &Verdict, rcpt: &str) -> (&'static str, String) {
         .map(|o| format!("{} {}: {}", o.uid, o.outcome, o.reason))
         .collect::<Vec<_>>()
         .join("; ");
+    // One status for every refusal, whatever the reason: a different code for "not an
+    // attendee of the stored event" and "no such event" would tell an outsider which UIDs
+    // exist here.
     match mine.iter().find(|o| o.outcome == "rejected") {
         None if mine.is_empty() => (CANNOT_HANDLE, "nothing to deliver".into()),
         None => (DELIVERED, reason),
-        Some(o) => {
-            let authority = o.reason.contains("must come from")
-                || o.reason.contains("not proven")
-                || o.reason.contains("may not create")
-                || o.reason.contains("policy");
-            (
-                if authority {
-                    NO_AUTHORITY
-                } else {
-                    CANNOT_HANDLE
-                },
-                reason,
-            )
+        Some(_) => (CANNOT_HANDLE, reason),
+    }
+}
+
+/// The generic text of a status, for the peer; the detail goes to the log.
+fn generic_description(status: &str) -> &'static str {
+    match status {
+        DELIVERED => "delivered",
+        NO_AUTHORITY => "not authorized",
+        _ => "not applied",
+    }
+}
+
+/// Checks and delivers one request: the cheap checks and the key lookup here, everything that
+/// costs CPU (signature, parsing, pipeline) on a blocking thread.
+pub async fn receive(bridge: Arc<Bridge>, pipeline: Arc<Pipeline>, req: Request) -> Answer {
+    let pre = match precheck(&bridge, &req).await {
+        Ok(p) => p,
+        Err(a) => return a,
+    };
+    match tokio::task::spawn_blocking(move || deliver(&bridge, pipeline, req, pre)).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("imipd: ischedule: request task failed: {e}");
+            refuse(500, "invalid-scheduling-message", "internal error")
         }
     }
 }
 
-/// Checks and delivers one request.
-pub async fn receive(bridge: &Bridge, pipeline: Arc<Pipeline>, req: Request) -> Answer {
-    let c = match check(bridge, &req).await {
+fn deliver(bridge: &Bridge, pipeline: Arc<Pipeline>, req: Request, pre: Pre) -> Answer {
+    let peer = req
+        .peer
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "-".into());
+    let c = match check(bridge, &req, pre) {
         Ok(c) => c,
         Err(a) => return a,
     };
@@ -481,13 +597,8 @@ pub async fn receive(bridge: &Bridge, pipeline: Arc<Pipeline>, req: Request) -> 
         .map(|r| ical::norm_addr(r))
         .filter(|r| !bridge.cfg.local_domains.is_empty() && bridge.cfg.is_local(r))
         .collect();
-    let replay_key = c.replay_key.clone();
-    let method = c.method.clone();
-    let message_id = c.message_id.clone();
-    let originator = c.originator.clone();
-    let local2 = local.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        if let Some((key, until)) = &replay_key {
+    let result = (|| {
+        if let Some((key, until)) = &c.replay_key {
             if !pipeline
                 .store
                 .remember_message_id(key, *until, unix_now())?
@@ -495,33 +606,33 @@ pub async fn receive(bridge: &Bridge, pipeline: Arc<Pipeline>, req: Request) -> 
                 return Ok(None);
             }
         }
-        if local2.is_empty() {
+        if local.is_empty() {
             return Ok(Some(Verdict::default()));
         }
         let v = pipeline.process_itip(&ItipDelivery {
             body: &text,
-            method: Some(&method),
-            message_id: message_id.as_deref(),
-            recipients: local2,
-            proven: vec![originator],
+            method: Some(&c.method),
+            message_id: c.message_id.as_deref(),
+            recipients: local.clone(),
+            proven: vec![c.originator.clone()],
         })?;
         pipeline.store.flush()?;
         Ok::<_, crate::store::StoreError>(Some(v))
-    })
-    .await;
+    })();
     let verdict = match result {
-        Ok(Ok(Some(v))) => v,
-        Ok(Ok(None)) => {
+        Ok(Some(v)) => v,
+        Ok(None) => {
             return refuse(
                 403,
                 "verification-failed",
                 format!(
                     "iSchedule-Message-ID {} was already received (replay)",
-                    c.message_id.unwrap_or_default()
+                    super::clean(&c.message_id.unwrap_or_default())
                 ),
             )
         }
-        Ok(Err(e)) => {
+        Err(e) => {
+            eprintln!("imipd: ischedule: peer={peer} store unavailable: {e}");
             return Answer::Responses(
                 c.recipients
                     .iter()
@@ -529,17 +640,10 @@ pub async fn receive(bridge: &Bridge, pipeline: Arc<Pipeline>, req: Request) -> 
                         recipient: r.clone(),
                         status: UNAVAILABLE,
                         calendar_data: None,
-                        description: Some(format!("store unavailable: {e}")),
+                        description: Some("store unavailable, try again later".into()),
                     })
                     .collect(),
-            )
-        }
-        Err(e) => {
-            return refuse(
-                500,
-                "invalid-scheduling-message",
-                format!("internal error: {e}"),
-            )
+            );
         }
     };
     let mut out = Vec::new();
@@ -554,7 +658,20 @@ pub async fn receive(bridge: &Bridge, pipeline: Arc<Pipeline>, req: Request) -> 
             });
             continue;
         }
-        let (status, description) = status_of(&verdict, &n);
+        let (mut status, detail) = status_of(&verdict, &n);
+        // Every Originator over iSchedule is an outsider (locality check above): what the
+        // pipeline found (whether a UID exists, who organizes it, whether it was applied)
+        // stays in the log. A scheduling message taken for a local recipient is "delivered"
+        // (as to a CalDAV schedule inbox) whatever the recipient's side then decided; only a
+        // free/busy query, whose answer is the data, says when there is none.
+        if c.kind != "VFREEBUSY" && status == CANNOT_HANDLE && detail != "nothing to deliver" {
+            status = DELIVERED;
+        }
+        eprintln!(
+            "imipd: ischedule: peer={peer} originator={} rcpt={n} status={status} detail={}",
+            c.originator,
+            super::clean(&detail)
+        );
         let calendar_data = if status == DELIVERED {
             verdict
                 .freebusy
@@ -568,7 +685,7 @@ pub async fn receive(bridge: &Bridge, pipeline: Arc<Pipeline>, req: Request) -> 
             recipient: r.clone(),
             status,
             calendar_data,
-            description: Some(description),
+            description: Some(generic_description(status).into()),
         });
     }
     Answer::Responses(out)
@@ -585,6 +702,52 @@ mod tests {
         assert_eq!(mt, "text/calendar");
         assert_eq!(c.as_deref(), Some("VEVENT"));
         assert_eq!(m.as_deref(), Some("REPLY"));
+    }
+
+    #[test]
+    fn recipients_are_deduplicated_in_linear_time_and_capped() {
+        let many: String = (0..20_000)
+            .map(|i| format!("mailto:u{}@b.test", i % 50))
+            .collect::<Vec<_>>()
+            .join(",");
+        let h = vec![("Recipient".to_string(), many)];
+        let t = std::time::Instant::now();
+        assert_eq!(recipients_of(&h, 100).unwrap().len(), 50);
+        assert!(recipients_of(&h, 49).is_err());
+        let distinct: String = (0..20_000)
+            .map(|i| format!("mailto:u{i}@b.test"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let h = vec![("Recipient".to_string(), distinct)];
+        assert!(recipients_of(&h, 100).is_err());
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[test]
+    fn signature_lifetime_is_capped() {
+        let sig = |t: Option<i64>, x: Option<i64>| dkim::Signature {
+            domain: "a.test".into(),
+            selector: "s".into(),
+            algorithm: dkim::Algorithm::RsaSha256,
+            headers: vec![],
+            body_hash: vec![],
+            signature: vec![],
+            timestamp: t,
+            expiration: x,
+            query_methods: vec![],
+        };
+        let now = 1_800_000_000;
+        assert!(check_lifetime(&sig(Some(now), Some(now + 600)), now, 3600).is_ok());
+        assert!(check_lifetime(&sig(Some(now), Some(now + 3600)), now, 3600).is_ok());
+        assert!(check_lifetime(&sig(Some(now), Some(now + 10 * 365 * 86400)), now, 3600).is_err());
+        assert!(check_lifetime(&sig(None, Some(now + 86400)), now, 3600).is_err());
+        assert!(check_lifetime(&sig(None, None), now, 3600).is_err());
+        // Without x= the age of t= is checked by check_times.
+        assert!(check_lifetime(&sig(Some(now), None), now, 3600).is_ok());
     }
 
     #[test]

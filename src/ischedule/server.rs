@@ -21,10 +21,15 @@ use tokio::sync::{watch, Semaphore};
 /// What the handlers need; a function so that a configuration reload is seen at once.
 pub type StateFn = Arc<dyn Fn() -> Option<(Arc<Pipeline>, Arc<Bridge>)> + Send + Sync>;
 
-/// Most connections served at once.
-const MAX_CONNECTIONS: usize = 256;
-/// Budget of the TLS handshake and of one connection.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections served at once: high, because a descriptor and a parked task cost little
+/// and slow clients are cut by the deadlines below, not by refusing everyone else.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Budget of the TLS handshake plus the first request's header: a client that has not sent a
+/// whole request header this long after connecting is dropped.
+const HEADER_DEADLINE: Duration = Duration::from_secs(10);
+/// Budget of a request body once the header is in.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Budget of one connection (kept-alive requests included).
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Clone, Copy)]
@@ -165,15 +170,20 @@ async fn post(
             )
         })
         .collect();
-    let answer = match axum::body::to_bytes(body, limit).await {
+    let answer = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
         Err(_) => Answer::Error {
+            status: 408,
+            element: "invalid-scheduling-message",
+            description: "request body not received in time".into(),
+        },
+        Ok(Err(_)) => Answer::Error {
             status: 403,
             element: "max-content-length",
             description: format!("body larger than {limit} octets"),
         },
-        Ok(bytes) => {
+        Ok(Ok(bytes)) => {
             receive::receive(
-                &bridge,
+                bridge.clone(),
                 pipeline,
                 receive::Request {
                     headers,
@@ -303,7 +313,8 @@ pub async fn serve(
         let app = app.clone().layer(Extension(Peer(peer)));
         tokio::spawn(async move {
             let _permit = permit;
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+            let start = tokio::time::Instant::now();
+            let stream = match tokio::time::timeout(HEADER_DEADLINE, tls.accept(stream)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     eprintln!("imipd: ischedule: TLS handshake with {peer}: {e}");
@@ -311,9 +322,15 @@ pub async fn serve(
                 }
                 Err(_) => return,
             };
+            let left = HEADER_DEADLINE
+                .saturating_sub(start.elapsed())
+                .max(Duration::from_secs(1));
             let io = hyper_util::rt::TokioIo::new(stream);
             let svc = hyper_util::service::TowerToHyperService::new(app);
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(left)
+                .serve_connection(io, svc);
             let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
         });
     }

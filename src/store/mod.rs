@@ -345,3 +345,53 @@ impl Store for Faulty {
         self.inner.remember_message_id(key, until, now)
     }
 }
+
+/// Creates `dir` (mode 0750), or takes group write and every permission for others away from
+/// an existing one of ours (a shared, sticky directory is left alone).
+pub fn private_data_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let e = |err: std::io::Error| StoreError::Io(format!("{}: {err}", dir.display()));
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
+            .map_err(e)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750)).map_err(e)?;
+    } else {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(dir).map_err(e)?;
+        let mode = md.permissions().mode() & 0o7777;
+        // Only our own directory, and never a shared one (sticky, like /tmp).
+        // SAFETY: geteuid has no preconditions.
+        let ours = md.uid() == unsafe { libc::geteuid() };
+        if ours && mode & 0o1000 == 0 && mode & 0o027 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o750))
+                .map_err(e)?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes every directory under `root` 0700 and every file 0600 (bounded depth).
+pub fn private_tree(root: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fn walk(p: &std::path::Path, depth: usize) -> std::io::Result<()> {
+        let md = std::fs::symlink_metadata(p)?;
+        if md.file_type().is_symlink() {
+            return Ok(());
+        }
+        if md.is_dir() {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))?;
+            if depth < 8 {
+                for entry in std::fs::read_dir(p)? {
+                    walk(&entry?.path(), depth + 1)?;
+                }
+            }
+        } else {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(())
+    }
+    walk(root, 0).map_err(|err| StoreError::Io(format!("{}: {err}", root.display())))
+}

@@ -108,9 +108,15 @@ fn max_key(user: &str) -> Vec<u8> {
 }
 
 impl Sled {
+    /// Opens (creating) the store under `dir`. The data dir is made 0750 (at most), the store's
+    /// directories 0700 and its files 0600 whatever the umask; the process's umask becomes
+    /// 0077 so that the files sled creates later (snapshots, blobs) are private too.
     pub fn open(dir: &Path) -> Result<Sled> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
+        super::private_data_dir(dir)?;
+        // SAFETY: umask only changes this process's file creation mask.
+        unsafe {
+            libc::umask(0o077);
+        }
         let db = sled::Config::new()
             .path(dir.join("store"))
             .cache_capacity(256 * 1024 * 1024)
@@ -124,6 +130,7 @@ impl Sled {
                 e => StoreError::Io(format!("{}: {e}", dir.display())),
             })?;
         let t = db.open_tree("calendar").map_err(io)?;
+        super::private_tree(&dir.join("store"))?;
         Ok(Sled {
             t,
             db,

@@ -186,6 +186,8 @@ pub struct PostfixOptions<'a> {
     pub virtual_domains: &'a [&'a str],
     /// The smtpd port; None picks a free one.
     pub smtp_port: Option<u16>,
+    /// Appended to main.cf (e.g. a `transport_maps` line).
+    pub extra_main_cf: &'a str,
 }
 
 const MASTER_CF: &str = "\
@@ -260,6 +262,7 @@ impl Postfix {
         if let Some(p) = o.milter_port {
             main.push_str(&format!("smtpd_milters = inet:127.0.0.1:{p}\n"));
         }
+        main.push_str(o.extra_main_cf);
         std::fs::write(etc.join("main.cf"), main).expect("main.cf");
         std::fs::write(
             etc.join("master.cf"),
