@@ -823,6 +823,7 @@ pub fn run(args: &Args) -> Result<i32, CliError> {
             Err(e) => log(format!("control socket {}: {e} (admin commands need the daemon stopped)", sock.display())),
         }
         tasks.push(tokio::spawn(queue_runner(core.clone(), rx.clone())));
+        tasks.push(tokio::spawn(crate::store::journal_retention(store.clone(), cfg.journal.keep_days, rx.clone())));
         core.queue_wakeup.notify_one();
         use std::io::Write;
         let _ = std::io::stdout().flush();

@@ -267,3 +267,100 @@ fn policy_local_per_domain() {
     ]);
     assert!(outcome_of(&out).starts_with("applied"), "{out}");
 }
+
+/// DESIGN "Command-line contract": `imipd --version` (and `version`) print the version, exit 0.
+#[test]
+fn version_is_printed() {
+    for args in [&["--version"][..], &["version"], &["-V"]] {
+        let (out, err, code) = imipd(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert_eq!(
+            out.trim(),
+            format!("imipd {}", env!("CARGO_PKG_VERSION")),
+            "{args:?}"
+        );
+    }
+}
+
+fn write_config(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
+    let p = dir.join("imipd.toml");
+    std::fs::write(&p, text).expect("config");
+    p
+}
+
+/// Read commands (`export`, `freebusy`, `journal`) on a data dir with no store: an error that
+/// names the path and where it came from, non-zero exit, and no store created.
+#[test]
+fn read_commands_never_create_a_store() {
+    let tmp = TempDir::new().expect("tempdir");
+    let data = tmp.path().join("nothing-here");
+    let cfg = write_config(
+        tmp.path(),
+        &format!("data_dir = \"{}\"\n", data.display()),
+    );
+    let c = cfg.to_str().expect("path");
+    let d = data.to_str().expect("path");
+    let window = ["--from", "20260101T000000Z", "--to", "20260102T000000Z"];
+    let mut cases: Vec<(Vec<&str>, &str)> = Vec::new();
+    for (flag, val, origin) in [("--config", c, c), ("--data-dir", d, "--data-dir")] {
+        cases.push((vec![flag, val, "export", "--user", "bob@example.org"], origin));
+        let mut fb = vec![flag, val, "freebusy", "--user", "bob@example.org"];
+        fb.extend_from_slice(&window);
+        cases.push((fb, origin));
+        cases.push((vec![flag, val, "journal"], origin));
+    }
+    for (args, origin) in cases {
+        let (out, err, code) = imipd(&args);
+        assert_ne!(code, 0, "{args:?}: {out}{err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert!(err.contains(d) && err.contains(origin), "{args:?}: {err}");
+        assert!(!data.exists(), "{args:?} created {}", data.display());
+    }
+    // A usage error (a bad date) opens nothing either.
+    let (_, err, code) = imipd(&[
+        "--data-dir", d, "freebusy", "--user", "bob@example.org", "--from", "garbage", "--to", "x",
+    ]);
+    assert_eq!(code, 64, "{err}");
+    assert!(!data.exists());
+}
+
+/// Without --data-dir the admin commands use the config's data_dir, and say so.
+#[test]
+fn admin_commands_read_data_dir_from_config() {
+    let tmp = TempDir::new().expect("tempdir");
+    let data = tmp.path().join("from-config");
+    let cfg = write_config(
+        tmp.path(),
+        &format!("data_dir = \"{}\"\nlocal_domains = [\"example.org\"]\n", data.display()),
+    );
+    let c = cfg.to_str().expect("path");
+    let m = request_msg(tmp.path(), "alice@example.com", "cfg-1@example.com");
+    let (out, err, code) = imipd(&["--config", c, "process", "--trust-sender", m.to_str().expect("path")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(outcome_of(&out).starts_with("applied"), "{out}");
+    assert!(
+        err.contains(&format!("store {} (data_dir of {c})", data.display())),
+        "{err}"
+    );
+    assert!(data.join("store").exists(), "no store under the config's data_dir");
+    let (out, err, code) = imipd(&["--config", c, "export", "--user", "bob@example.org"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("UID:cfg-1@example.com"), "{out}");
+}
+
+/// check-config through the binary: an unknown key is named with its table, a type error names
+/// its key (with table) and line.
+#[test]
+fn check_config_names_table_keys() {
+    let tmp = TempDir::new().expect("tempdir");
+    for (text, want) in [
+        ("[lmtp]\nlisten = \"inet:127.0.0.1:1\"\ndelivr = \"x\"\n", ":3: key `lmtp.delivr`"),
+        ("[milter]\n[lmtp]\ndeliver = 3\n", ":3: key `lmtp.deliver`"),
+        ("[ischedule]\nlisten = \"127.0.0.1:8443\"\n", ":2: key `ischedule.tls_cert`"),
+    ] {
+        let p = write_config(tmp.path(), text);
+        let (_, err, code) = imipd(&["--config", p.to_str().expect("path"), "check-config"]);
+        assert_eq!(code, 78, "{err}");
+        assert!(err.contains(want), "want {want:?} in {err}");
+    }
+}

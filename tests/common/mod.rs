@@ -5,6 +5,7 @@
 
 #[path = "skip.rs"]
 mod skip;
+#[allow(unused_imports)]
 pub use skip::{in_ci, is_root, require, skip};
 
 use std::io::Write;
