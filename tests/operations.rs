@@ -364,3 +364,147 @@ fn check_config_names_table_keys() {
         assert!(err.contains(want), "want {want:?} in {err}");
     }
 }
+
+/// DESIGN "Command-line contract", `journal`: JSON lines oldest first, the newest N, filters by
+/// user and Message-ID; `[journal] keep_days` retention applied by `imipd run`.
+#[test]
+fn journal_through_the_binary() {
+    use imipd::store::{Change, Commit, JournalEntry, Sled, Store};
+    let tmp = TempDir::new().expect("tempdir");
+    let data = tmp.path().join("data");
+    // Two lines from long ago, written as an older run would have.
+    {
+        let store = Sled::open(&data).expect("store");
+        for (n, ts) in [(1, 1_000_000_000i64), (2, 1_000_000_100)] {
+            let e = JournalEntry {
+                ts,
+                user: "bob@example.org".into(),
+                message_id: format!("<old-{n}@example.com>"),
+                method: "REQUEST".into(),
+                component: "VEVENT".into(),
+                uid: format!("old-{n}"),
+                outcome: "applied".into(),
+                reason: "stored".into(),
+            };
+            store
+                .commit(&Commit {
+                    user: "bob@example.org",
+                    uid: &e.uid,
+                    change: Change::Keep,
+                    processed_key: None,
+                    journal: &e,
+                    proposal: None,
+                })
+                .expect("commit");
+        }
+        store.flush().expect("flush");
+    }
+    let cfg_text = "local_domains = [\"example.org\"]\n[milter]\nlisten = \"inet:127.0.0.1:0\"\n\
+                    [lmtp]\nlisten = \"inet:127.0.0.1:0\"\n[journal]\nkeep_days = 30\n";
+    let cfg = write_config(
+        tmp.path(),
+        &format!("data_dir = \"{}\"\n{cfg_text}", data.display()),
+    );
+    let c = cfg.to_str().expect("path");
+    // New lines: one message to bob and carol, one to bob.
+    let two = tmp.path().join("two.eml");
+    std::fs::write(
+        &two,
+        "From: alice@example.com\r\nTo: bob@example.org, carol@example.org\r\nMessage-ID: <two@example.com>\r\n\
+Subject: Invitation\r\nContent-Type: text/calendar; method=REQUEST\r\n\r\nBEGIN:VCALENDAR\r\nVERSION:2.0\r\n\
+PRODID:-//t//EN\r\nMETHOD:REQUEST\r\nBEGIN:VEVENT\r\nUID:two\r\nDTSTAMP:20260102T000000Z\r\n\
+DTSTART:20260110T100000Z\r\nDTEND:20260110T110000Z\r\nORGANIZER:mailto:alice@example.com\r\n\
+ATTENDEE;PARTSTAT=NEEDS-ACTION:mailto:bob@example.org\r\nATTENDEE;PARTSTAT=NEEDS-ACTION:mailto:carol@example.org\r\n\
+END:VEVENT\r\nEND:VCALENDAR\r\n",
+    )
+    .expect("msg");
+    let one = request_msg(tmp.path(), "alice@example.com", "one@example.com");
+    for m in [&two, &one] {
+        let (_, err, code) = imipd(&["--config", c, "process", "--trust-sender", m.to_str().expect("path")]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let journal = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let mut args = vec!["--config", c, "journal"];
+        args.extend_from_slice(extra);
+        let (out, err, code) = imipd(&args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    };
+    let field = |v: &[serde_json::Value], k: &str| -> Vec<String> {
+        v.iter().map(|x| x[k].as_str().unwrap_or("?").to_string()).collect()
+    };
+    let all = journal(&[]);
+    assert_eq!(
+        field(&all, "uid"),
+        ["old-1", "old-2", "two", "two", "one@example.com"],
+        "oldest first: {all:#?}"
+    );
+    let last = &all[4];
+    assert_eq!(last["kind"], "decision");
+    assert_eq!(last["user"], "mailto:bob@example.org");
+    assert_eq!(last["message_id"], "one@example.com");
+    assert_eq!(last["method"], "REQUEST");
+    assert_eq!(last["component"], "VEVENT");
+    assert_eq!(last["outcome"], "applied");
+    assert!(last["ts"].as_i64().is_some_and(|t| t > 1_700_000_000), "{last}");
+    assert!(last["reason"].is_string());
+    assert_eq!(
+        field(&journal(&["--user", "mailto:Carol@example.org"]), "uid"),
+        ["two"]
+    );
+    let by_id = journal(&["--message-id", "<two@example.com>"]);
+    assert_eq!(field(&by_id, "user"), ["mailto:bob@example.org", "mailto:carol@example.org"]);
+    assert_eq!(field(&journal(&["--message-id", "two@example.com", "--user", "bob@example.org"]), "uid"), ["two"]);
+    assert_eq!(field(&journal(&["--limit", "2"]), "uid"), ["two", "one@example.com"]);
+    assert_eq!(field(&journal(&["--user", "bob@example.org", "--limit", "3"]), "uid"), ["old-2", "two", "one@example.com"]);
+    assert!(journal(&["--limit", "0"]).is_empty());
+    let (_, err, code) = imipd(&["--config", c, "journal", "--limit", "many"]);
+    assert_eq!(code, 64, "{err}");
+
+    // Retention: `imipd run` removes what is older than keep_days, through the same binary.
+    let run_dir = tmp.path().join("run");
+    std::fs::create_dir_all(&run_dir).expect("dir");
+    std::os::unix::fs::symlink(&data, run_dir.join("data")).expect("symlink");
+    let mut d = Imipd::start(&run_dir, cfg_text, &[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !d.log().contains("journal: removed 2 lines") {
+        assert!(std::time::Instant::now() < deadline, "no pruning: {}", d.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (out, err, code) = d.cli(&["journal"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(!out.contains("old-"), "{out}");
+    assert_eq!(d.stop(), Some(0), "{}", d.log());
+    assert_eq!(
+        field(&journal(&[]), "uid"),
+        ["two", "two", "one@example.com"]
+    );
+}
+
+/// Test hygiene: the Postfix fixture stops its master even when the directories it ran from are
+/// already gone (the order fields happen to drop in), and checks that the master is gone.
+#[test]
+fn postfix_fixture_stops_its_master() {
+    if !mta::have("postfix_fixture_stops_its_master", &["postfix"]) {
+        return;
+    }
+    let tmp = TempDir::new().expect("tempdir");
+    let mut pf = mta::Postfix::start(
+        &tmp.path().join("pf"),
+        &mta::PostfixOptions {
+            milter_port: None,
+            lmtp_port: None,
+            virtual_domains: &["example.org"],
+            smtp_port: None,
+        },
+    );
+    let pid = pf.master_pid().expect("master pid");
+    assert!(mta::pid_alive(pid));
+    drop(tmp);
+    assert!(pf.stop(), "master {pid} still running");
+    assert!(!mta::pid_alive(pid));
+    assert!(pf.stop(), "stop is idempotent");
+}
