@@ -291,3 +291,117 @@ fn lmtp_hands_on_to_dovecot() {
     assert!(replies.iter().all(|r| r.starts_with('4')), "{replies:?}");
     assert_eq!(imipd.stop(), Some(0), "{}", imipd.log());
 }
+
+/// `imipd process` as a Sieve program for sites that deliver with Dovecot's LDA (imipd(8),
+/// SIEVE FILTER): Pigeonhole's `execute :pipe` feeds the message to the wrapper the man page
+/// shows, the calendar is updated, and the message itself is delivered unchanged.
+#[test]
+fn process_as_a_sieve_program_under_dovecot_lda() {
+    let test = "process_as_a_sieve_program_under_dovecot_lda";
+    if !mta::have(test, &["dovecot", "dovecot-lda"]) {
+        return;
+    }
+    let extprograms = Path::new("/usr/lib/dovecot/modules/sieve/lib90_sieve_extprograms_plugin.so");
+    if !extprograms.exists() {
+        mta::skip(test, "Pigeonhole's extprograms plugin (dovecot-sieve) is not installed");
+        return;
+    }
+    if !mta::is_root() {
+        mta::skip(test, "a private Dovecot delivering as nobody needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let site = tmp.path().join("site");
+    let bin_dir = site.join("sieve-bin");
+    let data = site.join("imipd-data");
+    for d in [&bin_dir, &data] {
+        std::fs::create_dir_all(d).expect("dirs");
+    }
+    // The store belongs to the user Dovecot delivers as.
+    assert!(Command::new("chown").arg("nobody:nogroup").arg(&data).status().expect("chown").success());
+    let config = site.join("imipd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\nlocal_domains = [\"example.org\"]\n[policy]\ntrusted_authserv_ids = [\"upstream.example\"]\n",
+            data.display()
+        ),
+    )
+    .expect("config");
+    // The wrapper of imipd(8), with this build's binary and config.
+    let wrapper = bin_dir.join("imipd-process");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {} --config {} process \\\n    --recipient \"$1\" - >/dev/null\n",
+            env!("CARGO_BIN_EXE_imipd"),
+            config.display()
+        ),
+    )
+    .expect("wrapper");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let script = site.join("imipd.sieve");
+    std::fs::write(
+        &script,
+        "require [\"vnd.dovecot.execute\", \"envelope\", \"variables\"];\n\
+         if envelope :matches \"to\" \"*\" {\n    execute :pipe \"imipd-process\" \"${1}\";\n}\n",
+    )
+    .expect("sieve");
+    let dovecot = Dovecot::start(
+        &tmp.path().join("dovecot"),
+        &format!(
+            "protocol lda {{\n  mail_plugins = sieve\n}}\n\
+             plugin {{\n  sieve_default = {}\n  sieve_plugins = sieve_extprograms\n  \
+             sieve_global_extensions = +vnd.dovecot.execute\n  sieve_execute_bin_dir = {}\n}}\n",
+            script.display(),
+            bin_dir.display()
+        ),
+    );
+    let conf = dovecot.dir.join("dovecot.conf");
+    let msg = invitation("sieve-1@example.com", &["bob@example.org"]);
+    let mut lda = Command::new("/usr/lib/dovecot/dovecot-lda")
+        .arg("-c")
+        .arg(&conf)
+        .args(["-d", "bob@example.org", "-a", "bob@example.org", "-f", "alice@example.com"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("dovecot-lda");
+    lda.stdin.take().expect("stdin").write_all(msg.as_bytes()).expect("message");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lda.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = lda.kill();
+            panic!("dovecot-lda still running after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = lda.wait_with_output().expect("lda output");
+    assert!(
+        out.status.success(),
+        "dovecot-lda: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        dovecot.log()
+    );
+    // Delivered unchanged (no imipd header: nothing was handed back to Dovecot).
+    let msgs = wait_messages(&dovecot.maildir("example.org", "bob"), 1);
+    assert_eq!(msgs.len(), 1, "{}", dovecot.log());
+    assert!(msgs[0].contains("UID:sieve-1@example.com"), "{}", msgs[0]);
+    assert!(!msgs[0].contains("X-Imipd-Result"), "{}", msgs[0]);
+    // And the calendar was updated by the Sieve program, with the sender proven.
+    let export = Command::new(env!("CARGO_BIN_EXE_imipd"))
+        .arg("--config")
+        .arg(&config)
+        .args(["journal", "--user", "bob@example.org"])
+        .output()
+        .expect("journal");
+    let journal = String::from_utf8_lossy(&export.stdout);
+    assert!(
+        journal.contains("\"uid\":\"sieve-1@example.com\"") && journal.contains("\"outcome\":\"applied\""),
+        "journal: {journal}\n{}\n{}",
+        String::from_utf8_lossy(&export.stderr),
+        dovecot.log()
+    );
+}
