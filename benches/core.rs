@@ -7,10 +7,10 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use imipd::config::Config;
-use imipd::extract::{self, Extracted};
+use imipd::extract::{self, Extracted, Found};
 use imipd::ical::{self, Component};
 use imipd::itip::{self, Incoming, Method, StoredObject};
-use imipd::pipeline::{Delivery, Pipeline};
+use imipd::pipeline::Pipeline;
 use imipd::store::{Change, Commit, JournalEntry, Sled, Store};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -87,6 +87,7 @@ fn populate(store: &Sled, n: usize) {
         uid: String::new(),
         outcome: "applied".into(),
         reason: "bench".into(),
+        count: 1,
     };
     for i in 0..n {
         let u = user(i / EVENTS_PER_USER);
@@ -114,10 +115,13 @@ fn populate(store: &Sled, n: usize) {
     store.flush().expect("flush");
 }
 
-fn extracted(inc: Incoming, message_id: String) -> Extracted {
+fn extracted(inc: Incoming, proven: String, message_id: String) -> Extracted {
     Extracted {
         message_id: Some(message_id),
-        objects: vec![inc],
+        objects: vec![Found {
+            incoming: inc,
+            proven: vec![proven],
+        }],
         ..Default::default()
     }
 }
@@ -186,17 +190,11 @@ fn bench_store(c: &mut Criterion) {
                         components: vec![comp],
                         timezones: Default::default(),
                     };
-                    (u, extracted(inc, format!("r{k}@example.net")))
+                    let msgid = format!("r{k}@example.net");
+                    (u, extracted(inc, "guest@example.net".into(), msgid))
                 },
                 |(u, ex)| {
-                    let d = Delivery {
-                        raw: b"",
-                        recipients: vec![u],
-                        proven: vec!["guest@example.net".into()],
-                        queue_id: None,
-                        signed_prefix: None,
-                    };
-                    let v = pipeline.process_extracted(&d, ex).expect("process");
+                    let v = pipeline.process_extracted(&[u], ex).expect("process");
                     assert_eq!(v.outcomes[0].outcome, "applied", "{:?}", v.outcomes);
                 },
                 BatchSize::SmallInput,
@@ -229,17 +227,11 @@ fn bench_store(c: &mut Criterion) {
                         components: vec![comp],
                         timezones: Default::default(),
                     };
-                    (u, extracted(inc, format!("q{k}@example.org")))
+                    let msgid = format!("q{k}@example.org");
+                    (u.clone(), extracted(inc, u, msgid))
                 },
                 |(u, ex)| {
-                    let d = Delivery {
-                        raw: b"",
-                        recipients: vec![u.clone()],
-                        proven: vec![u],
-                        queue_id: None,
-                        signed_prefix: None,
-                    };
-                    let v = pipeline.process_extracted(&d, ex).expect("process");
+                    let v = pipeline.process_extracted(&[u], ex).expect("process");
                     assert_eq!(v.outcomes[0].outcome, "applied", "{:?}", v.outcomes);
                 },
                 BatchSize::SmallInput,

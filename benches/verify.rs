@@ -50,11 +50,11 @@ fn bench(c: &mut Criterion) {
     for (name, key) in [("rsa2048_sha256", &rsa), ("ed25519_sha256", &ed)] {
         let signed = key.sign(&message(), &[]);
         // Warm the DNS cache and check the proof once.
-        let v = rt.block_on(auth.verify(&signed, &TransportFacts::default()));
+        let v = rt.block_on(auth.verify_message(&signed, &TransportFacts::default()));
         assert!(v.proves("alice@example.com"), "{}", v.header_value);
         g.bench_function(name, |b| {
             b.iter(|| {
-                rt.block_on(auth.verify(&signed, &TransportFacts::default()))
+                rt.block_on(auth.verify_message(&signed, &TransportFacts::default()))
                     .proofs
                     .len()
             })

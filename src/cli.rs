@@ -584,40 +584,31 @@ fn read_input(file: Option<&str>) -> Result<Vec<u8>, CliError> {
 
 fn cmd_process(args: &Args, env: &Env, raw: Vec<u8>, io: &mut Io) -> Result<i32, CliError> {
     let pipeline = Pipeline::new(env.store.clone(), env.cfg.clone());
-    let mut proven = Vec::new();
-    let mut signed_prefix = None;
-    let mut raw = raw;
-    if args.trust_sender {
-        if let Some(f) = crate::extract::extract(&raw).from {
-            proven.push(f);
-        }
+    let prover;
+    let trust = if args.trust_sender {
+        crate::pipeline::Trust::Sender
     } else {
-        let prover = match &env.prover {
+        prover = match &env.prover {
             Some(p) => p.clone(),
             None => Arc::new(
                 crate::proof::Prover::new(&env.cfg).map_err(|e| CliError::new(EX_CONFIG, e))?,
             ),
         };
-        let proof = block_on(prover.prove(&raw, &crate::proof::Facts::default()))?;
-        io.errln(format!("Authentication-Results: {}", proof.results));
-        proven = proof.proven;
-        signed_prefix = proof.signed_prefix;
-        if let Some(inner) = proof.inner {
-            raw = inner;
-        }
-    }
-    let ex = crate::extract::extract(&raw);
+        crate::pipeline::Trust::Verify(&prover, crate::proof::Facts::default())
+    };
     let recipients: Vec<String> = args.recipients.iter().map(|r| ical::norm_addr(r)).collect();
     let delivery = Delivery {
         raw: &raw,
         recipients,
-        proven,
         queue_id: None,
-        signed_prefix,
+        trust,
     };
     let verdict = pipeline
-        .process_extracted(&delivery, ex)
+        .process(&delivery)
         .map_err(|e| CliError::new(EX_TEMPFAIL, e.to_string()))?;
+    if !args.trust_sender {
+        io.errln(format!("Authentication-Results: {}", verdict.proof.results));
+    }
     env.store
         .flush()
         .map_err(|e| CliError::new(EX_TEMPFAIL, e.to_string()))?;

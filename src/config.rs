@@ -161,6 +161,9 @@ pub struct Policy {
     pub trusted_relays: Vec<String>,
     /// Per-domain or per-user overrides of `create`: `"example.org" = "local"`.
     pub create_for: std::collections::BTreeMap<String, String>,
+    /// With `trust_authenticated_submission`: the addresses each SASL login may send as
+    /// (default: the login itself if it is an address, else login@ each local domain).
+    pub submission_logins: std::collections::HashMap<String, Vec<String>>,
 }
 
 impl Default for Policy {
@@ -172,6 +175,7 @@ impl Default for Policy {
             trusted_authserv_ids: Vec::new(),
             trusted_relays: Vec::new(),
             create_for: Default::default(),
+            submission_logins: Default::default(),
         }
     }
 }

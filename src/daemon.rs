@@ -34,8 +34,9 @@ struct State {
     bridge: Option<Arc<crate::ischedule::Bridge>>,
 }
 
+/// One log line on stderr; control characters from the input never split or forge a line.
 fn log(msg: impl AsRef<str>) {
-    eprintln!("imipd: {}", msg.as_ref());
+    eprintln!("imipd: {}", crate::sanitize::clean(msg.as_ref()));
 }
 
 impl Core {
@@ -87,26 +88,25 @@ impl Core {
         }
     }
 
-    /// Runs the pipeline in a blocking thread and makes the result durable.
+    /// Runs the pipeline (sender proof included: DKIM, S/MIME and PGP work stays off the async
+    /// workers) in a blocking thread and makes the result durable.
     async fn run_pipeline(
         &self,
         st: &State,
-        raw: Vec<u8>,
+        raw: Arc<Vec<u8>>,
         recipients: Vec<String>,
-        proof: &Proof,
+        facts: Facts,
         queue_id: Option<String>,
     ) -> Result<Verdict, String> {
         let pipeline = st.pipeline.clone();
+        let prover = st.prover.clone();
         let store = self.store.clone();
-        let proven = proof.proven.clone();
-        let signed_prefix = proof.signed_prefix.clone();
         let res = tokio::task::spawn_blocking(move || {
             let d = Delivery {
                 raw: &raw,
                 recipients,
-                proven,
                 queue_id,
-                signed_prefix,
+                trust: crate::pipeline::Trust::Verify(&prover, facts),
             };
             let v = pipeline.process(&d).map_err(|e| e.to_string())?;
             if !v.outcomes.is_empty() {
@@ -200,7 +200,8 @@ fn result_header(v: &Verdict, visible: &[String]) -> String {
     if v.outcomes.is_empty() {
         return "no calendar object applied".into();
     }
-    v.outcomes
+    let mut value = v
+        .outcomes
         .iter()
         .map(|o| {
             let r = ical::norm_addr(&o.recipient);
@@ -218,7 +219,12 @@ fn result_header(v: &Verdict, visible: &[String]) -> String {
             )
         })
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    for note in v.proof_notes() {
+        value.push_str("; note: ");
+        value.push_str(note);
+    }
+    crate::sanitize::clean(&value)
 }
 
 fn visible_recipients(raw: &[u8]) -> Vec<String> {
@@ -255,26 +261,69 @@ impl Core {
             client_ip: env.client_ip,
             auth_authen: env.auth_authen.clone(),
         };
-        let proof = st.prover.prove(&env.message, &facts).await;
         let mut actions = EomActions::default();
-        for i in &proof.remove_results {
-            actions
-                .delete_headers
-                .push(("Authentication-Results".into(), *i as u32 + 1));
-        }
         let all_rcpts: Vec<String> = env.rcpt_to.iter().map(|r| strip_angle(r)).collect();
         let local: Vec<String> = all_rcpts
             .iter()
             .filter(|r| st.cfg.is_local(r))
             .cloned()
             .collect();
-        let raw = proof.inner.clone().unwrap_or_else(|| env.message.clone());
-        // Outgoing iTIP from a local user on authenticated submission: keep their copy.
-        if env.auth_authen.is_some() {
-            if let Some(from) = proof
-                .from
-                .clone()
-                .filter(|f| st.cfg.is_local(f) && !st.cfg.local_domains.is_empty())
+        let message = Arc::new(env.message.clone());
+        let verdict = match self
+            .run_pipeline(
+                &st,
+                message.clone(),
+                local,
+                facts.clone(),
+                env.queue_id.clone(),
+            )
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                log(format!(
+                    "milter: queue_id={} store unavailable, tempfail: {e}",
+                    env.queue_id.as_deref().unwrap_or("-")
+                ));
+                actions.verdict = MilterVerdict::Tempfail(
+                    "Calendar store temporarily unavailable, try again later".into(),
+                );
+                return actions;
+            }
+        };
+        let proof = &verdict.proof;
+        for i in &proof.remove_results {
+            actions
+                .delete_headers
+                .push(("Authentication-Results".into(), *i as u32 + 1));
+        }
+        let raw: Vec<u8> = proof.inner.clone().unwrap_or_else(|| env.message.clone());
+        // Outgoing iTIP from a local user on authenticated submission: keep their copy, and
+        // relay it. Only when the site trusts authenticated submission, and only for the
+        // login's own address: a login sending with someone else's From changes nothing.
+        let submitter = env
+            .auth_authen
+            .as_deref()
+            .filter(|_| st.cfg.policy.trust_authenticated_submission)
+            .and_then(|login| {
+                proof
+                    .from
+                    .clone()
+                    .filter(|f| st.cfg.is_local(f) && !st.cfg.local_domains.is_empty())
+                    .filter(|f| st.prover.login_addresses(login).contains(f))
+            });
+        if env.auth_authen.is_some() && submitter.is_none() {
+            log(format!(
+                "milter: queue_id={} authenticated submission not recorded: {}",
+                env.queue_id.as_deref().unwrap_or("-"),
+                if st.cfg.policy.trust_authenticated_submission {
+                    "From is not one of the login's addresses"
+                } else {
+                    "policy.trust_authenticated_submission is off"
+                }
+            ));
+        }
+        if let Some(from) = submitter {
             {
                 let from_addr = from.clone();
                 let pipeline = st.pipeline.clone();
@@ -327,24 +376,8 @@ impl Core {
                 }
             }
         }
-        let verdict = match self
-            .run_pipeline(&st, raw, local, &proof, env.queue_id.clone())
-            .await
-        {
-            Ok(v) => v,
-            Err(e) => {
-                log(format!(
-                    "milter: queue_id={} store unavailable, tempfail: {e}",
-                    env.queue_id.as_deref().unwrap_or("-")
-                ));
-                actions.verdict = MilterVerdict::Tempfail(
-                    "Calendar store temporarily unavailable, try again later".into(),
-                );
-                return actions;
-            }
-        };
         Core::log_verdict("milter", env.queue_id.as_deref(), &verdict);
-        Core::log_verdict_debug(&st, "milter", &verdict, &proof);
+        Core::log_verdict_debug(&st, "milter", &verdict, proof);
         self.enqueue_outgoing(&st, &verdict);
         actions
             .insert_headers
@@ -458,38 +491,68 @@ impl crate::lmtp::Deliver for LmtpDoor {
         let core = &self.0;
         core.inflight.fetch_add(1, Ordering::SeqCst);
         let st = core.state();
-        let proof = st.prover.prove(&t.data, &Facts::default()).await;
         let deliver = Deliver::parse(&st.cfg.lmtp.deliver);
         let visible = visible_recipients(&t.data);
         let mut replies = Vec::with_capacity(t.rcpt_to.len());
         let qid = queue_id_from_received(&t.data);
-        for rcpt in &t.rcpt_to {
-            let r = strip_angle(rcpt);
-            let mut headers = vec![("Authentication-Results".to_string(), proof.results.clone())];
-            if st.cfg.is_local(&r) {
-                let raw = proof.inner.clone().unwrap_or_else(|| t.data.clone());
-                match core
-                    .run_pipeline(&st, raw, vec![r.clone()], &proof, qid.clone())
-                    .await
-                {
-                    Ok(v) => {
-                        Core::log_verdict("lmtp", qid.as_deref(), &v);
-                        Core::log_verdict_debug(&st, "lmtp", &v, &proof);
-                        core.enqueue_outgoing(&st, &v);
-                        if v.had_calendar {
-                            headers.push((RESULT_HEADER.into(), result_header(&v, &visible)));
-                        }
-                    }
-                    Err(e) => {
-                        log(format!("lmtp: rcpt={r} store unavailable, tempfail: {e}"));
-                        replies.push(Reply::new(
-                            451,
-                            "4.3.0",
-                            format!("<{r}> calendar store temporarily unavailable"),
-                        ));
-                        continue;
-                    }
+        let rcpts: Vec<String> = t.rcpt_to.iter().map(|r| strip_angle(r)).collect();
+        let local: Vec<String> = rcpts
+            .iter()
+            .filter(|r| st.cfg.is_local(r))
+            .cloned()
+            .collect();
+        // One pipeline run for every local recipient of the transaction (one parse, one
+        // proof); each recipient's reply and header then come from its own outcomes.
+        let data = Arc::new(t.data.clone());
+        let verdict = if local.is_empty() {
+            let prover = st.prover.clone();
+            let data = data.clone();
+            // No calendar to apply: only the Authentication-Results header is needed.
+            tokio::task::spawn_blocking(move || {
+                let (bytes, bare) = crate::message::normalize_line_ends(&data);
+                let parsed = crate::message::Parsed::new(&bytes, bare);
+                Verdict::proof_only(prover.prove_blocking(&parsed, &Facts::default()))
+            })
+            .await
+            .map_err(|e| format!("proof task failed: {e}"))
+        } else {
+            core.run_pipeline(&st, data, local, Facts::default(), qid.clone())
+                .await
+        };
+        let verdict = match verdict {
+            Ok(v) => {
+                if !v.outcomes.is_empty() || v.had_calendar {
+                    Core::log_verdict("lmtp", qid.as_deref(), &v);
+                    Core::log_verdict_debug(&st, "lmtp", &v, &v.proof);
+                    core.enqueue_outgoing(&st, &v);
                 }
+                Ok(v)
+            }
+            Err(e) => {
+                log(format!(
+                    "lmtp: queue_id={} store unavailable, tempfail: {e}",
+                    qid.as_deref().unwrap_or("-")
+                ));
+                Err(e)
+            }
+        };
+        for r in rcpts {
+            let v = match &verdict {
+                Ok(v) => v,
+                Err(_) => {
+                    replies.push(Reply::new(
+                        451,
+                        "4.3.0",
+                        format!("<{r}> calendar store temporarily unavailable"),
+                    ));
+                    continue;
+                }
+            };
+            let proof = &v.proof;
+            let mut headers = vec![("Authentication-Results".to_string(), proof.results.clone())];
+            if st.cfg.is_local(&r) && v.had_calendar {
+                let mine = v.for_recipient(&r);
+                headers.push((RESULT_HEADER.into(), result_header(&mine, &visible)));
             }
             let copy = crate::proof::rewrite_headers(
                 &t.data,

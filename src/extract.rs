@@ -3,10 +3,20 @@
 //! text/plain or octet-stream, QP and base64 (decoded leniently), charsets that lie, bare CR,
 //! duplicated parts, and the method from the body with the Content-Type parameter as fallback.
 //! Never a calendar inside a bounce or a forwarded message.
+//!
+//! Extraction reads the same MIME tree that sender proof was checked on, and gives each object
+//! the addresses whose proof covers the part it came from: a calendar beside a signed entity,
+//! or after a DKIM `l=` prefix, is unproven whatever else in the message is signed.
+//! Work is linear in the message: objects are grouped and de-duplicated with hash maps, a
+//! calendar's time zones are shared by its objects, and the number of objects is capped.
 
 use crate::ical::{self, Component};
 use crate::itip::{Incoming, Method};
-use mail_parser::{MessageParser, MimeHeaders, PartType};
+use crate::message::Parsed;
+use crate::proof::Proof;
+use mail_parser::{Message, MimeHeaders, PartType};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// A calendar object refused while extracting, with the reason.
 #[derive(Debug, Clone)]
@@ -17,6 +27,21 @@ pub struct Refused {
     pub reason: String,
 }
 
+/// One iTIP object found in a message, with the addresses proven for the part it came from.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub incoming: Incoming,
+    /// Normalized addresses whose proof covers this object.
+    pub proven: Vec<String>,
+}
+
+impl std::ops::Deref for Found {
+    type Target = Incoming;
+    fn deref(&self) -> &Incoming {
+        &self.incoming
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Extracted {
     pub message_id: Option<String>,
@@ -24,8 +49,8 @@ pub struct Extracted {
     pub subject: Option<String>,
     /// To and Cc addresses, normalized.
     pub recipients: Vec<String>,
-    pub objects: Vec<Incoming>,
-    /// Notes about the message (method mismatch, duplicates dropped).
+    pub objects: Vec<Found>,
+    /// Notes about the message (method mismatch, duplicates dropped, what proof covered).
     pub notes: Vec<String>,
     pub refused: Vec<Refused>,
     /// The message is a delivery report (bounce): nothing in it is applied.
@@ -38,45 +63,34 @@ pub const MAX_PART: usize = 8 * 1024 * 1024;
 pub const MAX_RECIPIENTS: usize = 1000;
 /// Maximum number of calendar parts looked at in one message.
 pub const MAX_PARTS: usize = 32;
+/// Maximum number of iTIP objects taken from one message (a real one has one or two).
+pub const MAX_OBJECTS: usize = 64;
 
-/// Normalizes line ends so that a message written with bare CR (old Exchange/CDO) parses.
-pub fn normalize_line_ends(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    if !raw.contains(&b'\r') {
-        return raw.into();
-    }
-    let mut has_bare = false;
-    for (i, b) in raw.iter().enumerate() {
-        if *b == b'\r' && raw.get(i + 1) != Some(&b'\n') {
-            has_bare = true;
-            break;
-        }
-    }
-    if !has_bare {
-        return raw.into();
-    }
-    let mut out = Vec::with_capacity(raw.len() + 64);
-    for (i, b) in raw.iter().enumerate() {
-        if *b == b'\r' && raw.get(i + 1) != Some(&b'\n') {
-            out.extend_from_slice(b"\r\n");
-        } else {
-            out.push(*b);
-        }
-    }
-    out.into()
-}
+pub use crate::message::normalize_line_ends;
 
 struct Part {
     text: String,
     ct_method: Option<String>,
     is_text_calendar: bool,
     order: usize,
+    proven: Vec<String>,
+    /// DKIM `l=` proofs that end inside this part: (address, the signed text of the part).
+    partial: Vec<(String, String)>,
 }
 
-/// Extracts every iTIP object of a message.
+/// Extracts every iTIP object of a message, all unproven (for tools and tests that need no
+/// sender proof).
 pub fn extract(raw: &[u8]) -> Extracted {
-    let raw = normalize_line_ends(raw);
+    let (bytes, bare_cr) = normalize_line_ends(raw);
+    let parsed = Parsed::new(&bytes, bare_cr);
+    extract_parsed(&parsed, &Proof::default())
+}
+
+/// Extracts every iTIP object of a parsed message, each with the addresses that `proof`
+/// proves for the part it came from.
+pub fn extract_parsed(parsed: &Parsed<'_>, proof: &Proof) -> Extracted {
     let mut ex = Extracted::default();
-    let Some(msg) = MessageParser::default().parse(raw.as_ref()) else {
+    let Some(msg) = parsed.tree.as_ref() else {
         ex.notes
             .push("message could not be parsed as RFC 5322".into());
         return ex;
@@ -88,7 +102,7 @@ pub fn extract(raw: &[u8]) -> Extracted {
         .and_then(|a| a.address())
         .map(ical::norm_addr);
     ex.subject = msg.subject().map(str::to_string);
-    let mut seen_rcpt = std::collections::HashSet::new();
+    let mut seen_rcpt = HashSet::new();
     'headers: for list in [msg.to(), msg.cc()].into_iter().flatten() {
         for a in list.iter() {
             if ex.recipients.len() >= MAX_RECIPIENTS {
@@ -105,9 +119,148 @@ pub fn extract(raw: &[u8]) -> Extracted {
             }
         }
     }
-    let raw_msg = msg.raw_message();
+    if let Some(why) = &proof.ambiguity {
+        if !proof.grants.is_empty() || !proof.results.is_empty() {
+            ex.notes.push(format!(
+                "sender proof covers no calendar: the MIME structure is ambiguous ({why})"
+            ));
+        }
+    }
     let mut parts: Vec<Part> = Vec::new();
+    match &proof.inner {
+        // An opaque S/MIME message: the calendars are inside the decoded entity.
+        Some(inner) => {
+            let (bytes, bare_cr) = normalize_line_ends(inner);
+            let inner = Parsed::new(&bytes, bare_cr);
+            if let Some(tree) = inner.tree.as_ref() {
+                let proven = proof.proven_for_opaque();
+                if report_in(tree) {
+                    return report(ex);
+                }
+                calendar_parts(
+                    tree,
+                    inner.bytes,
+                    &mut ex,
+                    &mut parts,
+                    |_, _| proven.clone(),
+                    |_, _| Vec::new(),
+                );
+            }
+        }
+        None => {
+            if report_in(msg) {
+                return report(ex);
+            }
+            calendar_parts(
+                msg,
+                parsed.bytes,
+                &mut ex,
+                &mut parts,
+                |index, end| proof.proven_for_part(index, end),
+                |body_start, end| proof.partial_for_part(body_start, end),
+            );
+        }
+    }
+    if !proof.grants.is_empty() && parts.iter().any(|p| p.proven.is_empty()) {
+        ex.notes.push(
+            "a calendar part lies outside what the sender's signature covers, in whole or in part"
+                .into(),
+        );
+    }
+    // Prefer proven parts, then the text/calendar alternative that carries method=, then
+    // other text/calendar: a copy outside the signature never displaces the signed one.
+    parts.sort_by_key(|p| {
+        (
+            p.proven.is_empty(),
+            !(p.is_text_calendar && p.ct_method.is_some()),
+            !p.is_text_calendar,
+            p.order,
+        )
+    });
+    let mut seen = HashSet::new();
+    for part in parts {
+        let first = ex.objects.len();
+        calendar_objects_into(
+            &part.text,
+            part.ct_method.as_deref(),
+            &part.proven,
+            &mut ex,
+            &mut seen,
+        );
+        // A DKIM l= prefix ending inside the part proves the objects that read the same
+        // from the signed text alone (a folded line continued after the prefix does not).
+        for (address, signed) in &part.partial {
+            let signed_objects = calendar_objects(signed, part.ct_method.as_deref());
+            let keys: HashSet<String> = signed_objects
+                .objects
+                .iter()
+                .map(|f| object_key(f))
+                .collect();
+            for found in &mut ex.objects[first..] {
+                if keys.contains(&object_key(found)) && !found.proven.contains(address) {
+                    found.proven.push(address.clone());
+                }
+            }
+        }
+    }
+    dedup_refusals(&mut ex);
+    ex
+}
+
+/// An object's identity for comparing two readings: method and the exact components.
+fn object_key(inc: &Incoming) -> String {
+    let mut key = inc.method.as_str().to_string();
+    for c in &inc.components {
+        key.push('\n');
+        key.push_str(&c.to_ical());
+    }
+    key
+}
+
+/// The single From address of a parsed message, normalized.
+pub fn from_of(parsed: &Parsed<'_>) -> Option<String> {
+    parsed
+        .tree
+        .as_ref()?
+        .from()?
+        .first()?
+        .address()
+        .map(ical::norm_addr)
+}
+
+fn report(mut ex: Extracted) -> Extracted {
+    ex.is_report = true;
+    ex.notes
+        .push("delivery report: calendars inside are not applied".into());
+    ex
+}
+
+/// Whether any part of the tree makes it a delivery report (RFC 6522), at any depth.
+fn report_in(msg: &Message<'_>) -> bool {
+    msg.parts.iter().any(|part| {
+        part.content_type().is_some_and(|ct| {
+            let sub = ct.c_subtype.as_deref().unwrap_or("");
+            (ct.c_type.eq_ignore_ascii_case("multipart") && sub.eq_ignore_ascii_case("report"))
+                || (ct.c_type.eq_ignore_ascii_case("message")
+                    && (sub.eq_ignore_ascii_case("delivery-status")
+                        || sub.eq_ignore_ascii_case("global-delivery-status")))
+        })
+    })
+}
+
+/// The calendar parts of one tree (never inside message/rfc822: those are separate trees).
+fn calendar_parts(
+    msg: &Message<'_>,
+    raw_msg: &[u8],
+    ex: &mut Extracted,
+    parts: &mut Vec<Part>,
+    proven_for: impl Fn(usize, usize) -> Vec<String>,
+    partial_for: impl Fn(usize, usize) -> Vec<(String, usize)>,
+) {
     for (idx, part) in msg.parts.iter().enumerate() {
+        if matches!(part.body, PartType::Multipart(_) | PartType::Message(_)) {
+            continue;
+        }
         let ct = part.content_type();
         let (ctype, csub) = match ct {
             Some(ct) => (
@@ -116,15 +269,6 @@ pub fn extract(raw: &[u8]) -> Extracted {
             ),
             None => ("text".into(), "plain".into()),
         };
-        if idx == 0 && ctype == "multipart" && csub == "report" {
-            ex.is_report = true;
-            ex.notes
-                .push("delivery report: calendars inside are not applied".into());
-            return ex;
-        }
-        if matches!(part.body, PartType::Multipart(_) | PartType::Message(_)) {
-            continue;
-        }
         let attr = |name: &str| -> Option<String> {
             ct.and_then(|ct| ct.attribute(name)).map(str::to_string)
         };
@@ -160,24 +304,28 @@ pub fn extract(raw: &[u8]) -> Extracted {
             ));
             break;
         }
-        let bytes: Vec<u8> = if headers_are_calendar {
-            let start = (part.offset_header as usize).min(body_end);
-            raw_msg[start..body_end].to_vec()
+        let cte = part
+            .headers
+            .iter()
+            .find(|h| h.name().eq_ignore_ascii_case("Content-Transfer-Encoding"))
+            .and_then(|h| h.value().as_text())
+            .map(|s| s.trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        let content_start = if headers_are_calendar {
+            (part.offset_header as usize).min(body_end)
         } else {
-            let body = &raw_msg[body_start.min(body_end)..body_end];
-            let cte = part
-                .headers
-                .iter()
-                .find(|h| h.name().eq_ignore_ascii_case("Content-Transfer-Encoding"))
-                .and_then(|h| h.value().as_text())
-                .map(|s| s.trim().to_ascii_lowercase())
-                .unwrap_or_default();
+            body_start.min(body_end)
+        };
+        let decode = |end: usize| -> Vec<u8> {
+            let body = &raw_msg[content_start..end];
             match cte.as_str() {
+                _ if headers_are_calendar => body.to_vec(),
                 "base64" => decode_base64_lenient(body),
                 "quoted-printable" => decode_qp_lenient(body),
                 _ => body.to_vec(),
             }
         };
+        let bytes = decode(body_end);
         if bytes.len() > MAX_PART {
             ex.refused.push(Refused {
                 method: attr("method").unwrap_or_default().to_ascii_uppercase(),
@@ -187,33 +335,36 @@ pub fn extract(raw: &[u8]) -> Extracted {
             });
             continue;
         }
-        let text = decode_charset(&bytes, attr("charset").as_deref());
+        let charset = attr("charset");
+        let text = decode_charset(&bytes, charset.as_deref());
         let text = if headers_are_calendar {
             strip_trailing_headers(&text)
         } else {
             text
         };
+        let proven = proven_for(idx, part.offset_end as usize);
+        let partial = partial_for(content_start, body_end)
+            .into_iter()
+            .filter(|(address, _)| !proven.contains(address))
+            .map(|(address, until)| {
+                let signed = decode_charset(&decode(until.min(body_end)), charset.as_deref());
+                (address, complete_calendars(&signed))
+            })
+            .collect();
         parts.push(Part {
             text,
             ct_method: attr("method").map(|m| m.trim().to_ascii_uppercase()),
             is_text_calendar,
             order: idx,
+            proven,
+            partial,
         });
     }
-    // Prefer the text/calendar alternative that carries method=, then other text/calendar.
-    parts.sort_by_key(|p| {
-        (
-            !(p.is_text_calendar && p.ct_method.is_some()),
-            !p.is_text_calendar,
-            p.order,
-        )
-    });
-    let mut seen: Vec<(String, i64, String)> = Vec::new();
-    for part in parts {
-        objects_of_part(&part, &mut ex, &mut seen);
-    }
-    // The same broken object in two parts (inline copy + attachment) is one refusal.
-    let mut seen_refusals = std::collections::HashSet::new();
+}
+
+/// The same broken object in two parts (inline copy + attachment) is one refusal.
+fn dedup_refusals(ex: &mut Extracted) {
+    let mut seen_refusals = HashSet::new();
     ex.refused.retain(|r| {
         seen_refusals.insert((
             r.method.clone(),
@@ -222,7 +373,18 @@ pub fn extract(raw: &[u8]) -> Extracted {
             r.reason.clone(),
         ))
     });
-    ex
+}
+
+/// The text up to and including its last END:VCALENDAR line (a signed prefix may stop inside
+/// a later calendar, which is not signed whole).
+fn complete_calendars(text: &str) -> String {
+    match text.to_ascii_uppercase().rfind("END:VCALENDAR") {
+        Some(pos) => {
+            let end = text[pos..].find('\n').map_or(text.len(), |n| pos + n + 1);
+            text[..end].to_string()
+        }
+        None => String::new(),
+    }
 }
 
 /// Cuts MIME headers that a broken client wrote after END:VCALENDAR.
@@ -233,26 +395,27 @@ fn strip_trailing_headers(text: &str) -> String {
     }
 }
 
-fn objects_of_part(part: &Part, ex: &mut Extracted, seen: &mut Vec<(String, i64, String)>) {
-    calendar_objects_into(&part.text, part.ct_method.as_deref(), ex, seen);
-}
-
 /// The iTIP objects of one iCalendar text (an iSchedule body, or one calendar part of a
 /// message): components grouped by UID, duplicates dropped, the method from the body with
-/// `ct_method` (the media type's `method=`) as fallback.
+/// `ct_method` (the media type's `method=`) as fallback. The objects carry no proof.
 pub fn calendar_objects(text: &str, ct_method: Option<&str>) -> Extracted {
     let mut ex = Extracted::default();
-    let mut seen = Vec::new();
+    let mut seen = HashSet::new();
     let ct_method = ct_method.map(|m| m.trim().to_ascii_uppercase());
-    calendar_objects_into(text, ct_method.as_deref(), &mut ex, &mut seen);
+    calendar_objects_into(text, ct_method.as_deref(), &[], &mut ex, &mut seen);
+    dedup_refusals(&mut ex);
     ex
 }
+
+/// What identifies one object copy: UID, SEQUENCE, RECURRENCE-ID.
+type SeenKey = (String, i64, String);
 
 fn calendar_objects_into(
     text: &str,
     ct_method: Option<&str>,
+    proven: &[String],
     ex: &mut Extracted,
-    seen: &mut Vec<(String, i64, String)>,
+    seen: &mut HashSet<SeenKey>,
 ) {
     let cals = match ical::parse(text) {
         Ok(c) => c,
@@ -267,6 +430,12 @@ fn calendar_objects_into(
         }
     };
     for cal in cals {
+        if ex.objects.len() + ex.refused.len() >= MAX_OBJECTS {
+            ex.notes.push(format!(
+                "more than {MAX_OBJECTS} calendar objects; the rest were not looked at"
+            ));
+            return;
+        }
         let body_method = cal.value("METHOD").map(|m| m.trim().to_ascii_uppercase());
         let method_str = match (&body_method, ct_method) {
             (Some(b), Some(c)) if b != c => {
@@ -277,17 +446,74 @@ fn calendar_objects_into(
             }
             (Some(b), _) => b.clone(),
             (None, Some(c)) => c.to_string(),
-            (None, None) => "PUBLISH".into(),
+            (None, None) => String::new(),
         };
-        let timezones: std::sync::Arc<Vec<Component>> =
-            std::sync::Arc::new(cal.subs_named("VTIMEZONE").cloned().collect());
+        let schedulable: Vec<&Component> = cal.subs.iter().filter(|c| c.is_schedulable()).collect();
+        let timezones: Arc<Vec<Component>> =
+            Arc::new(cal.subs_named("VTIMEZONE").cloned().collect());
         let tzmap = {
             let refs: Vec<&Component> = timezones.iter().collect();
             ical::time::TzMap::new(&refs)
         };
-        // Group schedulable components by UID, keeping their order.
+        let key_of = |c: &Component| -> SeenKey {
+            (
+                c.uid().unwrap_or("").to_string(),
+                c.sequence(),
+                crate::itip::rid_key(c, &tzmap),
+            )
+        };
+        // A copy of objects already taken from another part (an attachment without the
+        // method of the inline part, say) is no object of its own.
+        if !schedulable.is_empty()
+            && schedulable.len() <= MAX_OBJECTS
+            && schedulable.iter().all(|c| seen.contains(&key_of(c)))
+        {
+            continue;
+        }
+        let first = schedulable.first();
+        let refuse_all = |ex: &mut Extracted, reason: String| {
+            ex.refused.push(Refused {
+                method: method_str.clone(),
+                component: first.map(|c| c.name.clone()).unwrap_or_default(),
+                uid: first.and_then(|c| c.uid()).unwrap_or_default().to_string(),
+                reason,
+            });
+        };
+        if method_str.is_empty() {
+            if !schedulable.is_empty() {
+                refuse_all(
+                    ex,
+                    "not an iTIP message: no METHOD in the calendar or its media type".into(),
+                );
+            }
+            continue;
+        }
+        let Some(method) = Method::parse(&method_str) else {
+            if !schedulable.is_empty() {
+                refuse_all(ex, format!("unknown iTIP method {method_str}"));
+            }
+            continue;
+        };
+        // RFC 5546 §1.4: one iTIP message is about one object (one UID).
+        let uids: HashSet<&str> = schedulable
+            .iter()
+            .filter(|c| c.name != "VFREEBUSY")
+            .map(|c| c.uid().unwrap_or(""))
+            .collect();
+        if uids.len() > 1 {
+            refuse_all(
+                ex,
+                format!(
+                    "{} objects with different UIDs in one iTIP message",
+                    uids.len()
+                ),
+            );
+            continue;
+        }
+        // Group schedulable components by UID and kind, keeping their order.
         let mut groups: Vec<(String, String, Vec<Component>)> = Vec::new();
-        for c in cal.subs.iter().filter(|c| c.is_schedulable()) {
+        let mut group_of: HashMap<(String, String), usize> = HashMap::new();
+        for c in schedulable {
             let uid = c.uid().unwrap_or("").to_string();
             if uid.is_empty() && c.name != "VFREEBUSY" {
                 ex.refused.push(Refused {
@@ -298,34 +524,27 @@ fn calendar_objects_into(
                 });
                 continue;
             }
-            let key = (uid.clone(), c.sequence(), crate::itip::rid_key(c, &tzmap));
-            if seen.contains(&key) {
+            if !seen.insert(key_of(c)) {
                 continue; // the same object again (inline copy + attachment)
             }
-            seen.push(key);
-            match groups.iter_mut().find(|g| g.0 == uid && g.1 == c.name) {
-                Some(g) => g.2.push(c.clone()),
-                None => groups.push((uid, c.name.clone(), vec![c.clone()])),
-            }
-        }
-        let Some(method) = Method::parse(&method_str) else {
-            for (uid, kind, _) in groups {
-                ex.refused.push(Refused {
-                    method: method_str.clone(),
-                    component: kind,
-                    uid,
-                    reason: format!("unknown iTIP method {method_str}"),
+            let slot = *group_of
+                .entry((uid.clone(), c.name.clone()))
+                .or_insert_with(|| {
+                    groups.push((uid.clone(), c.name.clone(), Vec::new()));
+                    groups.len() - 1
                 });
-            }
-            continue;
-        };
+            groups[slot].2.push(c.clone());
+        }
         for (uid, kind, components) in groups {
-            ex.objects.push(Incoming {
-                method,
-                kind,
-                uid,
-                components,
-                timezones: timezones.clone(),
+            ex.objects.push(Found {
+                incoming: Incoming {
+                    method,
+                    kind,
+                    uid,
+                    components,
+                    timezones: timezones.clone(),
+                },
+                proven: proven.to_vec(),
             });
         }
     }

@@ -14,10 +14,12 @@ pub mod ischedule;
 pub mod itip;
 pub mod lmtp;
 pub mod maildir;
+pub mod message;
 pub mod milter;
 pub mod outbound;
 pub mod pipeline;
 pub mod proof;
+pub mod sanitize;
 pub mod store;
 
 /// Entry for `imipd run`.

@@ -5,6 +5,8 @@ use crate::config::Config;
 use crate::extract::{self, Extracted};
 use crate::ical::{self, Component};
 use crate::itip::{self, Context, Decision, Incoming, Method, OutMessage, Reason, StoredObject};
+use crate::message::Parsed;
+use crate::proof::Proof;
 use crate::store::{Change, Commit, JournalEntry, Store, StoreError};
 use serde::Serialize;
 use std::sync::Arc;
@@ -14,12 +16,21 @@ pub struct Delivery<'a> {
     pub raw: &'a [u8],
     /// Local recipients (normalized). Empty: the message's local To/Cc recipients.
     pub recipients: Vec<String>,
-    /// Addresses proven to have sent the message (normalized).
-    pub proven: Vec<String>,
     /// A queue id or similar, for the log.
     pub queue_id: Option<String>,
-    /// When set, the proof covers only calendars that also appear in this (signed) prefix.
-    pub signed_prefix: Option<Vec<u8>>,
+    /// How the sender is proven.
+    pub trust: Trust<'a>,
+}
+
+/// How a message's sender is proven.
+pub enum Trust<'a> {
+    /// By the message's own signatures and the transport facts, checked on the same MIME tree
+    /// that the calendars are read from (on a blocking thread when called from async code).
+    Verify(&'a crate::proof::Prover, crate::proof::Facts),
+    /// An admin replaying a message: the From address is proven for all of it.
+    Sender,
+    /// Nothing is proven.
+    Nothing,
 }
 
 /// What happened to one calendar object for one recipient.
@@ -62,11 +73,15 @@ pub struct Verdict {
     pub freebusy: Vec<FreeBusyAnswer>,
     /// Set by the front door: answer free/busy requests synchronously.
     sync_freebusy: bool,
+    /// Some object was rejected for want of proof (a typed fact, not a reason text).
+    rejected_for_proof: bool,
     pub notes: Vec<String>,
     /// Messages to send (already built as RFC 5322 bytes), with their envelope.
     pub outgoing: Vec<Outgoing>,
     pub message_id: Option<String>,
     pub had_calendar: bool,
+    /// The sender proof the message was judged by (empty for iSchedule bodies).
+    pub proof: Proof,
 }
 
 #[derive(Debug, Clone)]
@@ -77,12 +92,14 @@ pub struct Outgoing {
 }
 
 impl Verdict {
-    /// A one-line summary for a header: `user: METHOD uid outcome (reason); ...`.
+    /// A one-line summary for a header: `user: METHOD uid outcome (reason); ...`, cleaned of
+    /// control characters and bounded in length.
     pub fn header_value(&self) -> String {
         if self.outcomes.is_empty() {
             return "no calendar object applied".into();
         }
-        self.outcomes
+        let mut value = self
+            .outcomes
             .iter()
             .map(|o| {
                 format!(
@@ -95,14 +112,85 @@ impl Verdict {
                 )
             })
             .collect::<Vec<_>>()
-            .join("; ")
+            .join("; ");
+        for note in self.proof_notes() {
+            value.push_str("; note: ");
+            value.push_str(note);
+        }
+        crate::sanitize::clean(&value)
     }
 
+    /// The notes that say why sender proof did not cover a calendar.
+    pub fn proof_notes(&self) -> impl Iterator<Item = &String> {
+        self.notes
+            .iter()
+            .filter(|n| n.starts_with("sender proof") || n.starts_with("a calendar part"))
+    }
+
+    /// A verdict with nothing decided, only the sender proof (a message for no local user).
+    pub fn proof_only(proof: Proof) -> Verdict {
+        Verdict {
+            proof,
+            ..Default::default()
+        }
+    }
+
+    /// The verdict as one recipient's copy of the message should tell it.
+    pub fn for_recipient(&self, rcpt: &str) -> Verdict {
+        let mailto = ical::mailto(rcpt);
+        Verdict {
+            outcomes: self
+                .outcomes
+                .iter()
+                .filter(|o| o.recipient == mailto)
+                .cloned()
+                .collect(),
+            notes: self.notes.clone(),
+            message_id: self.message_id.clone(),
+            had_calendar: self.had_calendar,
+            ..Default::default()
+        }
+    }
+
+    /// Whether some object was refused because its sender is not proven to be the party
+    /// allowed to send it.
     pub fn any_rejected_for_proof(&self) -> bool {
-        self.outcomes.iter().any(|o| {
-            o.outcome == "rejected"
-                && (o.reason.contains("must come from") || o.reason.contains("not proven"))
-        })
+        self.rejected_for_proof
+    }
+}
+
+/// The rejections of one message for one recipient, one entry per kind of reason.
+struct Rejections {
+    kind: Option<std::mem::Discriminant<Reason>>,
+    method: String,
+    component: String,
+    uid: String,
+    reason: String,
+    count: u32,
+}
+
+impl Rejections {
+    fn add(
+        list: &mut Vec<Rejections>,
+        kind: Option<std::mem::Discriminant<Reason>>,
+        outcome: Option<&ObjectOutcome>,
+    ) {
+        let Some(o) = outcome else { return };
+        let same = |r: &&mut Rejections| match kind {
+            Some(_) => r.kind == kind,
+            None => r.kind.is_none() && r.reason == o.reason,
+        };
+        match list.iter_mut().find(|r| same(r)) {
+            Some(r) => r.count += 1,
+            None => list.push(Rejections {
+                kind,
+                method: o.method.clone(),
+                component: o.component.clone(),
+                uid: o.uid.clone(),
+                reason: o.reason.clone(),
+                count: 1,
+            }),
+        }
     }
 }
 
@@ -186,15 +274,32 @@ impl Pipeline {
         Pipeline { store, config }
     }
 
-    /// Runs one message through the pipeline. A store error aborts (the caller tempfails); what
-    /// was committed before stays, and the processed-message log makes a retry harmless.
+    /// Runs one message through the pipeline: one MIME parse, the sender proof on that tree,
+    /// extraction of what each proof covers, a decision per object and recipient, commits.
+    /// A store error aborts (the caller tempfails); what was committed before stays, and the
+    /// processed-message log makes a retry harmless.
     pub fn process(&self, d: &Delivery) -> Result<Verdict, StoreError> {
-        let ex = extract::extract(d.raw);
-        self.process_extracted(d, ex)
+        let (bytes, bare_cr) = extract::normalize_line_ends(d.raw);
+        let parsed = Parsed::new(&bytes, bare_cr);
+        let proof = match &d.trust {
+            Trust::Verify(prover, facts) => prover.prove_blocking(&parsed, facts),
+            Trust::Sender => Proof::trusted_sender(extract::from_of(&parsed)),
+            Trust::Nothing => Proof::default(),
+        };
+        let ex = extract::extract_parsed(&parsed, &proof);
+        let mut v = self.process_objects(&d.recipients, ex, false)?;
+        v.proof = proof;
+        Ok(v)
     }
 
-    pub fn process_extracted(&self, d: &Delivery, ex: Extracted) -> Result<Verdict, StoreError> {
-        self.process_objects(d, ex, false)
+    /// Decides and commits objects already extracted, each carrying its own proof (the
+    /// decide + commit half of [`Pipeline::process`], for benchmarks and tools).
+    pub fn process_extracted(
+        &self,
+        recipients: &[String],
+        ex: Extracted,
+    ) -> Result<Verdict, StoreError> {
+        self.process_objects(recipients, ex, false)
     }
 
     /// Runs one iTIP body (no mail around it) through the pipeline, as the iSchedule receiver
@@ -203,19 +308,16 @@ impl Pipeline {
     pub fn process_itip(&self, d: &ItipDelivery) -> Result<Verdict, StoreError> {
         let mut ex = extract::calendar_objects(d.body, d.method);
         ex.message_id = d.message_id.map(str::to_string);
-        let delivery = Delivery {
-            raw: d.body.as_bytes(),
-            recipients: d.recipients.clone(),
-            proven: d.proven.clone(),
-            queue_id: None,
-            signed_prefix: None,
-        };
-        self.process_objects(&delivery, ex, true)
+        // The iSchedule signature covers the whole body.
+        for found in &mut ex.objects {
+            found.proven = d.proven.clone();
+        }
+        self.process_objects(&d.recipients, ex, true)
     }
 
     fn process_objects(
         &self,
-        d: &Delivery,
+        recipients: &[String],
         ex: Extracted,
         sync_freebusy: bool,
     ) -> Result<Verdict, StoreError> {
@@ -226,25 +328,22 @@ impl Pipeline {
             had_calendar: !ex.objects.is_empty() || !ex.refused.is_empty(),
             ..Default::default()
         };
-        let recipients: Vec<String> = if d.recipients.is_empty() {
+        let recipients: Vec<String> = if recipients.is_empty() {
             ex.recipients
                 .iter()
                 .filter(|r| self.config.is_local(r))
                 .cloned()
                 .collect()
         } else {
-            d.recipients.clone()
+            recipients.to_vec()
         };
-        // Calendars outside the signed prefix (DKIM l=) get no proof.
-        let signed_objects: Option<Vec<String>> = d.signed_prefix.as_ref().map(|prefix| {
-            extract::extract(prefix)
-                .objects
-                .iter()
-                .map(|o| processed_key(None, o))
-                .collect()
-        });
+        if ex.is_report {
+            return Ok(v);
+        }
         let message_id = ex.message_id.clone().unwrap_or_default();
         for rcpt in &recipients {
+            // Rejections cost one journal line per message, recipient and reason.
+            let mut rejected: Vec<Rejections> = Vec::new();
             for r in &ex.refused {
                 v.outcomes.push(ObjectOutcome {
                     recipient: ical::mailto(rcpt),
@@ -254,26 +353,50 @@ impl Pipeline {
                     outcome: "rejected".into(),
                     reason: r.reason.clone(),
                 });
+                Rejections::add(&mut rejected, None, v.outcomes.last());
             }
-            for inc in &ex.objects {
-                let proven: &[String] = match &signed_objects {
-                    Some(list) if !list.contains(&processed_key(None, inc)) => &[],
-                    _ => &d.proven,
-                };
-                let outcome = self.apply_one(
+            for found in &ex.objects {
+                let (outcome, kind) = self.apply_one(
                     rcpt,
-                    inc,
-                    proven,
+                    found,
+                    &found.proven,
                     ex.message_id.as_deref(),
                     &message_id,
                     &mut v,
                 )?;
                 v.outcomes.push(outcome);
+                if let Some(kind) = kind {
+                    v.rejected_for_proof |= kind.is_authority();
+                    Rejections::add(&mut rejected, Some(kind.discriminant()), v.outcomes.last());
+                }
+            }
+            for r in rejected {
+                let uid = if r.count == 1 { r.uid } else { "*".into() };
+                self.store.commit(&Commit {
+                    user: rcpt,
+                    uid: &uid,
+                    change: Change::Keep,
+                    processed_key: None,
+                    journal: &JournalEntry {
+                        ts: now(),
+                        user: rcpt.to_string(),
+                        message_id: message_id.clone(),
+                        method: r.method,
+                        component: r.component,
+                        uid: uid.clone(),
+                        outcome: "rejected".into(),
+                        reason: r.reason,
+                        count: r.count,
+                    },
+                    proposal: None,
+                })?;
             }
         }
         Ok(v)
     }
 
+    /// Decides and commits one object for one recipient. A rejection is not journaled here: the
+    /// caller writes one summary per reason; its reason comes back for that.
     fn apply_one(
         &self,
         rcpt: &str,
@@ -282,7 +405,7 @@ impl Pipeline {
         message_id: Option<&str>,
         message_id_s: &str,
         v: &mut Verdict,
-    ) -> Result<ObjectOutcome, StoreError> {
+    ) -> Result<(ObjectOutcome, Option<Reason>), StoreError> {
         let ts = now();
         let pkey = processed_key(message_id, inc);
         let _guard = user_lock(rcpt);
@@ -303,11 +426,12 @@ impl Pipeline {
             uid: inc.uid.clone(),
             outcome: outcome.into(),
             reason: reason.into(),
+            count: 1,
         };
         if self.store.is_processed(rcpt, &pkey)? {
             out.outcome = "ignored".into();
             out.reason = Reason::Duplicate.to_string();
-            return Ok(out);
+            return Ok((out, None));
         }
         let ctx = Context {
             recipient: rcpt,
@@ -318,6 +442,7 @@ impl Pipeline {
         if inc.kind == "VFREEBUSY" && inc.method == Method::Request {
             return self.freebusy_request(rcpt, inc, &ctx, message_id, &pkey, out, v, journal);
         }
+        let mut rejected = None;
         let stored = if inc.uid.is_empty() {
             None
         } else {
@@ -395,7 +520,7 @@ impl Pipeline {
                     v.outgoing.push(self.build(&r, message_id));
                 }
             }
-            Decision::Ignored(_) | Decision::Rejected(_) => {
+            Decision::Ignored(_) => {
                 self.store.commit(&Commit {
                     user: rcpt,
                     uid: &inc.uid,
@@ -405,8 +530,9 @@ impl Pipeline {
                     proposal: None,
                 })?;
             }
+            Decision::Rejected(reason) => rejected = Some(reason),
         }
-        Ok(out)
+        Ok((out, rejected))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -420,7 +546,7 @@ impl Pipeline {
         mut out: ObjectOutcome,
         v: &mut Verdict,
         journal: impl Fn(&str, &str) -> JournalEntry,
-    ) -> Result<ObjectOutcome, StoreError> {
+    ) -> Result<(ObjectOutcome, Option<Reason>), StoreError> {
         match itip::check_freebusy_request(inc, ctx) {
             Ok((from, to, org)) => {
                 let busy = itip::merge_busy(self.store.busy(rcpt, from, to)?, from, to);
@@ -454,17 +580,10 @@ impl Pipeline {
             Err(r) => {
                 out.outcome = "rejected".into();
                 out.reason = r.to_string();
-                self.store.commit(&Commit {
-                    user: rcpt,
-                    uid: &inc.uid,
-                    change: Change::Keep,
-                    processed_key: None,
-                    journal: &journal(&out.outcome, &out.reason),
-                    proposal: None,
-                })?;
+                return Ok((out, Some(r)));
             }
         }
-        Ok(out)
+        Ok((out, None))
     }
 
     /// Site policy: who may put a new object into `rcpt`'s calendar.
@@ -570,6 +689,7 @@ impl Pipeline {
                 uid: o.uid.clone(),
                 outcome: o.outcome.clone(),
                 reason: o.reason.clone(),
+                count: 1,
             };
             let busy;
             let change = match &d {
@@ -639,6 +759,7 @@ impl Pipeline {
                 .map(|(r, c)| format!("{} {c}", ical::norm_addr(r)))
                 .collect::<Vec<_>>()
                 .join(", "),
+            count: 1,
         };
         self.store.commit(&Commit {
             user,
@@ -699,6 +820,7 @@ impl Pipeline {
                     uid: obj.uid.clone(),
                     outcome: "applied".into(),
                     reason: "imported".into(),
+                    count: 1,
                 };
                 self.store
                     .commit(&Commit {

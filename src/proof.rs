@@ -2,6 +2,7 @@
 //! the Authentication-Results header to stamp, and which forged A-R headers to remove.
 
 use crate::config::Config;
+use crate::message::Parsed;
 use std::net::IpAddr;
 
 /// What the transport knows about a message.
@@ -11,19 +12,87 @@ pub struct Facts {
     pub auth_authen: Option<String>,
 }
 
+pub use crate::auth::Coverage;
+
+/// One proven address and what the proof covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Normalized address.
+    pub address: String,
+    pub covers: Coverage,
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct Proof {
     pub from: Option<String>,
-    /// Proven addresses, normalized.
-    pub proven: Vec<String>,
+    /// Proven addresses, each with what its proof covers.
+    pub grants: Vec<Grant>,
     /// Authentication-Results header value (RFC 8601), authserv-id first.
     pub results: String,
     /// 0-based indexes among the message's Authentication-Results headers to remove.
     pub remove_results: Vec<usize>,
-    /// DKIM l=: proof covers only calendars found in this prefix of the message.
-    pub signed_prefix: Option<Vec<u8>>,
-    /// A verified signed entity (opaque S/MIME) to extract the calendar from.
+    /// An opaque S/MIME message's decoded entity inside the outer headers, to read calendars
+    /// from (whether or not the signature verified: only `grants` says what is proven).
     pub inner: Option<Vec<u8>>,
+    /// Why the message's content proves nothing (MIME that readers could see two ways).
+    pub ambiguity: Option<String>,
+}
+
+impl Proof {
+    /// An admin's word that the From address sent the whole message (`process --trust-sender`).
+    pub fn trusted_sender(from: Option<String>) -> Proof {
+        Proof {
+            grants: from
+                .iter()
+                .map(|f| Grant {
+                    address: f.clone(),
+                    covers: Coverage::Message,
+                })
+                .collect(),
+            from,
+            ..Default::default()
+        }
+    }
+
+    /// Addresses proven for a part of the outer tree.
+    pub fn proven_for_part(&self, index: usize, end: usize) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for g in self
+            .grants
+            .iter()
+            .filter(|g| g.covers.covers_part(index, end))
+        {
+            if !out.contains(&g.address) {
+                out.push(g.address.clone());
+            }
+        }
+        out
+    }
+
+    /// DKIM `l=` prefixes that end inside a part's body (after `body_start`, before `end`):
+    /// (address, offset where the signed bytes end). Objects wholly inside are proven.
+    pub fn partial_for_part(&self, body_start: usize, end: usize) -> Vec<(String, usize)> {
+        self.grants
+            .iter()
+            .filter_map(|g| match g.covers {
+                Coverage::Prefix(until) if until > body_start && until < end => {
+                    Some((g.address.clone(), until))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Addresses proven for the decoded content of an opaque S/MIME message.
+    pub fn proven_for_opaque(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for g in self.grants.iter().filter(|g| g.covers.covers_opaque()) {
+            if !out.contains(&g.address) {
+                out.push(g.address.clone());
+            }
+        }
+        out
+    }
 }
 
 /// The proof checks configured for this daemon: DKIM with alignment, S/MIME, PGP/MIME and the
@@ -60,6 +129,8 @@ pub fn auth_config(cfg: &Config) -> Result<crate::auth::AuthConfig, String> {
             .filter_map(|s| s.parse().ok())
             .collect(),
         trust_authenticated_submission: cfg.policy.trust_authenticated_submission,
+        submission_logins: cfg.policy.submission_logins.clone(),
+        local_domains: cfg.local_domains.clone(),
         dns_timeout: std::time::Duration::from_secs(cfg.dns.timeout_secs.unwrap_or(5).clamp(1, 60)),
     })
 }
@@ -77,12 +148,18 @@ impl Prover {
         &self.authserv_id
     }
 
-    pub async fn prove(&self, raw: &[u8], facts: &Facts) -> Proof {
+    /// The addresses a SASL login may send as.
+    pub fn login_addresses(&self, login: &str) -> Vec<String> {
+        self.auth.login_addresses(login)
+    }
+
+    /// Checks the sender proof of a parsed message.
+    pub async fn prove(&self, parsed: &Parsed<'_>, facts: &Facts) -> Proof {
         let tf = crate::auth::TransportFacts {
             client_ip: facts.client_ip,
             auth_authen: facts.auth_authen.clone(),
         };
-        let v = self.auth.verify(raw, &tf).await;
+        let v = self.auth.verify(parsed, &tf).await;
         let mut proof = Proof {
             from: v.from.clone().map(|f| crate::ical::norm_addr(&f)),
             results: v.header_value.clone(),
@@ -90,34 +167,39 @@ impl Prover {
             inner: v
                 .inner
                 .as_deref()
-                .and_then(|inner| splice_opaque(raw, inner)),
+                .and_then(|inner| splice_opaque(parsed.bytes, inner)),
+            ambiguity: parsed.ambiguity.clone(),
             ..Default::default()
         };
         for p in &v.proofs {
-            let addr = crate::ical::norm_addr(&p.address);
-            match p.body_limit {
-                None => {
-                    if !proof.proven.contains(&addr) {
-                        proof.proven.push(addr);
-                    }
-                }
-                Some(limit) => {
-                    // DKIM l=: only what lies inside the signed body counts.
-                    if v.proofs.iter().any(|q| {
-                        q.body_limit.is_none() && crate::ical::norm_addr(&q.address) == addr
-                    }) {
-                        continue;
-                    }
-                    let body_start = body_offset(raw);
-                    let end = body_start.saturating_add(limit).min(raw.len());
-                    proof.signed_prefix = Some(raw[..end].to_vec());
-                    if !proof.proven.contains(&addr) {
-                        proof.proven.push(addr);
-                    }
-                }
-            }
+            proof.grants.push(Grant {
+                address: crate::ical::norm_addr(&p.address),
+                covers: p.covers.clone(),
+            });
         }
         proof
+    }
+
+    /// [`Prover::prove`] from synchronous code: on a blocking thread of a tokio runtime (the
+    /// daemon's doors), or outside any runtime (the CLI).
+    pub fn prove_blocking(&self, parsed: &Parsed<'_>, facts: &Facts) -> Proof {
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => handle.block_on(self.prove(parsed, facts)),
+            Err(_) => match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(self.prove(parsed, facts)),
+                Err(e) => Proof {
+                    results: format!(
+                        "{}; x-imipd-sender=temperror reason={}",
+                        self.authserv_id,
+                        crate::sanitize::quoted(&e.to_string())
+                    ),
+                    ..Default::default()
+                },
+            },
+        }
     }
 }
 
@@ -149,20 +231,9 @@ pub fn splice_opaque(outer: &[u8], inner: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Offset of the body (after the blank line ending the header section).
-pub fn body_offset(raw: &[u8]) -> usize {
-    if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-        return p + 4;
-    }
-    if let Some(p) = raw.windows(2).position(|w| w == b"\n\n") {
-        return p + 2;
-    }
-    raw.len()
-}
-
 /// The single From address of a message, normalized.
 pub fn from_address(raw: &[u8]) -> Option<String> {
-    let raw = crate::extract::normalize_line_ends(raw);
+    let (raw, _) = crate::message::normalize_line_ends(raw);
     let msg = mail_parser::MessageParser::default().parse_headers(raw.as_ref())?;
     let from = msg.from()?;
     if from.iter().count() != 1 {

@@ -63,7 +63,7 @@ fn has(results: &[String], prefix: &str) -> bool {
 
 async fn verify(cfg: &AuthConfig, raw: &[u8]) -> imipd::auth::AuthVerdict {
     let auth = Authenticator::new(cfg).expect("authenticator");
-    let verdict = auth.verify(raw, &facts()).await;
+    let verdict = auth.verify_message(raw, &facts()).await;
     // Shown when a test fails: the header says what was decided.
     eprintln!("Authentication-Results: {}", verdict.header_value);
     verdict
@@ -103,7 +103,7 @@ async fn dkim_rsa_signature_by_from_domain_proves_from() {
             selector: "sel".into()
         }
     );
-    assert_eq!(proof.body_limit, None);
+    assert_eq!(proof.covers, imipd::auth::Coverage::Message);
 }
 
 /// RFC 8463: ed25519-sha256 signatures verify too.
@@ -291,12 +291,16 @@ async fn dkim_length_tag_with_appended_text_limits_proof() {
         &imip("alice@example.com", "REQUEST", REQUEST),
         &["--length"],
     );
-    signed.extend_from_slice(b"BEGIN:VCALENDAR\r\nMETHOD:CANCEL\r\nEND:VCALENDAR\r\n");
+    let appended = b"BEGIN:VCALENDAR\r\nMETHOD:CANCEL\r\nEND:VCALENDAR\r\n";
+    signed.extend_from_slice(appended);
 
     let verdict = verify(&config(&dns), &signed).await;
     assert!(verdict.proves("alice@example.com"), "{verdict:?}");
     assert!(has(&verdict.results, "dkim=pass header.d=example.com"));
-    assert_eq!(verdict.proofs[0].body_limit, Some(REQUEST.len()));
+    assert_eq!(
+        verdict.proofs[0].covers,
+        imipd::auth::Coverage::Prefix(signed.len() - appended.len())
+    );
 }
 
 /// Without any signature nothing is proven, and the header says so.
@@ -420,13 +424,16 @@ async fn smime_detached_signature_proves_from() {
         &verdict.results,
         "smime=pass smime.signer=alice@example.com"
     ));
-    assert!(verdict
+    let smime = verdict
         .proofs
         .iter()
-        .any(|p| p.method == ProofMethod::Smime));
+        .find(|p| p.method == ProofMethod::Smime)
+        .expect("S/MIME proof");
+    // The proof covers the signed entity (part 1 of the multipart/signed), not the signature.
+    assert_eq!(smime.covers, imipd::auth::Coverage::Parts(vec![1]));
     assert_eq!(
-        verdict.inner.as_deref(),
-        Some(calendar_entity(REQUEST).as_slice())
+        verdict.inner, None,
+        "a detached signature leaves the tree as it is"
     );
 }
 
@@ -638,8 +645,12 @@ async fn pgp_signature_by_bound_key_proves_from() {
         &verdict.results,
         "pgp=pass pgp.signer=alice@example.com"
     ));
-    assert!(verdict.proofs.iter().any(|p| p.method == ProofMethod::Pgp));
-    assert_eq!(verdict.inner.as_deref(), Some(entity.as_slice()));
+    let pgp = verdict
+        .proofs
+        .iter()
+        .find(|p| p.method == ProofMethod::Pgp)
+        .expect("PGP proof");
+    assert_eq!(pgp.covers, imipd::auth::Coverage::Parts(vec![1]));
 }
 
 /// RFC 3156 §5: the signature covers the first part's exact bytes; changing them fails.
@@ -750,21 +761,30 @@ async fn authenticated_submission_is_trusted_only_when_configured() {
     };
 
     let off = Authenticator::new(&config(&dns)).expect("authenticator");
-    assert!(off.verify(&raw, &submitted).await.proofs.is_empty());
+    assert!(off.verify_message(&raw, &submitted).await.proofs.is_empty());
 
     let on = Authenticator::new(&AuthConfig {
         trust_authenticated_submission: true,
+        local_domains: vec!["example.com".into()],
         ..config(&dns)
     })
     .expect("authenticator");
-    let verdict = on.verify(&raw, &submitted).await;
+    // Another login sending with alice's From proves nothing (DESIGN: the login's own address).
+    let bob = TransportFacts {
+        client_ip: None,
+        auth_authen: Some("bob".into()),
+    };
+    let forged = on.verify_message(&raw, &bob).await;
+    assert!(forged.proofs.is_empty(), "{forged:?}");
+    assert!(has(&forged.results, "auth=fail"));
+    let verdict = on.verify_message(&raw, &submitted).await;
     assert!(verdict.proves("alice@example.com"), "{verdict:?}");
     assert_eq!(
         verdict.proofs[0].method,
         ProofMethod::AuthenticatedSubmission
     );
     assert!(has(&verdict.results, "auth=pass smtp.auth=alice"));
-    assert!(on.verify(&raw, &facts()).await.proofs.is_empty());
+    assert!(on.verify_message(&raw, &facts()).await.proofs.is_empty());
 }
 
 /// A message from a configured trusted relay proves its From; other clients do not.
@@ -786,7 +806,7 @@ async fn trusted_relay_proves_from() {
         client_ip: Some(relay),
         auth_authen: None,
     };
-    let verdict = auth.verify(&raw, &from_relay).await;
+    let verdict = auth.verify_message(&raw, &from_relay).await;
     assert!(verdict.proves("alice@example.com"), "{verdict:?}");
     assert_eq!(verdict.proofs[0].method, ProofMethod::TrustedRelay);
 
@@ -794,7 +814,11 @@ async fn trusted_relay_proves_from() {
         client_ip: Some("198.51.100.7".parse().expect("ip")),
         auth_authen: None,
     };
-    assert!(auth.verify(&raw, &elsewhere).await.proofs.is_empty());
+    assert!(auth
+        .verify_message(&raw, &elsewhere)
+        .await
+        .proofs
+        .is_empty());
 }
 
 /// RFC 8601 §5: a trusted upstream's dkim=pass proves From; headers from anyone else, or
@@ -873,7 +897,7 @@ async fn missing_or_multiple_from_and_garbage_prove_nothing() {
         (&[0xff, 0xfe, b':', 0, 1, 2, b'\n', b'\n'], ""),
     ];
     for (raw, reason) in cases {
-        let verdict = auth.verify(raw, &submitted).await;
+        let verdict = auth.verify_message(raw, &submitted).await;
         assert!(verdict.proofs.is_empty(), "{verdict:?}");
         assert!(verdict.header_value.starts_with("mx.test.example; "));
         if !reason.is_empty() {
@@ -956,10 +980,10 @@ async fn truncated_signed_messages_never_panic() {
     })
     .expect("authenticator");
     for raw in [&opaque, &detached, &pgp] {
-        let full = auth.verify(raw, &facts()).await;
+        let full = auth.verify_message(raw, &facts()).await;
         assert!(full.proves("alice@example.com"), "{full:?}");
         for cut in (0..raw.len()).step_by(61) {
-            let verdict = auth.verify(&raw[..cut], &facts()).await;
+            let verdict = auth.verify_message(&raw[..cut], &facts()).await;
             assert!(verdict.header_value.starts_with("mx.test.example; "));
         }
     }

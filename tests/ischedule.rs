@@ -491,7 +491,7 @@ fn milter_relays_authenticated_submission_instead_of_mail() {
     }
     let Some(w) = world_with(
         test,
-        "[milter]\nlisten = \"inet:127.0.0.1:0\"\n",
+        "[milter]\nlisten = \"inet:127.0.0.1:0\"\n[policy]\ntrust_authenticated_submission = true\n",
         "relay = \"instead\"\n",
     ) else {
         return;

@@ -385,6 +385,7 @@ fn journal_through_the_binary() {
                 uid: format!("old-{n}"),
                 outcome: "applied".into(),
                 reason: "stored".into(),
+                count: 1,
             };
             store
                 .commit(&Commit {

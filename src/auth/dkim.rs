@@ -1,7 +1,16 @@
 //! DKIM (RFC 6376) through mail-auth: one outcome per signature.
+//!
+//! Two things are done here rather than in mail-auth: a signature whose `h=` does not cover From
+//! is not a pass (RFC 6376 §6.1.1 requires From to be signed), and `l=` counts octets of the
+//! *canonicalized* body (RFC 6376 §3.5), which is what dkimpy and OpenDKIM hash; mail-auth
+//! truncates the raw body instead, so a signature with `l=` over a body with later additions would
+//! never verify. The body prefix is canonicalized and hashed here, and the raw offset where the
+//! signed prefix ends is computed from the same walk, so "what the signature covers" is exact.
 
-use mail_auth::dkim::DkimError;
+use mail_auth::common::crypto::HashAlgorithm;
+use mail_auth::dkim::{Canonicalization, DkimError};
 use mail_auth::{AuthenticatedMessage, DkimResult, Error, Parameters};
+use sha2::{Digest, Sha256};
 
 use super::dns::Dns;
 use super::results::{quote, value};
@@ -16,8 +25,9 @@ pub(crate) struct DkimOutcome {
     pub(crate) selector: String,
     /// The first characters of `b=` to tell signatures apart (RFC 6008).
     short_b: String,
-    /// Set when `l=` leaves part of the body unsigned.
-    pub(crate) body_limit: Option<usize>,
+    /// Set when `l=` leaves part of the body unsigned: the signed prefix ends at this offset
+    /// of the raw message (whole lines only).
+    pub(crate) signed_until: Option<usize>,
 }
 
 impl DkimOutcome {
@@ -50,15 +60,16 @@ impl DkimOutcome {
             domain: String::new(),
             selector: String::new(),
             short_b: String::new(),
-            body_limit: None,
+            signed_until: None,
         }
     }
 }
 
 /// Verifies every DKIM signature of `raw`; all DNS work is bounded by the resolver's timeout.
-pub(crate) async fn verify(dns: &Dns, raw: &[u8]) -> Vec<DkimOutcome> {
-    // Non-strict parsing accepts `l=`; the unsigned tail is reported through `body_limit`.
-    let Some(message) = AuthenticatedMessage::parse_with_opts(raw, None, false) else {
+/// `body_offset` is where the MIME tree's body starts: a different view of it is an error.
+pub(crate) async fn verify(dns: &Dns, raw: &[u8], body_offset: usize) -> Vec<DkimOutcome> {
+    // Non-strict parsing accepts `l=`; the unsigned tail is reported through `signed_until`.
+    let Some(mut message) = AuthenticatedMessage::parse_with_opts(raw, None, false) else {
         return vec![DkimOutcome {
             reason: Some("unparseable message".to_string()),
             result: "permerror",
@@ -68,7 +79,29 @@ pub(crate) async fn verify(dns: &Dns, raw: &[u8]) -> Vec<DkimOutcome> {
     if message.dkim_headers.is_empty() && !message.has_dkim_errors {
         return vec![DkimOutcome::none()];
     }
-    let body_len = raw.len().saturating_sub(message.body_offset as usize);
+    if message.body_offset as usize != body_offset && !message.dkim_headers.is_empty() {
+        return vec![DkimOutcome {
+            reason: Some("header section ends where MIME readers disagree".to_string()),
+            result: "permerror",
+            ..DkimOutcome::none()
+        }];
+    }
+    let body = raw.get(message.body_offset as usize..).unwrap_or_default();
+    // Body hashes with l= over the canonicalized body, as the signers computed them.
+    let mut prefixes: Vec<(Canonicalization, u64, Option<usize>)> = Vec::new();
+    for (cb, ha, l, bh) in message.body_hashes.iter_mut() {
+        if *l == 0 {
+            continue;
+        }
+        let canonical = CanonicalBody::new(body, *cb);
+        let until = canonical.raw_end_of_prefix(*l as usize);
+        match (ha, canonical.prefix_hash(*l as usize)) {
+            (HashAlgorithm::Sha256, Some(hash)) => *bh = hash,
+            // Shorter than l (or SHA-1 with l=, which nothing signs today): never a pass.
+            _ => bh.clear(),
+        }
+        prefixes.push((*cb, *l, until.map(|u| u + message.body_offset as usize)));
+    }
     let params = Parameters::new(&message).with_txt_cache(&dns.cache);
     // Lookups run one signature after another: bound the whole by one budget per signature.
     let signatures = message.dkim_headers.len().max(1) as u32;
@@ -96,13 +129,104 @@ pub(crate) async fn verify(dns: &Dns, raw: &[u8]) -> Vec<DkimOutcome> {
                 outcome.domain = signature.d.to_lowercase();
                 outcome.selector = signature.s.clone();
                 outcome.short_b = short_b(&signature.b);
-                if signature.l > 0 && (signature.l as usize) < body_len {
-                    outcome.body_limit = Some(signature.l as usize);
+                if signature.l > 0 {
+                    outcome.signed_until = prefixes
+                        .iter()
+                        .find(|(cb, l, _)| *cb == signature.cb && *l == signature.l)
+                        .and_then(|(_, _, until)| *until);
+                }
+                // RFC 6376 §6.1.1: a signature that does not cover From proves nothing.
+                if outcome.passed() && !signature.h.iter().any(|h| h.eq_ignore_ascii_case("from")) {
+                    outcome.result = "policy";
+                    outcome.reason = Some("From not signed".to_string());
                 }
             }
             outcome
         })
         .collect()
+}
+
+/// A body canonicalized line by line (RFC 6376 §3.4.3 simple, §3.4.4 relaxed), remembering where
+/// each canonical line ends in the raw body. LF alone ends a line as CRLF does (a message read
+/// from a file); bare CR never reaches here (sender proof refuses such messages as ambiguous).
+struct CanonicalBody {
+    /// (raw offset just past the line's LF, canonical text of the line including CRLF)
+    lines: Vec<(usize, Vec<u8>)>,
+}
+
+impl CanonicalBody {
+    fn new(body: &[u8], cb: Canonicalization) -> Self {
+        let mut lines = Vec::new();
+        let mut start = 0;
+        while start < body.len() {
+            let end = body[start..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(body.len(), |i| start + i + 1);
+            let mut text = &body[start..end];
+            text = text.strip_suffix(b"\n").unwrap_or(text);
+            text = text.strip_suffix(b"\r").unwrap_or(text);
+            let mut line = Vec::with_capacity(text.len() + 2);
+            match cb {
+                Canonicalization::Simple => line.extend_from_slice(text),
+                Canonicalization::Relaxed => {
+                    let mut in_wsp = false;
+                    for &b in text {
+                        if b == b' ' || b == b'\t' {
+                            in_wsp = true;
+                        } else {
+                            if in_wsp {
+                                line.push(b' ');
+                            }
+                            in_wsp = false;
+                            line.push(b);
+                        }
+                    }
+                }
+            }
+            line.extend_from_slice(b"\r\n");
+            lines.push((end, line));
+            start = end;
+        }
+        // Trailing empty lines are not part of the canonical body.
+        while lines.last().is_some_and(|(_, l)| l == b"\r\n") {
+            lines.pop();
+        }
+        if lines.is_empty() && cb == Canonicalization::Simple {
+            lines.push((0, b"\r\n".to_vec()));
+        }
+        CanonicalBody { lines }
+    }
+
+    /// SHA-256 of the first `l` canonical octets; `None` when the body is shorter than that.
+    fn prefix_hash(&self, l: usize) -> Option<Vec<u8>> {
+        let mut hasher = Sha256::new();
+        let mut left = l;
+        for (_, line) in &self.lines {
+            let take = left.min(line.len());
+            hasher.update(&line[..take]);
+            left -= take;
+            if left == 0 {
+                break;
+            }
+        }
+        (left == 0).then(|| hasher.finalize().to_vec())
+    }
+
+    /// Raw body offset where the last canonical line lying wholly inside the first `l` octets
+    /// ends; `None` when the prefix covers the whole canonical body.
+    fn raw_end_of_prefix(&self, l: usize) -> Option<usize> {
+        let mut total = 0;
+        let mut end = 0;
+        for (raw_end, line) in &self.lines {
+            if total + line.len() > l {
+                return Some(end);
+            }
+            total += line.len();
+            end = *raw_end;
+        }
+        None
+    }
 }
 
 /// Maps mail-auth's result to an RFC 8601 result and a reason.
@@ -152,6 +276,36 @@ fn short_b(b: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_prefix_maps_to_whole_raw_lines() {
+        let body = b"a  b \r\n\r\nc\r\n\r\n\r\n";
+        let relaxed = CanonicalBody::new(body, Canonicalization::Relaxed);
+        // "a b\r\n" "\r\n" "c\r\n": trailing empty lines dropped.
+        assert_eq!(relaxed.lines.len(), 3);
+        assert_eq!(relaxed.raw_end_of_prefix(5), Some(7));
+        assert_eq!(relaxed.raw_end_of_prefix(7), Some(9));
+        assert_eq!(relaxed.raw_end_of_prefix(8), Some(9));
+        assert_eq!(relaxed.raw_end_of_prefix(10), None);
+        let full: Vec<u8> = relaxed.lines.iter().flat_map(|(_, l)| l.clone()).collect();
+        assert_eq!(full, b"a b\r\n\r\nc\r\n");
+        assert_eq!(
+            relaxed.prefix_hash(5),
+            Some(Sha256::digest(b"a b\r\n").to_vec())
+        );
+        assert_eq!(relaxed.prefix_hash(11), None);
+        let simple = CanonicalBody::new(b"x\n\n", Canonicalization::Simple);
+        assert_eq!(simple.lines.len(), 1);
+        assert_eq!(
+            CanonicalBody::new(b"", Canonicalization::Simple)
+                .lines
+                .len(),
+            1
+        );
+        assert!(CanonicalBody::new(b"", Canonicalization::Relaxed)
+            .lines
+            .is_empty());
+    }
 
     #[test]
     fn short_b_is_base64_prefix() {

@@ -1,8 +1,9 @@
 //! DMARC-style identifier alignment (RFC 7489 §3.1.1) between a DKIM `d=` and the From domain.
 //!
-//! The organizational domain is approximated without the public suffix list: a signing domain
-//! aligns in relaxed mode when one domain is the other or a subdomain of it, and the shorter of
-//! the two has at least two labels. Sibling subdomains therefore do not align (conservative).
+//! Relaxed alignment compares organizational domains (RFC 7489 §3.2), taken from the Public
+//! Suffix List compiled into the `psl` crate: `mail.example.co.uk` and `example.co.uk` align,
+//! `example.co.uk` and `other.co.uk` do not. A domain that is itself a public suffix (or not
+//! under any known one) has no organizational domain and aligns only with itself.
 
 use mail_auth::dmarc::{Alignment, Dmarc};
 use mail_auth::{DnsError, Error};
@@ -101,29 +102,20 @@ pub(crate) fn aligned(d: &str, from_domain: &str, strict: bool) -> bool {
     if strict {
         return false;
     }
-    let (shorter, longer) = if d.len() < from.len() {
-        (&d, &from)
-    } else {
-        (&from, &d)
-    };
-    labels(shorter) >= 2
-        && longer
-            .strip_suffix(shorter.as_str())
-            .is_some_and(|prefix| prefix.ends_with('.') && prefix.len() > 1)
-}
-
-/// The last two labels: a stand-in for the public-suffix-based organizational domain.
-fn organizational_domain(domain: &str) -> &str {
-    let mut dots = domain.rmatch_indices('.');
-    dots.next();
-    match dots.next() {
-        Some((i, _)) => &domain[i + 1..],
-        None => domain,
+    match (org_domain(&d), org_domain(&from)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
     }
 }
 
-fn labels(domain: &str) -> usize {
-    domain.split('.').filter(|l| !l.is_empty()).count()
+/// The organizational domain (RFC 7489 §3.2): the public suffix plus one label.
+fn org_domain(domain: &str) -> Option<&str> {
+    psl::domain_str(domain)
+}
+
+/// The organizational domain, or the domain itself when it has none.
+fn organizational_domain(domain: &str) -> &str {
+    org_domain(domain).unwrap_or(domain)
 }
 
 #[cfg(test)]
@@ -151,7 +143,21 @@ mod tests {
     fn unrelated_or_lookalike_domains_do_not_align() {
         assert!(!aligned("example.net", "example.com", false));
         assert!(!aligned("ample.com", "example.com", false));
-        assert!(!aligned("a.example.com", "b.example.com", false));
+    }
+
+    #[test]
+    fn siblings_share_an_organizational_domain() {
+        assert!(aligned("a.example.com", "b.example.com", false));
+        assert!(!aligned("a.example.com", "b.example.com", true));
+    }
+
+    #[test]
+    fn public_suffixes_come_from_the_list() {
+        assert!(aligned("mail.example.co.uk", "example.co.uk", false));
+        assert!(!aligned("example.co.uk", "other.co.uk", false));
+        assert!(!aligned("co.uk", "example.co.uk", false));
+        // Private suffixes of the list: two customers of one host do not align.
+        assert!(!aligned("alice.github.io", "mallory.github.io", false));
     }
 
     #[test]
@@ -161,9 +167,10 @@ mod tests {
     }
 
     #[test]
-    fn organizational_domain_is_last_two_labels() {
+    fn organizational_domain_follows_the_public_suffix_list() {
         assert_eq!(organizational_domain("a.b.example.com"), "example.com");
         assert_eq!(organizational_domain("example.com"), "example.com");
-        assert_eq!(organizational_domain("localhost"), "localhost");
+        assert_eq!(organizational_domain("a.b.example.co.uk"), "example.co.uk");
+        assert_eq!(organizational_domain("co.uk"), "co.uk");
     }
 }

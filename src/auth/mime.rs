@@ -1,12 +1,14 @@
 //! The few MIME facts sender proof needs: the From address, the top-level signed structure,
 //! and the exact bytes a signature covers.
 
-use mail_parser::{Address, ContentType, HeaderName, HeaderValue, Message, MessageParser};
+use crate::message::Parsed;
+use mail_parser::{Address, ContentType, HeaderName, HeaderValue, Message, PartType};
 
-/// A message as far as sender proof looks at it: headers and the top-level entity.
-pub(crate) struct TopLevel<'a> {
+/// A message as far as sender proof looks at it: headers and the top-level entity, read from
+/// the one MIME tree of the message.
+pub(crate) struct TopLevel<'p, 'a> {
     raw: &'a [u8],
-    message: Message<'a>,
+    message: &'p Message<'a>,
 }
 
 /// A top-level S/MIME signature.
@@ -15,6 +17,8 @@ pub(crate) enum SmimeSigned {
     Detached {
         content: Vec<u8>,
         signature: Vec<u8>,
+        /// The tree index of the signed entity.
+        entity: usize,
     },
     /// `application/pkcs7-mime; smime-type=signed-data`: the DER signed-data.
     Opaque { der: Vec<u8> },
@@ -26,16 +30,18 @@ pub(crate) struct PgpSigned {
     pub(crate) content: Vec<u8>,
     /// The second part's decoded body (usually ASCII armored).
     pub(crate) signature: Vec<u8>,
+    /// The tree index of the signed entity.
+    pub(crate) entity: usize,
 }
 
-impl<'a> TopLevel<'a> {
-    /// Parses the headers; `None` when `raw` has no header section at all.
-    pub(crate) fn parse(raw: &'a [u8]) -> Option<Self> {
-        let message = MessageParser::default().parse(raw)?;
-        if message.parts.first()?.headers.is_empty() {
-            return None;
-        }
-        Some(TopLevel { raw, message })
+impl<'p, 'a> TopLevel<'p, 'a> {
+    /// The top level of a parsed message; `None` when it has no header section at all.
+    pub(crate) fn of(parsed: &'p Parsed<'a>) -> Option<Self> {
+        let message = parsed.tree.as_ref()?;
+        Some(TopLevel {
+            raw: parsed.bytes,
+            message,
+        })
     }
 
     pub(crate) fn raw(&self) -> &'a [u8] {
@@ -104,8 +110,12 @@ impl<'a> TopLevel<'a> {
             {
                 return None;
             }
-            let (content, signature) = self.signed_parts(ct)?;
-            return Some(SmimeSigned::Detached { content, signature });
+            let (content, signature, entity) = self.signed_parts()?;
+            return Some(SmimeSigned::Detached {
+                content,
+                signature,
+                entity,
+            });
         }
         if ctype.eq_ignore_ascii_case("application")
             && (subtype.eq_ignore_ascii_case("pkcs7-mime")
@@ -134,11 +144,15 @@ impl<'a> TopLevel<'a> {
         {
             return None;
         }
-        let (content, signature) = self.signed_parts(ct)?;
-        Some(PgpSigned { content, signature })
+        let (content, signature, entity) = self.signed_parts()?;
+        Some(PgpSigned {
+            content,
+            signature,
+            entity,
+        })
     }
 
-    fn root_headers(&self) -> &[mail_parser::Header<'a>] {
+    fn root_headers(&self) -> &'p [mail_parser::Header<'a>] {
         self.message
             .parts
             .first()
@@ -146,7 +160,7 @@ impl<'a> TopLevel<'a> {
             .unwrap_or_default()
     }
 
-    fn content_type(&self) -> Option<&ContentType<'a>> {
+    fn content_type(&self) -> Option<&'p ContentType<'a>> {
         self.root_headers()
             .iter()
             .find(|h| h.name == HeaderName::ContentType)
@@ -156,18 +170,27 @@ impl<'a> TopLevel<'a> {
             })
     }
 
-    /// The first part (CRLF canonical) and the decoded second part of a `multipart/signed`.
-    fn signed_parts(&self, ct: &ContentType<'_>) -> Option<(Vec<u8>, Vec<u8>)> {
-        let boundary = param(ct, "boundary")?;
-        let offset = self.message.parts.first()?.raw_body_offset() as usize;
-        let body = self.raw.get(offset..)?;
-        let parts = split_multipart(body, boundary.as_bytes())?;
-        let [content, signature, ..] = parts.as_slice() else {
+    /// The first part (CRLF canonical), the decoded second part of a `multipart/signed`, and
+    /// the tree index of the first part. Exactly two parts, as RFC 1847 §2.1 says: a third part
+    /// would be unsigned content beside the signed entity.
+    fn signed_parts(&self) -> Option<(Vec<u8>, Vec<u8>, usize)> {
+        let PartType::Multipart(children) = &self.message.parts.first()?.body else {
             return None;
         };
-        let signature = MessageParser::default().parse(*signature)?;
-        let signature = signature.parts.first()?.contents().to_vec();
-        Some((canonical_crlf(content), signature))
+        let [content, signature] = children.as_slice() else {
+            return None;
+        };
+        let content_part = self.message.parts.get(*content as usize)?;
+        let bytes = self
+            .raw
+            .get(content_part.offset_header as usize..content_part.offset_end as usize)?;
+        let signature = self
+            .message
+            .parts
+            .get(*signature as usize)?
+            .contents()
+            .to_vec();
+        Some((canonical_crlf(bytes), signature, *content as usize))
     }
 }
 
@@ -197,49 +220,6 @@ pub(crate) fn unfold(value: &str) -> String {
         .to_string()
 }
 
-/// The body parts of a multipart body (RFC 2046 §5.1.1), each without the line break that
-/// belongs to the following delimiter. `None` without a closing delimiter.
-pub(crate) fn split_multipart<'b>(body: &'b [u8], boundary: &[u8]) -> Option<Vec<&'b [u8]>> {
-    if boundary.is_empty() {
-        return None;
-    }
-    let mut delimiter = b"--".to_vec();
-    delimiter.extend_from_slice(boundary);
-    let mut parts = Vec::new();
-    let mut part_start: Option<usize> = None;
-    let mut line_start = 0;
-    while line_start < body.len() {
-        let line_end = body[line_start..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(body.len(), |i| line_start + i + 1);
-        let line = &body[line_start..line_end];
-        if let Some(rest) = line.strip_prefix(delimiter.as_slice()) {
-            let is_close = rest.starts_with(b"--");
-            let tail = if is_close { &rest[2..] } else { rest };
-            // Only transport padding may follow the boundary on its line.
-            if tail.iter().all(|b| b" \t\r\n".contains(b)) {
-                if let Some(start) = part_start {
-                    let mut end = line_start.max(start);
-                    if end > start && body[end - 1] == b'\n' {
-                        end -= 1;
-                        if end > start && body[end - 1] == b'\r' {
-                            end -= 1;
-                        }
-                    }
-                    parts.push(&body[start..end]);
-                }
-                if is_close {
-                    return Some(parts);
-                }
-                part_start = Some(line_end);
-            }
-        }
-        line_start = line_end;
-    }
-    None
-}
-
 /// Line breaks as CRLF (RFC 5751 §3.1.1, RFC 3156 §5): what a signature covers.
 pub(crate) fn canonical_crlf(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + data.len() / 32);
@@ -263,24 +243,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn multipart_split_keeps_exact_part_bytes() {
-        let body = b"preamble\r\n--b1\r\nContent-Type: text/plain\r\n\r\nhi\r\n\r\n--b1\r\nsig\r\n--b1--\r\n";
-        let parts = split_multipart(body, b"b1").expect("closed multipart");
-        assert_eq!(
-            parts,
-            vec![&b"Content-Type: text/plain\r\n\r\nhi\r\n"[..], &b"sig"[..]]
-        );
-    }
-
-    #[test]
-    fn multipart_split_ignores_longer_boundaries_and_needs_close() {
-        let body = b"--b1\nx\n--b1x\ny\n--b1--\n";
-        let parts = split_multipart(body, b"b1").expect("closed multipart");
-        assert_eq!(parts, vec![&b"x\n--b1x\ny"[..]]);
-        assert!(split_multipart(b"--b1\r\nx\r\n", b"b1").is_none());
-    }
-
-    #[test]
     fn canonical_crlf_fixes_bare_line_breaks() {
         assert_eq!(
             canonical_crlf(b"a\nb\r\nc\rd"),
@@ -288,16 +250,19 @@ mod tests {
         );
     }
 
+    fn from_of(raw: &[u8]) -> Result<String, String> {
+        let parsed = Parsed::new(raw, false);
+        TopLevel::of(&parsed).expect("parses").single_from()
+    }
+
     #[test]
     fn from_must_be_single() {
-        let one = TopLevel::parse(b"From: Alice <Alice@Example.COM>\r\n\r\nx").expect("parses");
-        assert_eq!(one.single_from().as_deref(), Ok("alice@example.com"));
-        let two = TopLevel::parse(b"From: a@example.com, b@example.com\r\n\r\nx").expect("parses");
-        assert!(two.single_from().is_err());
-        let headers = TopLevel::parse(b"From: a@example.com\r\nFrom: b@example.com\r\n\r\nx")
-            .expect("parses");
-        assert!(headers.single_from().is_err());
-        let none = TopLevel::parse(b"To: a@example.com\r\n\r\nx").expect("parses");
-        assert!(none.single_from().is_err());
+        assert_eq!(
+            from_of(b"From: Alice <Alice@Example.COM>\r\n\r\nx").as_deref(),
+            Ok("alice@example.com")
+        );
+        assert!(from_of(b"From: a@example.com, b@example.com\r\n\r\nx").is_err());
+        assert!(from_of(b"From: a@example.com\r\nFrom: b@example.com\r\n\r\nx").is_err());
+        assert!(from_of(b"To: a@example.com\r\n\r\nx").is_err());
     }
 }

@@ -10,6 +10,11 @@
 //! - a trusted path, each off by default: authenticated submission, a trusted relay, or an
 //!   `Authentication-Results` header from a trusted upstream verifier.
 //!
+//! Each proof says which bytes it covers ([`Coverage`]): S/MIME and PGP/MIME only the signed
+//! entity, DKIM with `l=` only the signed prefix of the body. The proof is checked on the one
+//! MIME tree of the message ([`crate::message::Parsed`]) that calendars are later read from;
+//! a message that MIME readers could see two ways gets no proof from its content at all.
+//!
 //! The verdict also carries the `Authentication-Results` header value to stamp on the message
 //! (RFC 8601, `smime` per RFC 7281) and the indexes of forged or untrusted A-R headers to remove.
 
@@ -21,6 +26,8 @@ mod pgp;
 mod results;
 mod smime;
 
+use crate::message::Parsed;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,8 +49,14 @@ pub struct AuthConfig {
     pub trusted_authserv_ids: Vec<String>,
     /// Messages arriving from these client addresses are trusted for their From.
     pub trusted_relays: Vec<IpAddr>,
-    /// A message submitted with SMTP AUTH (the milter saw `{auth_authen}`) proves its From.
+    /// A message submitted with SMTP AUTH (the milter saw `{auth_authen}`) proves its From,
+    /// when From is one of the login's own addresses.
     pub trust_authenticated_submission: bool,
+    /// The addresses each SASL login may send as (lowercase). A login missing here owns itself
+    /// when it is an address, else `login@` each of `local_domains`.
+    pub submission_logins: HashMap<String, Vec<String>>,
+    /// The local domains, for logins that are not addresses.
+    pub local_domains: Vec<String>,
     /// Upper bound for every DNS lookup.
     pub dns_timeout: Duration,
 }
@@ -58,6 +71,8 @@ impl Default for AuthConfig {
             trusted_authserv_ids: Vec::new(),
             trusted_relays: Vec::new(),
             trust_authenticated_submission: false,
+            submission_logins: HashMap::new(),
+            local_domains: Vec::new(),
             dns_timeout: Duration::from_secs(5),
         }
     }
@@ -117,15 +132,44 @@ pub enum ProofMethod {
     TrustedRelay,
 }
 
+/// Which parts of the message a proof vouches for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Coverage {
+    /// All of it (DKIM over the whole body, trusted paths), an opaque S/MIME entity included.
+    Message,
+    /// These parts of the tree (indexes into its parts): a multipart/signed's signed entity.
+    Parts(Vec<usize>),
+    /// The parts that end at or before this offset of the message bytes (DKIM `l=`).
+    Prefix(usize),
+    /// The decoded content of an opaque S/MIME message, and nothing outside it.
+    Opaque,
+}
+
+impl Coverage {
+    /// Whether a part of the outer tree, at `index`, ending at `end`, is covered.
+    pub fn covers_part(&self, index: usize, end: usize) -> bool {
+        match self {
+            Coverage::Message => true,
+            Coverage::Parts(parts) => parts.contains(&index),
+            Coverage::Prefix(until) => end <= *until,
+            Coverage::Opaque => false,
+        }
+    }
+
+    /// Whether the decoded content of an opaque S/MIME message is covered.
+    pub fn covers_opaque(&self) -> bool {
+        matches!(self, Coverage::Message | Coverage::Opaque)
+    }
+}
+
 /// One proven address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proof {
     /// Lowercase bare addr-spec, without `mailto:`.
     pub address: String,
     pub method: ProofMethod,
-    /// DKIM `l=`: the proof covers only the first N octets of the body. N counts canonicalized
-    /// octets, which never outnumber the raw ones, so trusting the first N raw octets is safe.
-    pub body_limit: Option<usize>,
+    /// What the proof covers.
+    pub covers: Coverage,
 }
 
 /// The outcome of [`Authenticator::verify`].
@@ -155,12 +199,12 @@ impl AuthVerdict {
         !wanted.is_empty() && self.proofs.iter().any(|p| p.address == wanted)
     }
 
-    /// The proof for `addr`, preferring one that covers the whole body.
+    /// The proof for `addr`, preferring one that covers the whole message.
     pub fn proof_for(&self, addr: &str) -> Option<&Proof> {
         let wanted = normalize_address(addr);
         let mut limited = None;
         for proof in self.proofs.iter().filter(|p| p.address == wanted) {
-            if proof.body_limit.is_none() {
+            if proof.covers == Coverage::Message {
                 return Some(proof);
             }
             limited = limited.or(Some(proof));
@@ -185,6 +229,8 @@ pub struct Authenticator {
     trusted_authserv_ids: Vec<String>,
     trusted_relays: Vec<IpAddr>,
     trust_authenticated_submission: bool,
+    submission_logins: HashMap<String, Vec<String>>,
+    local_domains: Vec<String>,
     dns: dns::Dns,
     smime: Option<smime::TrustAnchors>,
     pgp: Option<pgp::Keyring>,
@@ -207,16 +253,48 @@ impl Authenticator {
             trusted_authserv_ids: cfg.trusted_authserv_ids.clone(),
             trusted_relays: cfg.trusted_relays.clone(),
             trust_authenticated_submission: cfg.trust_authenticated_submission,
+            submission_logins: cfg
+                .submission_logins
+                .iter()
+                .map(|(login, addrs)| {
+                    let addrs = addrs.iter().map(|a| normalize_address(a)).collect();
+                    (login.to_lowercase(), addrs)
+                })
+                .collect(),
+            local_domains: cfg.local_domains.iter().map(|d| d.to_lowercase()).collect(),
             dns,
             smime,
             pgp,
         })
     }
 
-    /// Decides which addresses `raw` (an RFC 5322 message) is proven to come from.
-    pub async fn verify(&self, raw: &[u8], facts: &TransportFacts) -> AuthVerdict {
+    /// The addresses a SASL login may send as.
+    pub fn login_addresses(&self, login: &str) -> Vec<String> {
+        let login = login.trim().to_lowercase();
+        if let Some(addrs) = self.submission_logins.get(&login) {
+            return addrs.clone();
+        }
+        if login.contains('@') {
+            return vec![normalize_address(&login)];
+        }
+        self.local_domains
+            .iter()
+            .map(|d| format!("{login}@{d}"))
+            .collect()
+    }
+
+    /// [`Authenticator::verify`] on raw message bytes (parsed here, once).
+    pub async fn verify_message(&self, raw: &[u8], facts: &TransportFacts) -> AuthVerdict {
+        let (bytes, bare_cr) = crate::message::normalize_line_ends(raw);
+        let parsed = Parsed::new(&bytes, bare_cr);
+        self.verify(&parsed, facts).await
+    }
+
+    /// Decides which addresses a parsed RFC 5322 message is proven to come from, and which of
+    /// its parts each proof covers.
+    pub async fn verify(&self, parsed: &Parsed<'_>, facts: &TransportFacts) -> AuthVerdict {
         let mut verdict = AuthVerdict::default();
-        let message = mime::TopLevel::parse(raw);
+        let message = mime::TopLevel::of(parsed);
         let ar_headers = match &message {
             Some(m) => m.auth_results_headers(),
             None => Vec::new(),
@@ -230,8 +308,24 @@ impl Authenticator {
                 .results
                 .push("x-imipd-sender=none reason=\"unparseable message\"".to_string()),
             Some(message) => {
-                self.verify_parsed(&message, facts, &upstream.trusted, &mut verdict)
+                self.verify_parsed(parsed, &message, facts, &upstream.trusted, &mut verdict)
                     .await
+            }
+        }
+        // Content that MIME readers could see two ways proves nothing; the transport still may.
+        if let Some(why) = &parsed.ambiguity {
+            let before = verdict.proofs.len();
+            verdict.proofs.retain(|p| {
+                matches!(
+                    p.method,
+                    ProofMethod::AuthenticatedSubmission | ProofMethod::TrustedRelay
+                )
+            });
+            if verdict.proofs.len() < before || parsed.tree.is_some() {
+                verdict.results.push(format!(
+                    "x-imipd-mime=ambiguous reason={}",
+                    results::quote(why)
+                ));
             }
         }
         verdict.header_value = results::header_value(&self.authserv_id, &verdict.results);
@@ -240,7 +334,8 @@ impl Authenticator {
 
     async fn verify_parsed(
         &self,
-        message: &mime::TopLevel<'_>,
+        parsed: &Parsed<'_>,
+        message: &mime::TopLevel<'_, '_>,
         facts: &TransportFacts,
         trusted: &[AuthResults],
         verdict: &mut AuthVerdict,
@@ -268,7 +363,7 @@ impl Authenticator {
         };
 
         // DKIM is checked even without a usable From, so the header tells what was seen.
-        let dkim = dkim::verify(&self.dns, message.raw()).await;
+        let dkim = dkim::verify(&self.dns, message.raw(), parsed.body_offset()).await;
         for outcome in &dkim {
             verdict.results.push(outcome.resinfo());
         }
@@ -283,7 +378,10 @@ impl Authenticator {
                             domain: outcome.domain.clone(),
                             selector: outcome.selector.clone(),
                         },
-                        body_limit: outcome.body_limit,
+                        covers: match outcome.signed_until {
+                            None => Coverage::Message,
+                            Some(until) => Coverage::Prefix(until),
+                        },
                     });
                 }
             }
@@ -295,17 +393,29 @@ impl Authenticator {
             smime_seen = true;
             let outcome = smime::verify(self.smime.as_ref(), &signed, from.as_deref());
             verdict.results.push(outcome.resinfo());
+            let covers = match &signed {
+                mime::SmimeSigned::Detached { entity, .. } => Coverage::Parts(
+                    parsed
+                        .tree
+                        .as_ref()
+                        .map(|t| crate::message::subtree(t, *entity))
+                        .unwrap_or_default(),
+                ),
+                mime::SmimeSigned::Opaque { .. } => Coverage::Opaque,
+            };
             if let Some(inner) = outcome.inner {
                 if outcome.proven {
                     if let Some(from) = &from {
                         verdict.proofs.push(Proof {
                             address: from.clone(),
                             method: ProofMethod::Smime,
-                            body_limit: None,
+                            covers,
                         });
                     }
                 }
-                verdict.inner = Some(inner);
+                if matches!(signed, mime::SmimeSigned::Opaque { .. }) {
+                    verdict.inner = Some(inner);
+                }
             }
         }
         if !smime_seen {
@@ -320,26 +430,37 @@ impl Authenticator {
                     verdict.proofs.push(Proof {
                         address: from.clone(),
                         method: ProofMethod::Pgp,
-                        body_limit: None,
+                        covers: Coverage::Parts(
+                            parsed
+                                .tree
+                                .as_ref()
+                                .map(|t| crate::message::subtree(t, signed.entity))
+                                .unwrap_or_default(),
+                        ),
                     });
                 }
-            }
-            if verdict.inner.is_none() {
-                verdict.inner = Some(signed.content);
             }
         }
 
         let Some(from) = from else { return };
         if self.trust_authenticated_submission {
             if let Some(user) = facts.auth_authen.as_deref().filter(|u| !u.is_empty()) {
-                verdict
-                    .results
-                    .push(format!("auth=pass smtp.auth={}", results::value(user)));
-                verdict.proofs.push(Proof {
-                    address: from.clone(),
-                    method: ProofMethod::AuthenticatedSubmission,
-                    body_limit: None,
-                });
+                // The login proves only its own addresses, never someone else's From.
+                if self.login_addresses(user).contains(&from) {
+                    verdict
+                        .results
+                        .push(format!("auth=pass smtp.auth={}", results::value(user)));
+                    verdict.proofs.push(Proof {
+                        address: from.clone(),
+                        method: ProofMethod::AuthenticatedSubmission,
+                        covers: Coverage::Message,
+                    });
+                } else {
+                    verdict.results.push(format!(
+                        "auth=fail reason=\"From is not the login's address\" smtp.auth={}",
+                        results::value(user)
+                    ));
+                }
             }
         }
         if let Some(ip) = facts
@@ -352,7 +473,7 @@ impl Authenticator {
             verdict.proofs.push(Proof {
                 address: from.clone(),
                 method: ProofMethod::TrustedRelay,
-                body_limit: None,
+                covers: Coverage::Message,
             });
         }
         if let (Some(domain), Some(policy)) = (&from_domain, &policy) {
@@ -365,7 +486,7 @@ impl Authenticator {
                 verdict.proofs.push(Proof {
                     address: from,
                     method: ProofMethod::TrustedAuthResults,
-                    body_limit: None,
+                    covers: Coverage::Message,
                 });
             }
         }
@@ -382,7 +503,7 @@ mod tests {
             proofs: vec![Proof {
                 address: "alice@example.com".into(),
                 method: ProofMethod::Smime,
-                body_limit: None,
+                covers: Coverage::Message,
             }],
             ..Default::default()
         };
@@ -400,12 +521,12 @@ mod tests {
                 domain: "example.com".into(),
                 selector: "s".into(),
             },
-            body_limit: Some(10),
+            covers: Coverage::Prefix(10),
         };
         let whole = Proof {
             address: "alice@example.com".into(),
             method: ProofMethod::Pgp,
-            body_limit: None,
+            covers: Coverage::Message,
         };
         let verdict = AuthVerdict {
             proofs: vec![limited.clone(), whole.clone()],

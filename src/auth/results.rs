@@ -116,8 +116,11 @@ pub(crate) fn judge_upstream(headers: &[String], ours: &str, trusted_ids: &[Stri
     };
     for (index, header) in headers.iter().enumerate() {
         match parse_auth_results(header) {
+            // Only the topmost header of a trusted upstream is its own (RFC 8601 §5): one lower
+            // down was there before the upstream saw the message, so it may be the sender's.
             Some(parsed)
-                if !parsed.authserv_id.eq_ignore_ascii_case(ours)
+                if upstream.trusted.is_empty()
+                    && !parsed.authserv_id.eq_ignore_ascii_case(ours)
                     && trusted_ids
                         .iter()
                         .any(|id| id.eq_ignore_ascii_case(&parsed.authserv_id)) =>

@@ -98,7 +98,9 @@ pub(crate) fn verify(
     from: Option<&str>,
 ) -> SmimeOutcome {
     let (der, detached) = match signed {
-        SmimeSigned::Detached { content, signature } => (signature, Some(content.as_slice())),
+        SmimeSigned::Detached {
+            content, signature, ..
+        } => (signature, Some(content.as_slice())),
         SmimeSigned::Opaque { der } => (der, None),
     };
     let pkcs7 = match Pkcs7::from_der(der) {

@@ -364,7 +364,7 @@ mod tests {
 
     fn inc(method: Method, text: &str) -> Incoming {
         let ex = crate::extract::calendar_objects(text, Some(method.as_str()));
-        ex.objects.into_iter().next().unwrap()
+        ex.objects.into_iter().next().unwrap().incoming
     }
 
     #[test]

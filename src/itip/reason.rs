@@ -132,3 +132,22 @@ impl fmt::Display for Reason {
         }
     }
 }
+
+impl Reason {
+    /// Whether the object was refused because the proven sender is not the party allowed to
+    /// send it (the milter's `on_forged` policy acts on these).
+    pub fn is_authority(&self) -> bool {
+        matches!(
+            self,
+            Reason::NotFromOrganizer { .. }
+                | Reason::NotFromAttendee { .. }
+                | Reason::PartyCrasher(_)
+                | Reason::NoOrganizer(_)
+        )
+    }
+
+    /// The kind of reason, whatever its details: rejections of one kind share a journal line.
+    pub fn discriminant(&self) -> std::mem::Discriminant<Reason> {
+        std::mem::discriminant(self)
+    }
+}

@@ -40,6 +40,18 @@ pub struct JournalEntry {
     pub uid: String,
     pub outcome: String,
     pub reason: String,
+    /// How many objects of the message this line stands for (rejections of one kind are
+    /// summarized in one line with `uid` "*").
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub count: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 /// Which journal lines a reader wants (`imipd journal --user --message-id`).

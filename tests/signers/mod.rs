@@ -317,6 +317,99 @@ impl DkimKey {
     }
 }
 
+impl DkimKey {
+    /// Whether dkimpy verifies `message` with this key.
+    pub fn dkimpy_verifies(&self, message: &[u8]) -> bool {
+        let out = run(
+            "python3",
+            &[&helper(), "verify", &self.record],
+            Some(message),
+        );
+        String::from_utf8_lossy(&out).trim() == "pass"
+    }
+
+    /// Signs `message` with OpenDKIM's own signer (`opendkim -t` in test mode), relaxed/relaxed,
+    /// with `l=` when `length` is set. Needs an RSA key.
+    pub fn opendkim_sign(&self, message: &[u8], length: bool) -> Vec<u8> {
+        let guard = private_dir();
+        let work = guard.path();
+        let input = work.join("in.eml");
+        std::fs::write(&input, message).expect("write message");
+        let recipients = work.join("bodylength");
+        std::fs::write(&recipients, "*\n").expect("write");
+        let conf = work.join("opendkim.conf");
+        let key = work.join("key.pem");
+        std::fs::copy(&self.key_file, &key).expect("copy key");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600));
+        }
+        let mut text = format!(
+            "Mode s\nDomain {}\nSelector {}\nKeyFile {}\nCanonicalization relaxed/relaxed\nSyslog no\n\
+             SignHeaders From,To,Subject,Date,Message-ID,MIME-Version,Content-Type\n",
+            self.domain,
+            self.selector,
+            path_str(&key)
+        );
+        if length {
+            text.push_str(&format!("BodyLengthDB refile:{}\n", path_str(&recipients)));
+        }
+        std::fs::write(&conf, text).expect("write conf");
+        let out = run(
+            "opendkim",
+            &["-x", path_str(&conf), "-t", path_str(&input)],
+            None,
+        );
+        let start = out
+            .windows(15)
+            .position(|w| w == b"DKIM-Signature:")
+            .expect("opendkim printed a signature");
+        let text = String::from_utf8_lossy(&out[start..]).replace("\r\n", "\n");
+        let mut signed = text.trim_end().replace('\n', "\r\n").into_bytes();
+        signed.extend_from_slice(b"\r\n");
+        signed.extend_from_slice(message);
+        signed
+    }
+
+    /// The `Authentication-Results` value OpenDKIM's verifier gives `message` with this key.
+    pub fn opendkim_verify(&self, message: &[u8]) -> String {
+        let guard = private_dir();
+        let work = guard.path();
+        let input = work.join("in.eml");
+        std::fs::write(&input, message).expect("write message");
+        let data = work.join("dns");
+        std::fs::write(&data, format!("{} {}\n", self.record_name(), self.record))
+            .expect("write dns data");
+        let conf = work.join("opendkim.conf");
+        std::fs::write(
+            &conf,
+            format!("Mode v\nTestDNSData file:{}\nSyslog no\n", path_str(&data)),
+        )
+        .expect("write conf");
+        let out = run(
+            "opendkim",
+            &["-x", path_str(&conf), "-vv", "-t", path_str(&input)],
+            None,
+        );
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// A directory that only its owner can read, below the build's own temp dir: OpenDKIM refuses a
+/// config or key with a world-writable ancestor (such as /tmp).
+/// Removed when dropped.
+fn private_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(base).expect("dir");
+    let work = tempfile::Builder::new()
+        .prefix("opendkim-")
+        .tempdir_in(base)
+        .expect("tempdir");
+    let _ = std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o700));
+    work
+}
+
 fn helper() -> String {
     format!("{}/tests/signers/dkim_sign.py", env!("CARGO_MANIFEST_DIR"))
 }

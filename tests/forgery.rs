@@ -1,0 +1,718 @@
+//! Forged calendar changes, each made with an independent tool (dkimpy, OpenDKIM, openssl, sq)
+//! or written byte by byte, run through `imipd process` and the LMTP door: nothing forged is
+//! applied, the store is unchanged, the mail is delivered, and the log and `X-Imipd-Result`
+//! say why. Every class has an honest control from the same tool that is applied.
+//!
+//! DESIGN "authenticate": a proof covers only what the signer signed; one MIME parse; input
+//! that MIME readers could see two ways is unproven.
+
+mod mta;
+mod signers;
+
+use signers::{
+    keyring, smime_sign, sq_key, sq_sign_detached, tools_present, Ca, DkimKey, Dns, Leaf,
+};
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+use tempfile::TempDir;
+
+const DKIM_TOOLS: &[&str] = &["dnsmasq", "dkimpy", "openssl", "python3", "base64"];
+const UID: &str = "forge-1@example.com";
+
+/// A REQUEST from alice@example.com to bob@example.org; `rrule` is added to the event.
+fn request(rrule: &str) -> String {
+    format!(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//test//EN\r\nMETHOD:REQUEST\r\n\
+BEGIN:VEVENT\r\nUID:{UID}\r\nSEQUENCE:0\r\nDTSTAMP:20260101T090000Z\r\n\
+DTSTART:20260110T100000Z\r\nDTEND:20260110T110000Z\r\nSUMMARY:Planning  review \r\n{rrule}\
+ORGANIZER:mailto:alice@example.com\r\nATTENDEE;PARTSTAT=NEEDS-ACTION:mailto:bob@example.org\r\n\
+END:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+}
+
+/// A CANCEL of the same event, as a forger would write it.
+fn cancel() -> String {
+    format!(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//forger//EN\r\nMETHOD:CANCEL\r\n\
+BEGIN:VEVENT\r\nUID:{UID}\r\nSEQUENCE:9\r\nDTSTAMP:20260105T000000Z\r\n\
+ORGANIZER:mailto:alice@example.com\r\nATTENDEE:mailto:bob@example.org\r\nSTATUS:CANCELLED\r\n\
+END:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+}
+
+fn headers(from: &str) -> String {
+    format!(
+        "From: Alice <{from}>\r\nTo: bob@example.org\r\nSubject: Invitation\r\n\
+         Date: Thu, 01 Jan 2026 09:00:00 +0000\r\nMessage-ID: <{}@example.com>\r\nMIME-Version: 1.0\r\n",
+        nanos()
+    )
+}
+
+fn single(from: &str, calendar: &str) -> Vec<u8> {
+    format!(
+        "{}Content-Type: text/calendar; method=REQUEST; charset=utf-8\r\n\r\n{calendar}",
+        headers(from)
+    )
+    .into_bytes()
+}
+
+fn calendar_entity(calendar: &str) -> String {
+    format!("Content-Type: text/calendar; method=REQUEST; charset=utf-8\r\n\r\n{calendar}")
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+struct Fixture {
+    dir: TempDir,
+    config: PathBuf,
+}
+
+struct Processed {
+    stdout: String,
+    stderr: String,
+}
+
+impl Processed {
+    fn outcomes(&self) -> Vec<(String, String, String)> {
+        self.stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| {
+                (
+                    v["method"].as_str().unwrap_or("").to_string(),
+                    v["outcome"].as_str().unwrap_or("").to_string(),
+                    v["reason"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn applied(&self, method: &str) -> bool {
+        self.outcomes()
+            .iter()
+            .any(|(m, o, _)| m == method && o == "applied")
+    }
+}
+
+impl Fixture {
+    fn new(dns: &Dns, extra: &str) -> Fixture {
+        let dir = TempDir::new().expect("tempdir");
+        let config = dir.path().join("imipd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"{}\"\nauthserv_id = \"mx.example.org\"\nlocal_domains = [\"example.org\"]\n\
+                 [dns]\nnameservers = [\"{}\"]\ntimeout_secs = 3\n{extra}",
+                dir.path().join("data").display(),
+                dns.addr
+            ),
+        )
+        .expect("config");
+        Fixture { dir, config }
+    }
+
+    fn imipd(&self, args: &[&str], input: Option<&[u8]>) -> (String, String, i32) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_imipd"));
+        cmd.arg("--config").arg(&self.config).args(args);
+        if let Some(data) = input {
+            let path = self.dir.path().join(format!("in-{}.eml", nanos()));
+            std::fs::write(&path, data).expect("write input");
+            cmd.arg(&path);
+        }
+        let out = cmd.output().expect("run imipd");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            out.status.code().unwrap_or(-1),
+        )
+    }
+
+    fn process(&self, raw: &[u8]) -> Processed {
+        let (stdout, stderr, code) = self.imipd(&["process"], Some(raw));
+        assert_eq!(code, 0, "process failed: {stderr}");
+        Processed { stdout, stderr }
+    }
+
+    fn export(&self) -> String {
+        self.imipd(&["export", "--user", "bob@example.org"], None).0
+    }
+
+    fn import(&self, ics: &str) {
+        let p = self.dir.path().join("import.ics");
+        std::fs::write(&p, ics).expect("write ics");
+        let (_, err, code) = self.imipd(
+            &[
+                "import",
+                "--user",
+                "bob@example.org",
+                p.to_str().expect("path"),
+            ],
+            None,
+        );
+        assert_eq!(code, 0, "{err}");
+    }
+
+    /// The honest REQUEST is stored, not cancelled, with the signed values.
+    #[track_caller]
+    fn stored_uncancelled(&self) -> String {
+        let exported = self.export();
+        assert!(exported.contains(UID), "{exported}");
+        assert!(!exported.contains("CANCELLED"), "{exported}");
+        exported
+    }
+}
+
+fn dkim_setup(test: &str) -> Option<(TempDir, DkimKey, Dns)> {
+    if !tools_present(test, DKIM_TOOLS) {
+        return None;
+    }
+    let keys = TempDir::new().expect("tempdir");
+    let key = DkimKey::rsa(keys.path(), "sel", "example.com");
+    let dns = Dns::start(&[(&key.record_name(), &key.record)]);
+    Some((keys, key, dns))
+}
+
+// ---------------------------------------------------------------------------------------------
+// DKIM
+
+/// RFC 6376 §6.1.1: a signature that does not sign From proves nothing, even though it
+/// verifies (dkimpy signs To, Subject and Content-Type only).
+#[test]
+fn dkim_signature_without_from_in_h_is_ignored() {
+    let Some((_k, key, dns)) = dkim_setup("dkim_without_from") else {
+        return;
+    };
+    let fx = Fixture::new(&dns, "");
+    let raw = single("alice@example.com", &request(""));
+    let forged = key.sign(&raw, &["--headers", "to,subject,content-type"]);
+    assert!(key.dkimpy_verifies(&forged), "dkimpy itself accepts it");
+    let p = fx.process(&forged);
+    assert!(!p.applied("REQUEST"), "{}", p.stdout);
+    assert!(p.stderr.contains("dkim=policy"), "{}", p.stderr);
+    assert!(!fx.export().contains(UID));
+    // Control: the same message signed with From applies.
+    let p = fx.process(&key.sign(&raw, &[]));
+    assert!(p.applied("REQUEST"), "{}", p.stdout);
+}
+
+/// A bare CR inside a signed calendar is skipped by the body hash but would be a line break to
+/// a MIME reader (COUNT=10 read as COUNT=1): the message proves nothing, nothing is stored.
+#[test]
+fn dkim_bare_cr_inside_signed_calendar_is_unproven() {
+    let Some((_k, key, dns)) = dkim_setup("dkim_bare_cr") else {
+        return;
+    };
+    let fx = Fixture::new(&dns, "");
+    let signed = key.sign(
+        &single(
+            "alice@example.com",
+            &request("RRULE:FREQ=DAILY;COUNT=10\r\n"),
+        ),
+        &["--canon", "relaxed"],
+    );
+    let text = String::from_utf8_lossy(&signed);
+    let forged = text.replacen("COUNT=10", "COUNT=1\r0", 1).into_bytes();
+    let p = fx.process(&forged);
+    assert!(!p.applied("REQUEST"), "{}", p.stdout);
+    assert!(
+        p.stderr.contains("ambiguous") && p.stderr.contains("bare CR"),
+        "{}",
+        p.stderr
+    );
+    assert!(!fx.export().contains(UID));
+    let p = fx.process(&signed);
+    assert!(p.applied("REQUEST"), "{}", p.stdout);
+    assert!(fx.stored_uncancelled().contains("COUNT=10"));
+}
+
+/// `l=` as dkimpy computes it (relaxed, over the canonicalized body, with white space the
+/// canonicalization removes), then a list footer with a forged CANCEL appended: dkimpy still
+/// says pass; imipd applies the signed REQUEST and never the CANCEL.
+#[test]
+fn dkim_length_by_dkimpy_passes_and_footer_cancel_is_not_applied() {
+    let Some((_k, key, dns)) = dkim_setup("dkim_length_dkimpy") else {
+        return;
+    };
+    let fx = Fixture::new(&dns, "");
+    let signed = key.sign(
+        &single("alice@example.com", &request("")),
+        &["--length", "--canon", "relaxed"],
+    );
+    let mut footed = signed.clone();
+    footed.extend_from_slice(format!("-- \r\nlist footer\r\n{}", cancel()).as_bytes());
+    assert!(
+        key.dkimpy_verifies(&footed),
+        "dkimpy accepts l= with a footer"
+    );
+    let p = fx.process(&footed);
+    assert!(p.stderr.contains("dkim=pass"), "{}", p.stderr);
+    assert!(p.applied("REQUEST"), "{}", p.stdout);
+    assert!(!p.applied("CANCEL"), "{}", p.stdout);
+    fx.stored_uncancelled();
+}
+
+/// The same with a signature made by OpenDKIM's signer (`BodyLengthDB`): OpenDKIM's verifier
+/// says pass after the footer, and so does imipd; the footer's CANCEL is never applied.
+#[test]
+fn dkim_length_by_opendkim_passes_and_footer_cancel_is_not_applied() {
+    if !tools_present("dkim_length_opendkim", &["opendkim"]) {
+        return;
+    }
+    let Some((_keys, key, dns)) = dkim_setup("dkim_length_opendkim") else {
+        return;
+    };
+    let fx = Fixture::new(&dns, "");
+    let signed = key.opendkim_sign(&single("alice@example.com", &request("")), true);
+    assert!(String::from_utf8_lossy(&signed).contains("l="));
+    let mut footed = signed.clone();
+    footed.extend_from_slice(format!("-- \r\nlist footer\r\n{}", cancel()).as_bytes());
+    let odkim = key.opendkim_verify(&footed);
+    assert!(odkim.contains("dkim=pass"), "{odkim}");
+    let p = fx.process(&footed);
+    assert!(p.stderr.contains("dkim=pass"), "{}", p.stderr);
+    assert!(p.applied("REQUEST"), "{}", p.stdout);
+    assert!(!p.applied("CANCEL"), "{}", p.stdout);
+    fx.stored_uncancelled();
+}
+
+/// A signed REQUEST, then a second MIME part with a CANCEL after the signed `l=` prefix, in a
+/// multipart message: the CANCEL part lies outside what the signature covers.
+#[test]
+fn dkim_length_part_after_signed_prefix_is_unproven() {
+    let Some((_k, key, dns)) = dkim_setup("dkim_length_multipart") else {
+        return;
+    };
+    let fx = Fixture::new(&dns, "");
+    fx.import(&request("").replace("METHOD:REQUEST\r\n", ""));
+    let body = format!(
+        "--b1\r\nContent-Type: text/plain\r\n\r\nHello\r\n--b1\r\n{}\r\n",
+        calendar_entity(&request("").replace("SUMMARY:Planning  review ", "SUMMARY:Signed"))
+    );
+    let raw = format!(
+        "{}Content-Type: multipart/mixed; boundary=b1\r\n\r\n{body}",
+        headers("alice@example.com")
+    );
+    let signed = key.sign(raw.as_bytes(), &["--length"]);
+    let mut forged = signed.clone();
+    forged.extend_from_slice(
+        format!(
+            "--b1\r\nContent-Type: text/calendar; method=CANCEL\r\n\r\n{}--b1--\r\n",
+            cancel()
+        )
+        .as_bytes(),
+    );
+    let p = fx.process(&forged);
+    assert!(!p.applied("CANCEL"), "{}", p.stdout);
+    assert!(
+        p.stderr
+            .contains("outside what the sender's signature covers"),
+        "{}",
+        p.stderr
+    );
+    fx.stored_uncancelled();
+}
+
+// ---------------------------------------------------------------------------------------------
+// S/MIME and PGP/MIME
+
+fn smime_fixture(test: &str) -> Option<(TempDir, Ca, Dns, PathBuf, PathBuf)> {
+    if !tools_present(test, &["dnsmasq", "openssl"]) {
+        return None;
+    }
+    let dns = Dns::start(&[]);
+    let tmp = TempDir::new().expect("tempdir");
+    let ca = Ca::new(tmp.path(), "Test-CA");
+    let (cert, key) = ca.issue(&Leaf::email("Alice", "alice@example.com"));
+    Some((tmp, ca, dns, cert, key))
+}
+
+/// The boundary of a multipart/signed that openssl wrote.
+fn boundary_of(smime: &[u8]) -> String {
+    let text = String::from_utf8_lossy(smime);
+    let at = text.find("boundary=\"").expect("boundary") + 10;
+    text[at..].split('"').next().expect("boundary").to_string()
+}
+
+/// RFC 1847 §2.1: a multipart/signed has two parts; a third, unsigned part with a CANCEL is
+/// not covered by the signature.
+#[test]
+fn smime_unsigned_extra_part_inside_multipart_signed_is_not_applied() {
+    let Some((tmp, ca, dns, cert, key)) = smime_fixture("smime_extra_part") else {
+        return;
+    };
+    let fx = Fixture::new(
+        &dns,
+        &format!("[smime]\ntrust_anchors = \"{}\"\n", ca.cert.display()),
+    );
+    let signed = smime_sign(
+        tmp.path(),
+        &cert,
+        &key,
+        calendar_entity(&request("")).as_bytes(),
+        false,
+    );
+    let honest = [headers("alice@example.com").into_bytes(), signed.clone()].concat();
+    let p = fx.process(&honest);
+    assert!(p.applied("REQUEST"), "{}", p.stdout);
+
+    let b = boundary_of(&signed);
+    let text = String::from_utf8_lossy(&signed).into_owned();
+    let close = format!("--{b}--");
+    let extra = format!(
+        "--{b}\r\nContent-Type: text/calendar; method=CANCEL\r\n\r\n{}\r\n{close}",
+        cancel()
+    );
+    let forged = text.replacen(&close, &extra, 1);
+    let p = fx.process(
+        &[
+            headers("alice@example.com").into_bytes(),
+            forged.into_bytes(),
+        ]
+        .concat(),
+    );
+    assert!(!p.applied("CANCEL"), "{}", p.stdout);
+    fx.stored_uncancelled();
+}
+
+/// An old signed mail of the user with no calendar at all, replayed inside multipart/mixed
+/// with an unsigned CANCEL beside it: the signature covers only the old text.
+#[test]
+fn smime_replayed_signed_mail_with_added_cancel_is_not_applied() {
+    let Some((tmp, ca, dns, cert, key)) = smime_fixture("smime_replay") else {
+        return;
+    };
+    let fx = Fixture::new(
+        &dns,
+        &format!("[smime]\ntrust_anchors = \"{}\"\n", ca.cert.display()),
+    );
+    fx.import(&request("").replace("METHOD:REQUEST\r\n", ""));
+    let old = smime_sign(
+        tmp.path(),
+        &cert,
+        &key,
+        b"Content-Type: text/plain\r\n\r\nSee you on Monday.\r\n",
+        false,
+    );
+    // As a top-level message, the old mail proves alice sent it (control).
+    let whole = [headers("alice@example.com").into_bytes(), old.clone()].concat();
+    let p = fx.process(&whole);
+    assert!(p.stderr.contains("smime=pass"), "{}", p.stderr);
+    let forged = format!(
+        "{}Content-Type: multipart/mixed; boundary=outer\r\n\r\n--outer\r\n{}\r\n--outer\r\n\
+         Content-Type: text/calendar; method=CANCEL\r\n\r\n{}--outer--\r\n",
+        headers("alice@example.com"),
+        String::from_utf8_lossy(&old),
+        cancel()
+    );
+    let p = fx.process(forged.as_bytes());
+    assert!(!p.applied("CANCEL"), "{}", p.stdout);
+    fx.stored_uncancelled();
+    // The same CANCEL appended as a third part of the signed message itself.
+    let b = boundary_of(&old);
+    let close = format!("--{b}--");
+    let third = String::from_utf8_lossy(&old).replacen(
+        &close,
+        &format!(
+            "--{b}\r\nContent-Type: text/calendar; method=CANCEL\r\n\r\n{}\r\n{close}",
+            cancel()
+        ),
+        1,
+    );
+    let p = fx.process(
+        &[
+            headers("alice@example.com").into_bytes(),
+            third.into_bytes(),
+        ]
+        .concat(),
+    );
+    assert!(!p.applied("CANCEL"), "{}", p.stdout);
+    fx.stored_uncancelled();
+}
+
+/// A forged part in the multipart/signed preamble behind a boundary that one reader matches
+/// mid-line: the structure is ambiguous and proves nothing.
+#[test]
+fn smime_forged_part_in_preamble_behind_mid_line_boundary_is_not_applied() {
+    let Some((tmp, ca, dns, cert, key)) = smime_fixture("smime_preamble") else {
+        return;
+    };
+    let fx = Fixture::new(
+        &dns,
+        &format!("[smime]\ntrust_anchors = \"{}\"\n", ca.cert.display()),
+    );
+    fx.import(&request("").replace("METHOD:REQUEST\r\n", ""));
+    let signed = smime_sign(
+        tmp.path(),
+        &cert,
+        &key,
+        b"Content-Type: text/plain\r\n\r\nAgenda attached later.\r\n",
+        false,
+    );
+    let b = boundary_of(&signed);
+    let text = String::from_utf8_lossy(&signed).into_owned();
+    let first = format!("\r\n--{b}\r\n");
+    let hidden = format!(
+        "\r\nplease ignore x--{b}\r\nContent-Type: text/calendar; method=CANCEL\r\n\r\n{}{first}",
+        cancel()
+    );
+    let forged = text.replacen(&first, &hidden, 1);
+    let p = fx.process(
+        &[
+            headers("alice@example.com").into_bytes(),
+            forged.into_bytes(),
+        ]
+        .concat(),
+    );
+    assert!(!p.applied("CANCEL"), "{}", p.stdout);
+    assert!(p.stderr.contains("ambiguous"), "{}", p.stderr);
+    fx.stored_uncancelled();
+}
+
+/// Two top-level Content-Type headers: proof and MIME reader must not read different ones.
+#[test]
+fn smime_two_top_level_content_types_are_not_applied() {
+    let Some((tmp, ca, dns, cert, key)) = smime_fixture("smime_two_content_types") else {
+        return;
+    };
+    let fx = Fixture::new(
+        &dns,
+        &format!("[smime]\ntrust_anchors = \"{}\"\n", ca.cert.display()),
+    );
+    fx.import(&request("").replace("METHOD:REQUEST\r\n", ""));
+    let signed = smime_sign(
+        tmp.path(),
+        &cert,
+        &key,
+        b"Content-Type: text/plain\r\n\r\nNothing to see.\r\n",
+        false,
+    );
+    let b = boundary_of(&signed);
+    let text = String::from_utf8_lossy(&signed).into_owned();
+    let close = format!("--{b}--");
+    let body = text.replacen(
+        &close,
+        &format!(
+            "--{b}\r\nContent-Type: text/calendar; method=CANCEL\r\n\r\n{}\r\n{close}",
+            cancel()
+        ),
+        1,
+    );
+    // A second Content-Type after the signed one: multipart/mixed over the same boundary,
+    // under which the CANCEL is an ordinary third part.
+    let forged = body.replacen(
+        "\r\n\r\n",
+        &format!("\r\nContent-Type: multipart/mixed; boundary=\"{b}\"\r\n\r\n"),
+        1,
+    );
+    let p = fx.process(
+        &[
+            headers("alice@example.com").into_bytes(),
+            forged.into_bytes(),
+        ]
+        .concat(),
+    );
+    assert!(!p.applied("CANCEL"), "{}", p.stdout);
+    assert!(p.stderr.contains("ambiguous"), "{}", p.stderr);
+    fx.stored_uncancelled();
+}
+
+/// PGP/MIME (RFC 3156): the signature covers the first part only; a CANCEL added as a third
+/// part is unproven, while the signed REQUEST (control) applies.
+#[test]
+fn pgp_unsigned_extra_part_is_not_applied() {
+    if !tools_present("pgp_extra_part", &["dnsmasq", "sq"]) {
+        return;
+    }
+    let dns = Dns::start(&[]);
+    let tmp = TempDir::new().expect("tempdir");
+    let (key, cert) = sq_key(tmp.path(), "alice", "Alice <alice@example.com>");
+    let ring = keyring(tmp.path(), &[&cert]);
+    let fx = Fixture::new(&dns, &format!("[pgp]\nkeyring = \"{}\"\n", ring.display()));
+    let entity = calendar_entity(&request(""));
+    let sig = sq_sign_detached(tmp.path(), &key, entity.as_bytes());
+    let b = "pgp-b-1";
+    let signed = |extra: &str| -> Vec<u8> {
+        let mut raw = format!(
+            "{}Content-Type: multipart/signed; micalg=pgp-sha512; protocol=\"application/pgp-signature\"; boundary=\"{b}\"\r\n\r\n--{b}\r\n{entity}\r\n--{b}\r\nContent-Type: application/pgp-signature\r\n\r\n",
+            headers("alice@example.com")
+        )
+        .into_bytes();
+        raw.extend_from_slice(&signers::crlf(&sig));
+        raw.extend_from_slice(format!("\r\n{extra}--{b}--\r\n").as_bytes());
+        raw
+    };
+    let p = fx.process(&signed(""));
+    assert!(p.applied("REQUEST"), "{} {}", p.stdout, p.stderr);
+    let extra = format!(
+        "--{b}\r\nContent-Type: text/calendar; method=CANCEL\r\n\r\n{}\r\n",
+        cancel()
+    );
+    let p = fx.process(&signed(&extra));
+    assert!(!p.applied("CANCEL"), "{}", p.stdout);
+    fx.stored_uncancelled();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Trusted Authentication-Results, bounces, forwards
+
+/// RFC 8601 §5: only the topmost header of a trusted authserv-id is the upstream's own; a
+/// "dkim=pass" the sender wrote below it proves nothing.
+#[test]
+fn only_topmost_trusted_authentication_results_counts() {
+    if !tools_present("topmost_ar", &["dnsmasq"]) {
+        return;
+    }
+    let dns = Dns::start(&[]);
+    let fx = Fixture::new(
+        &dns,
+        "[policy]\ntrusted_authserv_ids = [\"mx.upstream.example\"]\n",
+    );
+    let ar = |result: &str| {
+        format!(
+            "Authentication-Results: mx.upstream.example; dkim={result} header.d=example.com\r\n"
+        )
+    };
+    let forged = [
+        ar("fail").into_bytes(),
+        ar("pass").into_bytes(),
+        single("alice@example.com", &request("")),
+    ]
+    .concat();
+    let p = fx.process(&forged);
+    assert!(!p.applied("REQUEST"), "{}", p.stdout);
+    assert!(!fx.export().contains(UID));
+    let honest = [
+        ar("pass").into_bytes(),
+        single("alice@example.com", &request("")),
+    ]
+    .concat();
+    let p = fx.process(&honest);
+    assert!(p.applied("REQUEST"), "{}", p.stdout);
+}
+
+/// A bounce (multipart/report) nested inside multipart/mixed, and a forwarded message
+/// (message/rfc822): calendars in them are never applied, even from a trusted sender.
+#[test]
+fn calendars_in_nested_bounces_and_forwards_are_never_applied() {
+    if !tools_present("nested_bounce", &["dnsmasq"]) {
+        return;
+    }
+    let dns = Dns::start(&[]);
+    let fx = Fixture::new(&dns, "");
+    let bounce = format!(
+        "{}Content-Type: multipart/mixed; boundary=m\r\n\r\n--m\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=r\r\n\r\n\
+         --r\r\nContent-Type: text/plain\r\n\r\nUndeliverable\r\n--r\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx\r\n\r\n\
+         --r\r\n{}\r\n--r--\r\n--m--\r\n",
+        headers("alice@example.com"),
+        calendar_entity(&request(""))
+    );
+    let (out, err, code) = fx.imipd(&["process", "--trust-sender"], Some(bounce.as_bytes()));
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("\"applied\""), "{out}");
+    assert!(err.contains("delivery report"), "{err}");
+    let forward = format!(
+        "{}Content-Type: multipart/mixed; boundary=m\r\n\r\n--m\r\nContent-Type: text/plain\r\n\r\nFYI\r\n\
+         --m\r\nContent-Type: message/rfc822\r\n\r\n{}{}\r\n--m--\r\n",
+        headers("alice@example.com"),
+        headers("alice@example.com"),
+        calendar_entity(&request(""))
+    );
+    let (out, err, code) = fx.imipd(&["process", "--trust-sender"], Some(forward.as_bytes()));
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("\"applied\""), "{out}");
+    assert!(!fx.export().contains(UID));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Through the LMTP door: delivered, annotated, nothing injected
+
+fn lmtp_deliver(port: u16, from: &str, rcpt: &str, data: &[u8]) -> Vec<String> {
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut w = stream.try_clone().expect("clone");
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    let mut read = |r: &mut BufReader<std::net::TcpStream>| -> String {
+        let mut all = String::new();
+        loop {
+            line.clear();
+            r.read_line(&mut line).expect("read");
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    };
+    let mut replies = vec![read(&mut r)];
+    for cmd in [
+        "LHLO test\r\n".to_string(),
+        format!("MAIL FROM:<{from}>\r\n"),
+        format!("RCPT TO:<{rcpt}>\r\n"),
+        "DATA\r\n".to_string(),
+    ] {
+        w.write_all(cmd.as_bytes()).expect("write");
+        replies.push(read(&mut r));
+    }
+    w.write_all(data).expect("data");
+    if !data.ends_with(b"\r\n") {
+        w.write_all(b"\r\n").expect("data");
+    }
+    w.write_all(b".\r\n").expect("dot");
+    replies.push(read(&mut r));
+    let _ = w.write_all(b"QUIT\r\n");
+    replies
+}
+
+/// An RFC 2231 `method*=` with encoded CR LF must not inject a header into the delivered
+/// message or a line into the log; the unproven REQUEST is delivered, not applied, and the
+/// X-Imipd-Result header says why.
+#[test]
+fn encoded_crlf_in_method_parameter_injects_nothing() {
+    let tmp = TempDir::new().expect("tempdir");
+    let maildir = tmp.path().join("mail");
+    let mut d = mta::Imipd::start(
+        tmp.path(),
+        &format!(
+            "local_domains = [\"example.org\"]\n[dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_secs = 1\n\
+             [milter]\nenabled = false\n[lmtp]\nlisten = \"inet:127.0.0.1:0\"\ndeliver = \"maildir:{}/%u\"\n",
+            maildir.display()
+        ),
+        &[],
+    );
+    let port = d.lmtp_port.expect("lmtp port");
+    let raw = format!(
+        "{}Content-Type: text/calendar; method*=utf-8''REQUEST%0D%0AX-Injected%3A%20yes; charset=utf-8\r\n\r\n{}",
+        headers("alice@example.com"),
+        request("").replace("METHOD:REQUEST\r\n", "")
+    );
+    let replies = lmtp_deliver(port, "alice@example.com", "bob@example.org", raw.as_bytes());
+    assert!(
+        replies.last().is_some_and(|r| r.starts_with("250")),
+        "{replies:?}"
+    );
+    let files = mta::wait_maildir(&maildir.join("bob"), 1, Duration::from_secs(10));
+    assert_eq!(files.len(), 1, "delivered");
+    let delivered = &files[0];
+    assert!(
+        !delivered.lines().any(|l| l.starts_with("X-Injected")),
+        "{delivered}"
+    );
+    let result = delivered
+        .lines()
+        .find(|l| l.starts_with("X-Imipd-Result:"))
+        .expect("X-Imipd-Result header");
+    assert!(result.contains("rejected"), "{result}");
+    assert!(!d.export("bob@example.org").contains(UID));
+    d.stop();
+    let log = d.log();
+    assert!(!log.lines().any(|l| l.starts_with("X-Injected")), "{log}");
+}
