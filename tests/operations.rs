@@ -509,3 +509,55 @@ fn postfix_fixture_stops_its_master() {
     assert!(!mta::pid_alive(pid));
     assert!(pf.stop(), "stop is idempotent");
 }
+
+/// DESIGN "journal": several objects of one message rejected for one reason make one line
+/// with "uid":"*" and "count":N (here: two events from an unproven sender).
+#[test]
+fn journal_summarizes_rejections_of_one_message() {
+    let tmp = TempDir::new().expect("tempdir");
+    let cfg = write_config(
+        tmp.path(),
+        &format!(
+            "data_dir = \"{}\"\nlocal_domains = [\"example.org\"]\n[dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_secs = 1\n",
+            tmp.path().join("data").display()
+        ),
+    );
+    let c = cfg.to_str().expect("path");
+    let ev = |uid: &str| {
+        format!(
+            "BEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:20260102T000000Z\r\nDTSTART:20260110T100000Z\r\n\
+DTEND:20260110T110000Z\r\nORGANIZER:mailto:alice@example.com\r\n\
+ATTENDEE;PARTSTAT=NEEDS-ACTION:mailto:bob@example.org\r\nEND:VEVENT\r\n"
+        )
+    };
+    let cal = |e: &str| {
+        format!("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nMETHOD:REQUEST\r\n{e}END:VCALENDAR\r\n")
+    };
+    let m = tmp.path().join("two-objects.eml");
+    std::fs::write(
+        &m,
+        format!(
+            "From: alice@example.com\r\nTo: bob@example.org\r\nMessage-ID: <pair@example.com>\r\nSubject: Two\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+--b\r\nContent-Type: text/calendar; method=REQUEST\r\n\r\n{}--b\r\n\
+Content-Type: text/calendar; method=REQUEST\r\n\r\n{}--b--\r\n",
+            cal(&ev("pair-a")),
+            cal(&ev("pair-b"))
+        ),
+    )
+    .expect("msg");
+    let (out, err, code) = imipd(&["--config", c, "process", m.to_str().expect("path")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("\"outcome\":\"rejected\"").count(), 2, "{out}");
+    let (out, err, code) = imipd(&["--config", c, "journal", "--message-id", "pair@example.com"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert_eq!(lines[0]["kind"], "decision");
+    assert_eq!(lines[0]["uid"], "*");
+    assert_eq!(lines[0]["count"], 2);
+    assert_eq!(lines[0]["outcome"], "rejected");
+}
