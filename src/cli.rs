@@ -29,6 +29,9 @@ pub struct CommandSpec {
     pub handler: Handler,
 }
 
+/// An admin command: its arguments, where it runs, its input (FILE or standard input), its output.
+pub type AdminFn = fn(&Args, &Env, Option<Vec<u8>>, &mut Io) -> Result<i32, CliError>;
+
 /// How a command runs.
 #[derive(Clone, Copy)]
 pub enum Handler {
@@ -37,7 +40,7 @@ pub enum Handler {
     /// Works on the store: locally, or through the daemon's control socket while it runs.
     /// `reads` commands never create a store.
     Admin {
-        run: fn(&Args, &Env, Option<Vec<u8>>, &mut Io) -> Result<i32, CliError>,
+        run: AdminFn,
         reads: bool,
     },
 }
@@ -133,7 +136,8 @@ pub fn command(name: &str) -> Option<&'static CommandSpec> {
 
 /// The `--help` text, made from the dispatch table.
 pub fn usage() -> String {
-    let mut u = format!("usage: imipd {GLOBAL_SYNOPSIS} COMMAND\n       imipd --version\ncommands:");
+    let mut u =
+        format!("usage: imipd {GLOBAL_SYNOPSIS} COMMAND\n       imipd --version\ncommands:");
     for c in COMMANDS {
         let head = format!("  {} {}", c.name, c.synopsis);
         u.push_str(&format!("\n{}\n      {}", head.trim_end(), c.help));
@@ -360,7 +364,10 @@ pub fn main_with(argv: &[String]) -> i32 {
     let res = match command(&args.command).map(|c| c.handler) {
         Some(Handler::Local(f)) => f(&args),
         Some(Handler::Admin { reads, .. }) => admin_local_or_remote(argv, &args, reads),
-        None => Err(CliError::usage(format!("unknown command {:?}", args.command))),
+        None => Err(CliError::usage(format!(
+            "unknown command {:?}",
+            args.command
+        ))),
     };
     match res {
         Ok(code) => code,

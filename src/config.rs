@@ -380,10 +380,7 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     for i in (0..=here).rev() {
         let t = whole_line(i).trim();
         if t.starts_with('[') && !t.contains('=') {
-            table = t
-                .trim_matches(|c| c == '[' || c == ']')
-                .trim()
-                .to_string();
+            table = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
             break;
         }
         if key.is_none() && !t.starts_with('#') {
@@ -429,12 +426,12 @@ impl Config {
             let at = e.span().map(|s| s.start);
             let key = if msg.contains("unknown field") {
                 // `unknown field `delivr``: name it with its table (`lmtp.delivr`).
-                msg.split('`').nth(1).map(|k| {
-                    match at.and_then(|o| key_at(text, o)) {
+                msg.split('`')
+                    .nth(1)
+                    .map(|k| match at.and_then(|o| key_at(text, o)) {
                         Some(full) if full.ends_with(k) => full,
                         _ => k.to_string(),
-                    }
-                })
+                    })
             } else {
                 at.and_then(|o| key_at(text, o))
             };
@@ -785,7 +782,8 @@ mod tests {
 
     #[test]
     fn ischedule_tls_error_has_a_line() {
-        let e = Config::parse("[ischedule]\n\nlisten = \"127.0.0.1:8443\"\n", "t.toml").unwrap_err();
+        let e =
+            Config::parse("[ischedule]\n\nlisten = \"127.0.0.1:8443\"\n", "t.toml").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("ischedule.tls_cert"), "{e}");
         assert_eq!(e.line, Some(3), "{e}");
         let dir = tempfile::tempdir().unwrap();

@@ -85,7 +85,10 @@ fn imipd_8_has_every_command_and_option() {
         .into_iter()
         .chain(["--version".to_string(), "--help".to_string()])
     {
-        if !section(&man, "OPTIONS").iter().any(|l| plain(l).contains(&o)) {
+        if !section(&man, "OPTIONS")
+            .iter()
+            .any(|l| plain(l).contains(&o))
+        {
             missing.push(format!("option {o} (OPTIONS)"));
         }
     }
@@ -160,7 +163,10 @@ fn example_keys(text: &str) -> Vec<(String, String, String)> {
         let t = t.trim_start_matches('#').trim();
         if let Some((k, _)) = t.split_once('=') {
             let k = k.trim();
-            if !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+            if !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
                 out.push((table.clone(), k.to_string(), line.to_string()));
             }
         }
@@ -212,7 +218,9 @@ fn example_config_values_are_the_defaults() {
         };
         let default = get(&defaults, &table).and_then(|t| t.get(&key));
         if default != Some(shown) {
-            wrong.push(format!("[{table}] {key} = {shown} but the default is {default:?}"));
+            wrong.push(format!(
+                "[{table}] {key} = {shown} but the default is {default:?}"
+            ));
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");

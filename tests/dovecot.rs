@@ -27,7 +27,9 @@ impl Dovecot {
             if d == Path::new("/") {
                 break;
             }
-            let mode = std::fs::metadata(d).map(|m| m.permissions().mode()).unwrap_or(0);
+            let mode = std::fs::metadata(d)
+                .map(|m| m.permissions().mode())
+                .unwrap_or(0);
             let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode | 0o711));
             p = d.parent();
         }
@@ -90,7 +92,11 @@ impl Dovecot {
     }
 
     fn maildir(&self, domain: &str, user: &str) -> PathBuf {
-        self.dir.join("home").join(domain).join(user).join("Maildir")
+        self.dir
+            .join("home")
+            .join(domain)
+            .join(user)
+            .join("Maildir")
     }
 
     /// The processes whose parent is the master.
@@ -104,8 +110,9 @@ impl Dovecot {
                         std::fs::read_to_string(format!("/proc/{pid}/stat"))
                             .ok()
                             .and_then(|s| {
-                                s.rsplit_once(')')
-                                    .and_then(|(_, r)| r.split_whitespace().nth(1).map(str::to_string))
+                                s.rsplit_once(')').and_then(|(_, r)| {
+                                    r.split_whitespace().nth(1).map(str::to_string)
+                                })
                             })
                             .is_some_and(|ppid| ppid == master)
                     })
@@ -136,7 +143,9 @@ impl Dovecot {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        let gone = children.iter().all(|&c| mta::wait_gone(c, Duration::from_secs(10)));
+        let gone = children
+            .iter()
+            .all(|&c| mta::wait_gone(c, Duration::from_secs(10)));
         exited && gone
     }
 }
@@ -153,7 +162,8 @@ impl Drop for Dovecot {
 /// One LMTP transaction (RFC 2033): the reply lines after DATA, one per recipient.
 fn lmtp_send(port: u16, from: &str, to: &[&str], data: &str) -> Vec<String> {
     let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
     let mut w = s.try_clone().expect("clone");
     let mut r = BufReader::new(s);
     let reply = |r: &mut BufReader<TcpStream>| -> Vec<String> {
@@ -172,7 +182,8 @@ fn lmtp_send(port: u16, from: &str, to: &[&str], data: &str) -> Vec<String> {
         lines
     };
     let mut cmd = |r: &mut BufReader<TcpStream>, line: &str, want: &str| {
-        w.write_all(format!("{line}\r\n").as_bytes()).expect("write");
+        w.write_all(format!("{line}\r\n").as_bytes())
+            .expect("write");
         let got = reply(r);
         assert!(
             got.last().is_some_and(|l| l.starts_with(want)),
@@ -261,10 +272,19 @@ fn lmtp_hands_on_to_dovecot() {
     );
     let port = imipd.lmtp_port.expect("lmtp port");
     let to = ["bob@example.org", "carol@example.org"];
-    let replies = lmtp_send(port, "alice@example.com", &to, &invitation("dove-1@example.com", &to));
+    let replies = lmtp_send(
+        port,
+        "alice@example.com",
+        &to,
+        &invitation("dove-1@example.com", &to),
+    );
     assert_eq!(replies.len(), 2, "{replies:?}");
     for (r, who) in replies.iter().zip(to) {
-        assert!(r.starts_with("250") && r.contains(who), "{replies:?}\n{}", imipd.log());
+        assert!(
+            r.starts_with("250") && r.contains(who),
+            "{replies:?}\n{}",
+            imipd.log()
+        );
     }
     // Dovecot stored one copy per recipient, annotated by imipd.
     for user in ["bob", "carol"] {
@@ -282,12 +302,21 @@ fn lmtp_hands_on_to_dovecot() {
     // And the calendars were updated.
     for user in to {
         let cal = imipd.export(user);
-        assert!(cal.contains("UID:dove-1@example.com"), "{user}: {cal}\n{}", imipd.log());
+        assert!(
+            cal.contains("UID:dove-1@example.com"),
+            "{user}: {cal}\n{}",
+            imipd.log()
+        );
     }
 
     // Dovecot gone: the message is not lost, LMTP answers a temporary failure per recipient.
     assert!(dovecot.stop(), "dovecot processes left");
-    let replies = lmtp_send(port, "alice@example.com", &to[..1], &invitation("dove-2@example.com", &to[..1]));
+    let replies = lmtp_send(
+        port,
+        "alice@example.com",
+        &to[..1],
+        &invitation("dove-2@example.com", &to[..1]),
+    );
     assert!(replies.iter().all(|r| r.starts_with('4')), "{replies:?}");
     assert_eq!(imipd.stop(), Some(0), "{}", imipd.log());
 }
@@ -303,7 +332,10 @@ fn process_as_a_sieve_program_under_dovecot_lda() {
     }
     let extprograms = Path::new("/usr/lib/dovecot/modules/sieve/lib90_sieve_extprograms_plugin.so");
     if !extprograms.exists() {
-        mta::skip(test, "Pigeonhole's extprograms plugin (dovecot-sieve) is not installed");
+        mta::skip(
+            test,
+            "Pigeonhole's extprograms plugin (dovecot-sieve) is not installed",
+        );
         return;
     }
     if !mta::is_root() {
@@ -318,7 +350,12 @@ fn process_as_a_sieve_program_under_dovecot_lda() {
         std::fs::create_dir_all(d).expect("dirs");
     }
     // The store belongs to the user Dovecot delivers as.
-    assert!(Command::new("chown").arg("nobody:nogroup").arg(&data).status().expect("chown").success());
+    assert!(Command::new("chown")
+        .arg("nobody:nogroup")
+        .arg(&data)
+        .status()
+        .expect("chown")
+        .success());
     let config = site.join("imipd.toml");
     std::fs::write(
         &config,
@@ -363,13 +400,24 @@ fn process_as_a_sieve_program_under_dovecot_lda() {
     let mut lda = Command::new("/usr/lib/dovecot/dovecot-lda")
         .arg("-c")
         .arg(&conf)
-        .args(["-d", "bob@example.org", "-a", "bob@example.org", "-f", "alice@example.com"])
+        .args([
+            "-d",
+            "bob@example.org",
+            "-a",
+            "bob@example.org",
+            "-f",
+            "alice@example.com",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("dovecot-lda");
-    lda.stdin.take().expect("stdin").write_all(msg.as_bytes()).expect("message");
+    lda.stdin
+        .take()
+        .expect("stdin")
+        .write_all(msg.as_bytes())
+        .expect("message");
     let deadline = Instant::now() + Duration::from_secs(60);
     while lda.try_wait().expect("wait").is_none() {
         if Instant::now() > deadline {
@@ -399,7 +447,8 @@ fn process_as_a_sieve_program_under_dovecot_lda() {
         .expect("journal");
     let journal = String::from_utf8_lossy(&export.stdout);
     assert!(
-        journal.contains("\"uid\":\"sieve-1@example.com\"") && journal.contains("\"outcome\":\"applied\""),
+        journal.contains("\"uid\":\"sieve-1@example.com\"")
+            && journal.contains("\"outcome\":\"applied\""),
         "journal: {journal}\n{}\n{}",
         String::from_utf8_lossy(&export.stderr),
         dovecot.log()

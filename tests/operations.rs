@@ -294,16 +294,16 @@ fn write_config(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
 fn read_commands_never_create_a_store() {
     let tmp = TempDir::new().expect("tempdir");
     let data = tmp.path().join("nothing-here");
-    let cfg = write_config(
-        tmp.path(),
-        &format!("data_dir = \"{}\"\n", data.display()),
-    );
+    let cfg = write_config(tmp.path(), &format!("data_dir = \"{}\"\n", data.display()));
     let c = cfg.to_str().expect("path");
     let d = data.to_str().expect("path");
     let window = ["--from", "20260101T000000Z", "--to", "20260102T000000Z"];
     let mut cases: Vec<(Vec<&str>, &str)> = Vec::new();
     for (flag, val, origin) in [("--config", c, c), ("--data-dir", d, "--data-dir")] {
-        cases.push((vec![flag, val, "export", "--user", "bob@example.org"], origin));
+        cases.push((
+            vec![flag, val, "export", "--user", "bob@example.org"],
+            origin,
+        ));
         let mut fb = vec![flag, val, "freebusy", "--user", "bob@example.org"];
         fb.extend_from_slice(&window);
         cases.push((fb, origin));
@@ -318,7 +318,15 @@ fn read_commands_never_create_a_store() {
     }
     // A usage error (a bad date) opens nothing either.
     let (_, err, code) = imipd(&[
-        "--data-dir", d, "freebusy", "--user", "bob@example.org", "--from", "garbage", "--to", "x",
+        "--data-dir",
+        d,
+        "freebusy",
+        "--user",
+        "bob@example.org",
+        "--from",
+        "garbage",
+        "--to",
+        "x",
     ]);
     assert_eq!(code, 64, "{err}");
     assert!(!data.exists());
@@ -331,18 +339,30 @@ fn admin_commands_read_data_dir_from_config() {
     let data = tmp.path().join("from-config");
     let cfg = write_config(
         tmp.path(),
-        &format!("data_dir = \"{}\"\nlocal_domains = [\"example.org\"]\n", data.display()),
+        &format!(
+            "data_dir = \"{}\"\nlocal_domains = [\"example.org\"]\n",
+            data.display()
+        ),
     );
     let c = cfg.to_str().expect("path");
     let m = request_msg(tmp.path(), "alice@example.com", "cfg-1@example.com");
-    let (out, err, code) = imipd(&["--config", c, "process", "--trust-sender", m.to_str().expect("path")]);
+    let (out, err, code) = imipd(&[
+        "--config",
+        c,
+        "process",
+        "--trust-sender",
+        m.to_str().expect("path"),
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(outcome_of(&out).starts_with("applied"), "{out}");
     assert!(
         err.contains(&format!("store {} (data_dir of {c})", data.display())),
         "{err}"
     );
-    assert!(data.join("store").exists(), "no store under the config's data_dir");
+    assert!(
+        data.join("store").exists(),
+        "no store under the config's data_dir"
+    );
     let (out, err, code) = imipd(&["--config", c, "export", "--user", "bob@example.org"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("UID:cfg-1@example.com"), "{out}");
@@ -354,9 +374,15 @@ fn admin_commands_read_data_dir_from_config() {
 fn check_config_names_table_keys() {
     let tmp = TempDir::new().expect("tempdir");
     for (text, want) in [
-        ("[lmtp]\nlisten = \"inet:127.0.0.1:1\"\ndelivr = \"x\"\n", ":3: key `lmtp.delivr`"),
+        (
+            "[lmtp]\nlisten = \"inet:127.0.0.1:1\"\ndelivr = \"x\"\n",
+            ":3: key `lmtp.delivr`",
+        ),
         ("[milter]\n[lmtp]\ndeliver = 3\n", ":3: key `lmtp.deliver`"),
-        ("[ischedule]\nlisten = \"127.0.0.1:8443\"\n", ":2: key `ischedule.tls_cert`"),
+        (
+            "[ischedule]\nlisten = \"127.0.0.1:8443\"\n",
+            ":2: key `ischedule.tls_cert`",
+        ),
     ] {
         let p = write_config(tmp.path(), text);
         let (_, err, code) = imipd(&["--config", p.to_str().expect("path"), "check-config"]);
@@ -421,7 +447,13 @@ END:VEVENT\r\nEND:VCALENDAR\r\n",
     .expect("msg");
     let one = request_msg(tmp.path(), "alice@example.com", "one@example.com");
     for m in [&two, &one] {
-        let (_, err, code) = imipd(&["--config", c, "process", "--trust-sender", m.to_str().expect("path")]);
+        let (_, err, code) = imipd(&[
+            "--config",
+            c,
+            "process",
+            "--trust-sender",
+            m.to_str().expect("path"),
+        ]);
         assert_eq!(code, 0, "{err}");
     }
     let journal = |extra: &[&str]| -> Vec<serde_json::Value> {
@@ -434,7 +466,9 @@ END:VEVENT\r\nEND:VCALENDAR\r\n",
             .collect()
     };
     let field = |v: &[serde_json::Value], k: &str| -> Vec<String> {
-        v.iter().map(|x| x[k].as_str().unwrap_or("?").to_string()).collect()
+        v.iter()
+            .map(|x| x[k].as_str().unwrap_or("?").to_string())
+            .collect()
     };
     let all = journal(&[]);
     assert_eq!(
@@ -449,17 +483,43 @@ END:VEVENT\r\nEND:VCALENDAR\r\n",
     assert_eq!(last["method"], "REQUEST");
     assert_eq!(last["component"], "VEVENT");
     assert_eq!(last["outcome"], "applied");
-    assert!(last["ts"].as_i64().is_some_and(|t| t > 1_700_000_000), "{last}");
+    assert!(
+        last["ts"].as_i64().is_some_and(|t| t > 1_700_000_000),
+        "{last}"
+    );
     assert!(last["reason"].is_string());
     assert_eq!(
         field(&journal(&["--user", "mailto:Carol@example.org"]), "uid"),
         ["two"]
     );
     let by_id = journal(&["--message-id", "<two@example.com>"]);
-    assert_eq!(field(&by_id, "user"), ["mailto:bob@example.org", "mailto:carol@example.org"]);
-    assert_eq!(field(&journal(&["--message-id", "two@example.com", "--user", "bob@example.org"]), "uid"), ["two"]);
-    assert_eq!(field(&journal(&["--limit", "2"]), "uid"), ["two", "one@example.com"]);
-    assert_eq!(field(&journal(&["--user", "bob@example.org", "--limit", "3"]), "uid"), ["old-2", "two", "one@example.com"]);
+    assert_eq!(
+        field(&by_id, "user"),
+        ["mailto:bob@example.org", "mailto:carol@example.org"]
+    );
+    assert_eq!(
+        field(
+            &journal(&[
+                "--message-id",
+                "two@example.com",
+                "--user",
+                "bob@example.org"
+            ]),
+            "uid"
+        ),
+        ["two"]
+    );
+    assert_eq!(
+        field(&journal(&["--limit", "2"]), "uid"),
+        ["two", "one@example.com"]
+    );
+    assert_eq!(
+        field(
+            &journal(&["--user", "bob@example.org", "--limit", "3"]),
+            "uid"
+        ),
+        ["old-2", "two", "one@example.com"]
+    );
     assert!(journal(&["--limit", "0"]).is_empty());
     let (_, err, code) = imipd(&["--config", c, "journal", "--limit", "many"]);
     assert_eq!(code, 64, "{err}");
@@ -471,7 +531,11 @@ END:VEVENT\r\nEND:VCALENDAR\r\n",
     let mut d = Imipd::start(&run_dir, cfg_text, &[]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !d.log().contains("journal: removed 2 lines") {
-        assert!(std::time::Instant::now() < deadline, "no pruning: {}", d.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pruning: {}",
+            d.log()
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let (out, err, code) = d.cli(&["journal"]);

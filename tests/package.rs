@@ -71,7 +71,10 @@ fn debian_package() {
         return;
     }
     if !have_cargo_deb() {
-        common::skip(TEST, "cargo-deb is not installed (cargo install cargo-deb --locked)");
+        common::skip(
+            TEST,
+            "cargo-deb is not installed (cargo install cargo-deb --locked)",
+        );
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -114,11 +117,17 @@ fn debian_package() {
     let control = tmp.path().join("control");
     output(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&control));
     let conffiles = std::fs::read_to_string(control.join("conffiles")).expect("conffiles");
-    assert!(conffiles.lines().any(|l| l == "/etc/imipd/imipd.toml"), "{conffiles}");
+    assert!(
+        conffiles.lines().any(|l| l == "/etc/imipd/imipd.toml"),
+        "{conffiles}"
+    );
     // The system user and the state directory come from the maintainer scripts.
     let postinst = std::fs::read_to_string(control.join("postinst")).expect("postinst");
     assert!(postinst.contains("adduser --system"), "{postinst}");
-    assert!(postinst.contains("install -d -o imipd -g imipd -m 0750 /var/lib/imipd"), "{postinst}");
+    assert!(
+        postinst.contains("install -d -o imipd -g imipd -m 0750 /var/lib/imipd"),
+        "{postinst}"
+    );
     for script in ["postinst", "postrm"] {
         output(Command::new("sh").arg("-n").arg(control.join(script)));
     }
@@ -129,14 +138,25 @@ fn debian_package() {
     let bin = root.join("usr/bin/imipd");
     let conf = root.join("etc/imipd/imipd.toml");
     let version = output(Command::new(&bin).arg("--version"));
-    assert_eq!(version.trim(), format!("imipd {}", env!("CARGO_PKG_VERSION")));
-    let checked = output(Command::new(&bin).arg("--config").arg(&conf).arg("check-config"));
+    assert_eq!(
+        version.trim(),
+        format!("imipd {}", env!("CARGO_PKG_VERSION"))
+    );
+    let checked = output(
+        Command::new(&bin)
+            .arg("--config")
+            .arg(&conf)
+            .arg("check-config"),
+    );
     assert!(checked.contains("\"ok\":true"), "{checked}");
-    let unit_path = ["usr/lib/systemd/system/imipd.service", "lib/systemd/system/imipd.service"]
-        .iter()
-        .map(|p| root.join(p))
-        .find(|p| p.is_file())
-        .expect("unit file");
+    let unit_path = [
+        "usr/lib/systemd/system/imipd.service",
+        "lib/systemd/system/imipd.service",
+    ]
+    .iter()
+    .map(|p| root.join(p))
+    .find(|p| p.is_file())
+    .expect("unit file");
     let unit = std::fs::read_to_string(&unit_path).expect("unit");
     assert!(unit.contains("User=imipd"), "{unit}");
 
@@ -182,8 +202,14 @@ fn debian_package() {
         }
     }
     let all = listening.join("\n");
-    assert!(all.contains("inet:127.0.0.1:8897") && all.contains("inet:127.0.0.1:2424"), "{all}");
-    assert!(root.join("var/lib/imipd/store").exists(), "store not under the temp root");
+    assert!(
+        all.contains("inet:127.0.0.1:8897") && all.contains("inet:127.0.0.1:2424"),
+        "{all}"
+    );
+    assert!(
+        root.join("var/lib/imipd/store").exists(),
+        "store not under the temp root"
+    );
     // systemd stops it with SIGTERM (KillSignal=SIGTERM).
     // SAFETY: kill(2) on our own child.
     unsafe {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+// One helper shared by every test crate, whichever of common, mta and signers it uses.
+#[allow(clippy::duplicate_mod)]
 #[path = "skip.rs"]
 mod skip;
 #[allow(unused_imports)]

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+// One helper shared by every test crate, whichever of common, mta and signers it uses.
+#[allow(clippy::duplicate_mod)]
 #[path = "../common/skip.rs"]
 mod skip;
 #[allow(unused_imports)]
@@ -177,7 +179,8 @@ pub struct Postfix {
 pub fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => !matches!(
-            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()),
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next()),
             Some("Z") | Some("X")
         ),
         Err(_) => false,
@@ -397,7 +400,10 @@ impl Postfix {
             return true;
         };
         for (signal, wait) in [(libc::SIGTERM, 10), (libc::SIGKILL, 5)] {
-            if wait_gone(pid, Duration::from_secs(if signal == libc::SIGTERM { 5 } else { 0 })) {
+            if wait_gone(
+                pid,
+                Duration::from_secs(if signal == libc::SIGTERM { 5 } else { 0 }),
+            ) {
                 self.master_pid = None;
                 return true;
             }
@@ -425,7 +431,10 @@ impl Drop for Postfix {
         let pid = self.master_pid;
         let gone = self.stop();
         if !gone && !std::thread::panicking() {
-            panic!("postfix master {pid:?} of {} is still running", self.dir.display());
+            panic!(
+                "postfix master {pid:?} of {} is still running",
+                self.dir.display()
+            );
         }
     }
 }

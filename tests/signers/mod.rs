@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use imipd::auth::AuthConfig;
 
+// One helper shared by every test crate, whichever of common, mta and signers it uses.
+#[allow(clippy::duplicate_mod)]
 #[path = "../common/skip.rs"]
 mod skip;
 
