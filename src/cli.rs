@@ -39,10 +39,7 @@ pub enum Handler {
     Local(fn(&Args) -> Result<i32, CliError>),
     /// Works on the store: locally, or through the daemon's control socket while it runs.
     /// `reads` commands never create a store.
-    Admin {
-        run: AdminFn,
-        reads: bool,
-    },
+    Admin { run: AdminFn, reads: bool },
 }
 
 /// The dispatch table: every command `imipd` knows, in the order `--help` lists them.

@@ -80,7 +80,15 @@ fn debian_package() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let deb = tmp.path().join("imipd.deb");
     let build = Command::new(cargo())
-        .args(["deb", "--profile", "dev", "--no-strip", "--quiet", "-o"])
+        .args([
+            "deb",
+            "--profile",
+            "dev",
+            "--no-strip",
+            "--fast",
+            "--quiet",
+            "-o",
+        ])
         .arg(&deb)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()

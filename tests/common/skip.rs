@@ -1,6 +1,6 @@
 //! The one way a test skips: with `CI=true` a missing tool or privilege fails the test (the run
 //! must not pass by testing nothing); elsewhere it prints a `NOTICE:` line that `cargo test`
-//! shows, and the caller returns early.
+//! shows (written past libtest's output capture), and the caller returns early.
 //!
 //! Included by `tests/common`, `tests/mta` and `tests/signers` (`#[path]`), so that every test
 //! crate shares it whichever helper modules it uses.
@@ -19,7 +19,10 @@ pub fn skip(test: &str, why: &str) {
     if in_ci() {
         panic!("{test} cannot run under CI=true: {why}");
     }
-    eprintln!("NOTICE: skipping {test}: {why}");
+    // Straight to the process's stderr: libtest captures `eprintln!` of passing tests, and a
+    // skip must show in `cargo test`'s output.
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "NOTICE: skipping {test}: {why}");
 }
 
 /// Whether the test runs as root (a private Postfix, Cyrus's master and Dovecot need it).
