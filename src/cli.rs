@@ -613,6 +613,17 @@ fn cmd_process(args: &Args, env: &Env, raw: Vec<u8>, io: &mut Io) -> Result<i32,
     if !args.trust_sender {
         io.errln(format!("Authentication-Results: {}", verdict.proof.results));
     }
+    if verdict.recipients.is_empty() {
+        io.errln(format!(
+            "note: no local recipient in To/Cc (local_domains: {}); nothing was applied. \
+             Name one with --recipient ADDR",
+            if env.cfg.local_domains.is_empty() {
+                "any".to_string()
+            } else {
+                env.cfg.local_domains.join(", ")
+            }
+        ));
+    }
     env.store
         .flush()
         .map_err(|e| CliError::new(EX_TEMPFAIL, e.to_string()))?;

@@ -164,6 +164,30 @@ pub struct Policy {
     /// With `trust_authenticated_submission`: the addresses each SASL login may send as
     /// (default: the login itself if it is an address, else login@ each local domain).
     pub submission_logins: std::collections::HashMap<String, Vec<String>>,
+    /// Who may act for a calendar user through SENT-BY, besides what a stored object records:
+    /// `"ceo@example.org" = ["assistant@example.org"]`.
+    pub delegates: BTreeMap<String, Vec<String>>,
+    /// `delegates` with every address normalized ([`crate::ical::norm_addr`]): principal ->
+    /// delegates. Filled by [`Config::parse`]; this is what the iTIP engine reads.
+    #[serde(skip)]
+    pub delegate_map: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl Policy {
+    /// Rebuilds [`Policy::delegate_map`] from [`Policy::delegates`].
+    pub fn normalize_delegates(&mut self) {
+        let mut map: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for (principal, list) in &self.delegates {
+            let entry = map.entry(crate::ical::norm_addr(principal)).or_default();
+            for d in list {
+                let d = crate::ical::norm_addr(d);
+                if !entry.contains(&d) {
+                    entry.push(d);
+                }
+            }
+        }
+        self.delegate_map = map;
+    }
 }
 
 impl Default for Policy {
@@ -176,6 +200,8 @@ impl Default for Policy {
             trusted_relays: Vec::new(),
             create_for: Default::default(),
             submission_logins: Default::default(),
+            delegates: BTreeMap::new(),
+            delegate_map: Default::default(),
         }
     }
 }
@@ -418,7 +444,7 @@ impl Config {
     }
 
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
                 .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
@@ -443,6 +469,7 @@ impl Config {
             }
         })?;
         cfg.validate(text, file)?;
+        cfg.policy.normalize_delegates();
         Ok(cfg)
     }
 
@@ -514,6 +541,18 @@ impl Config {
                     format!("{ip:?} is not an IP address"),
                 )
             })?;
+        }
+        for (principal, list) in &self.policy.delegates {
+            for a in std::iter::once(principal).chain(list) {
+                if !looks_like_address(a) {
+                    return Err(ConfigError {
+                        file: file.to_string(),
+                        line: line_of(text, "policy.delegates").or_else(|| line_with(text, a)),
+                        key: Some("policy.delegates".into()),
+                        message: format!("{a:?} is not a calendar-user address (user@domain)"),
+                    });
+                }
+            }
         }
         for d in &self.local_domains {
             if d.is_empty() || d.contains('@') || d.contains(char::is_whitespace) {
@@ -665,6 +704,28 @@ impl Config {
     }
 }
 
+/// `user@domain` or `mailto:user@domain`, with no white space or control character.
+fn looks_like_address(a: &str) -> bool {
+    let bare = crate::ical::norm_addr(a);
+    match bare.rsplit_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !bare.chars().any(|c| c.is_whitespace() || c.is_control())
+        }
+        None => false,
+    }
+}
+
+/// The first line that mentions `needle` in quotes (for keys given as a `[policy.delegates]`
+/// table, where [`line_of`] does not apply).
+fn line_with(text: &str, needle: &str) -> Option<usize> {
+    let quoted = format!("\"{needle}\"");
+    text.lines()
+        .position(|l| l.contains(&quoted))
+        .map(|i| i + 1)
+}
+
 /// A listening address: `inet:HOST:PORT` or `unix:/path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listen {
@@ -805,6 +866,38 @@ mod tests {
         assert_eq!(Config::parse("", "t.toml").unwrap().journal.keep_days, 90);
         let c = Config::parse("[journal]\nkeep_days = 7\n", "t.toml").unwrap();
         assert_eq!(c.journal.keep_days, 7);
+    }
+
+    #[test]
+    fn delegates_are_normalized_for_the_engine() {
+        let c = Config::parse(
+            "[policy]\ndelegates = { \"MAILTO:CEO@Example.org\" = [\"Assistant@example.org\", \"mailto:assistant@EXAMPLE.org\"] }\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.policy.delegate_map.get("ceo@example.org"),
+            Some(&vec!["assistant@example.org".to_string()])
+        );
+    }
+
+    #[test]
+    fn bad_delegate_names_key_and_line() {
+        let e = Config::parse(
+            "[policy]\ncreate = \"everyone\"\ndelegates = { \"ceo@example.org\" = [\"assistant\"] }\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("policy.delegates"), "{e}");
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.to_string().contains("\"assistant\""), "{e}");
+        let e = Config::parse(
+            "[policy.delegates]\n\"ceo@example.org\" = [\"a b@example.org\"]\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("policy.delegates"), "{e}");
+        assert_eq!(e.line, Some(2), "{e}");
     }
 
     #[test]

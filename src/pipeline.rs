@@ -82,6 +82,8 @@ pub struct Verdict {
     pub had_calendar: bool,
     /// The sender proof the message was judged by (empty for iSchedule bodies).
     pub proof: Proof,
+    /// The local recipients whose calendars were looked at.
+    pub recipients: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -337,6 +339,7 @@ impl Pipeline {
         } else {
             recipients.to_vec()
         };
+        v.recipients = recipients.clone();
         if ex.is_report {
             return Ok(v);
         }
@@ -436,6 +439,7 @@ impl Pipeline {
         let ctx = Context {
             recipient: rcpt,
             proven,
+            delegates: &self.config.policy.delegate_map,
             delete_on_cancel: self.config.itip.delete_on_cancel,
             now: ts,
         };

@@ -526,3 +526,148 @@ fn import_of_garbage_is_an_error() {
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("imipd:"), "{}", r.stderr);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Bounded cost on any input (issue: each shape was measured unsigned, no recipient needed).
+// Timing tests run one at a time and assert generous ceilings plus linear scaling: doubling
+// the input must cost less than ~2.5 times as much (quadratic work would cost four times).
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `make(n)` and `make(2n)` through `process`, each at least `min_ms` long so the ratio is
+/// not noise; returns (time for n, time for 2n).
+fn scaling(env: &Env, make: impl Fn(usize) -> Vec<u8>, mut n: usize) -> (Duration, Duration) {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let small = process_bounded(env, &make(n)).0;
+        let large = process_bounded(env, &make(2 * n)).0;
+        if small.elapsed >= Duration::from_millis(150) || n >= 1 << 20 {
+            return (small.elapsed, large.elapsed);
+        }
+        n *= 2;
+    }
+}
+
+#[track_caller]
+fn linear(small: Duration, large: Duration) {
+    let ratio = large.as_secs_f64() / small.as_secs_f64().max(1e-3);
+    assert!(
+        ratio < 2.5,
+        "doubling the input took {ratio:.2}x as long ({small:?} -> {large:?})"
+    );
+}
+
+/// Several parts of calendars with many UIDs each (a 4 x 50,000-UID message took a minute
+/// when objects were de-duplicated pairwise): linear, and a big one in a few seconds.
+#[test]
+fn many_uids_in_many_parts_are_linear() {
+    let env = Env::new();
+    let make = |n: usize| -> Vec<u8> {
+        let b = "=_uids";
+        let mut msg = format!(
+            "From: <{ALICE}>\r\nTo: <{BOB}>\r\nSubject: x\r\nMessage-ID: {}\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/mixed; boundary=\"{b}\"\r\n\r\n",
+            message_id()
+        );
+        for part in 0..4 {
+            msg.push_str(&format!(
+                "--{b}\r\nContent-Type: text/calendar; method=REQUEST\r\n\r\n"
+            ));
+            // Both shapes: one calendar of many UIDs, and many one-UID calendars.
+            if part % 2 == 0 {
+                let comps: Vec<Comp> = (0..n).map(|i| invite(&format!("u{part}-{i}"))).collect();
+                msg.push_str(&vcal("REQUEST", &comps));
+            } else {
+                for i in 0..n {
+                    msg.push_str(&vcal("REQUEST", &[invite(&format!("c{part}-{i}"))]));
+                }
+            }
+        }
+        msg.push_str(&format!("--{b}--\r\n"));
+        msg.into_bytes()
+    };
+    let (small, large) = scaling(&env, make, 2_000);
+    linear(small, large);
+    let (r, outs) = process_bounded(&env, &make(10_000));
+    assert!(r.elapsed < Duration::from_secs(20), "{:?}", r.elapsed);
+    assert!(outs.len() <= 64, "{} outcome lines", outs.len());
+    assert!(
+        outs.iter().any(|o| o.reason.contains("different UIDs")),
+        "{outs:#?}"
+    );
+}
+
+/// Thousands of VTIMEZONEs beside thousands of objects (each object used to get a copy of
+/// every zone: 2,000 x 2,000 reached 2.5 GB): memory stays small, time linear.
+#[test]
+fn many_timezones_times_many_objects_stay_small() {
+    let env = Env::new();
+    let make = |n: usize| -> Vec<u8> {
+        let mut zones = String::new();
+        for i in 0..n {
+            zones.push_str(&format!(
+                "BEGIN:VTIMEZONE\r\nTZID:Z{i}\r\nBEGIN:STANDARD\r\nDTSTART:19700101T000000\r\n\
+                 TZOFFSETFROM:+0100\r\nTZOFFSETTO:+0100\r\nEND:STANDARD\r\nEND:VTIMEZONE\r\n"
+            ));
+        }
+        let mut cals = String::new();
+        // One calendar with every zone and many objects, then many calendars sharing nothing.
+        let comps: Vec<Comp> = (0..n).map(|i| invite(&format!("tz-{i}"))).collect();
+        cals.push_str(&vcal_with("REQUEST", &zones, &comps));
+        single_part("REQUEST", cals.as_bytes())
+    };
+    let (small, large) = scaling(&env, make, 500);
+    linear(small, large);
+    let (r, _) = process_bounded(&env, &make(2_000));
+    assert!(r.peak_kb < 256 * 1024, "peak {} kB", r.peak_kb);
+}
+
+/// 1,000 local recipients times many objects: the journal gets one summary line per
+/// recipient and reason, not a line per object and recipient (100,000 lines, 100 MB before).
+#[test]
+fn many_recipients_times_many_objects_bound_the_journal() {
+    let env = Env::new();
+    let rcpts: Vec<String> = (0..1000).map(|i| format!("u{i}@example.org")).collect();
+    let to = rcpts.join(", ");
+    let mut cals = String::new();
+    for i in 0..100 {
+        cals.push_str(&vcal("REQUEST", &[invite(&format!("j-{i}"))]));
+    }
+    let mut msg = format!(
+        "From: <{MALLORY}>\r\nTo: {to}\r\nSubject: x\r\nMessage-ID: {}\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/calendar; method=REQUEST\r\n\r\n",
+        message_id()
+    )
+    .into_bytes();
+    msg.extend_from_slice(cals.as_bytes());
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let cfg = env.file("toml", b"local_domains = [\"example.org\"]\n");
+    let p = env.file("eml", &msg);
+    let r = run_limited(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            env.data.to_str().unwrap(),
+            "process",
+            p.to_str().unwrap(),
+        ],
+        None,
+        LIMIT,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let outs = parse_outcomes(&r.stdout);
+    nothing_applied(&outs);
+    assert!(!outs.is_empty());
+    let store = imipd::store::Sled::open(&env.data).expect("open store");
+    let lines = imipd::store::Store::journal(&store, 1_000_000).expect("journal");
+    assert!(
+        lines.len() <= 1000 * 2,
+        "{} journal lines for 1,000 recipients",
+        lines.len()
+    );
+    assert!(
+        lines.iter().any(|l| l.uid == "*" && l.count > 1),
+        "rejections are summarized"
+    );
+}

@@ -193,10 +193,36 @@ fn request_not_proven_without_trust_sender_is_rejected() {
     assert_eq!(env.export_run(BOB, Some("req-4")).code, 1);
 }
 
-/// RFC 5545 3.2.18 (SENT-BY) with RFC 5546 6.2: a delegate of the organizer in the same domain
-/// may send for it.
+/// `process --trust-sender` with a config file (`--config` before the command).
+fn process_with_config(env: &Env, config: &str, eml: &str, recipients: &[&str]) -> Run {
+    let cfg = env.file("toml", config.as_bytes());
+    let eml = env.file("eml", eml.as_bytes());
+    let mut args: Vec<String> = vec![
+        "--config".into(),
+        cfg.to_str().unwrap().into(),
+        "--data-dir".into(),
+        env.data.to_str().unwrap().into(),
+        "process".into(),
+        "--outbox".into(),
+        env.outbox.to_str().unwrap().into(),
+        "--trust-sender".into(),
+    ];
+    for r in recipients {
+        args.push("--recipient".into());
+        args.push(r.to_string());
+    }
+    args.push(eml.to_str().unwrap().into());
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = run_limited(&a, None, LIMIT);
+    assert_eq!(r.code, 0, "process failed: {}", r.stderr);
+    r
+}
+
+/// RFC 5545 3.2.18 (SENT-BY) with RFC 5546 6.1.1 and DESIGN (SENT-BY is not proof of authority):
+/// an address of the organizer's own domain naming itself SENT-BY (a mailing list, a colleague)
+/// is not the organizer's delegate.
 #[test]
-fn request_from_sent_by_same_domain_is_applied() {
+fn request_from_same_domain_sent_by_is_rejected() {
     let env = Env::new();
     let ev = invite("req-sb1")
         .set("ORGANIZER;CN=Alice;SENT-BY=\"mailto:office@example.org\":mailto:alice@example.org");
@@ -206,7 +232,35 @@ fn request_from_sent_by_same_domain_is_applied() {
         "REQUEST",
         &vcal("REQUEST", &[ev]),
     );
-    assert_outcome(&env.process(&msg, &[BOB]), "applied");
+    let o = assert_outcome(&env.process(&msg, &[BOB]), "rejected");
+    assert!(
+        o.reason.contains("must come from the organizer"),
+        "{}",
+        o.reason
+    );
+    assert_eq!(env.export_run(BOB, Some("req-sb1")).code, 1);
+}
+
+/// DESIGN ([policy] delegates): a configured delegate of the organizer may send for it.
+#[test]
+fn request_from_configured_delegate_is_applied() {
+    let env = Env::new();
+    let ev = invite("req-sb3")
+        .set("ORGANIZER;CN=Alice;SENT-BY=\"mailto:office@example.org\":mailto:alice@example.org");
+    let msg = imip(
+        "office@example.org",
+        &[BOB],
+        "REQUEST",
+        &vcal("REQUEST", &[ev]),
+    );
+    let cfg = "[policy]\ndelegates = { \"alice@example.org\" = [\"office@example.org\"] }\n";
+    let r = process_with_config(&env, cfg, &msg, &[BOB]);
+    assert_outcome(&parse_outcomes(&r.stdout), "applied");
+    // The delegate of another user is not Alice's delegate.
+    let env = Env::new();
+    let cfg = "[policy]\ndelegates = { \"dora@example.org\" = [\"office@example.org\"] }\n";
+    let r = process_with_config(&env, cfg, &msg, &[BOB]);
+    assert_outcome(&parse_outcomes(&r.stdout), "rejected");
 }
 
 /// RFC 5545 3.2.18 with RFC 5546 6.1: a SENT-BY in another domain is not honoured (anyone could
@@ -371,10 +425,10 @@ fn request_with_changed_organizer_is_rejected() {
         .contains("mailto:alice@example.org"));
 }
 
-/// RFC 5546 3.2.2 with DESIGN: the attendee's PARTSTAT survives an organizer update that does
-/// not ask for a new reply.
+/// RFC 5546 3.2.2 with DESIGN (PARTSTAT on an organizer update): a higher SEQUENCE asks the
+/// attendee again, so the organizer's PARTSTAT (NEEDS-ACTION) replaces the local ACCEPTED.
 #[test]
-fn organizer_update_keeps_attendee_partstat() {
+fn organizer_update_with_higher_sequence_resets_partstat() {
     let env = Env::new();
     bob_invited(&env, invite("keep-1"));
     let accepted = env.export(BOB, "keep-1").replace(
@@ -390,7 +444,60 @@ fn organizer_update_keeps_attendee_partstat() {
     assert_outcome(&env.process(&msg, &[BOB]), "applied");
     let stored = env.export(BOB, "keep-1");
     assert!(stored.contains("LOCATION:Room 7"));
+    assert_eq!(partstat(&stored, BOB).as_deref(), Some("NEEDS-ACTION"));
+}
+
+/// DESIGN (PARTSTAT on an organizer update): same SEQUENCE and same time (a SUMMARY edit with a
+/// newer DTSTAMP) keeps the attendee's local PARTSTAT.
+#[test]
+fn organizer_summary_edit_keeps_attendee_partstat() {
+    let env = Env::new();
+    bob_invited(&env, invite("keep-2"));
+    let accepted = env.export(BOB, "keep-2").replace(
+        "PARTSTAT=NEEDS-ACTION;RSVP=TRUE:mailto:bob",
+        "PARTSTAT=ACCEPTED:mailto:bob",
+    );
+    env.import(BOB, &accepted);
+    let upd = invite("keep-2")
+        .stamp("20260106T000000Z")
+        .set("SUMMARY:Planning meeting (agenda attached)");
+    let msg = imip(ALICE, &[BOB], "REQUEST", &vcal("REQUEST", &[upd]));
+    assert_outcome(&env.process(&msg, &[BOB]), "applied");
+    let stored = env.export(BOB, "keep-2");
+    assert!(stored.contains("agenda attached"));
     assert_eq!(partstat(&stored, BOB).as_deref(), Some("ACCEPTED"));
+}
+
+/// Command-line contract: `process` with no local recipient says so on stderr and how to name
+/// one; it still exits 0.
+#[test]
+fn process_without_local_recipient_says_how_to_name_one() {
+    let env = Env::new();
+    let cfg = env.file("toml", b"local_domains = [\"example.org\"]\n");
+    let msg = imip(
+        ALICE,
+        &[CAROL],
+        "REQUEST",
+        &vcal("REQUEST", &[invite("norcpt-1")]),
+    );
+    let eml = env.file("eml", msg.as_bytes());
+    let r = run_limited(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            env.data.to_str().unwrap(),
+            "process",
+            "--trust-sender",
+            eml.to_str().unwrap(),
+        ],
+        None,
+        LIMIT,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.trim().is_empty(), "{}", r.stdout);
+    assert!(r.stderr.contains("no local recipient"), "{}", r.stderr);
+    assert!(r.stderr.contains("--recipient"), "{}", r.stderr);
 }
 
 /// RFC 5545 3.6.6 (VALARM belongs to the user) with DESIGN: the attendee's own alarm survives an
@@ -754,17 +861,36 @@ fn reply_without_organizer_to_non_organizer_is_rejected() {
     assert_outcome(&env.process(&msg, &[BOB]), "rejected");
 }
 
-/// RFC 5545 3.2.18 with RFC 5546 3.2.3: an attendee's SENT-BY in the same domain may answer.
+/// RFC 5545 3.2.18 with DESIGN: an attendee's SENT-BY of the same domain is not a delegate;
+/// one attendee does not answer for another.
 #[test]
-fn reply_from_attendee_sent_by_same_domain_is_applied() {
+fn reply_from_attendee_sent_by_same_domain_is_rejected() {
     let env = Env::new();
     alice_has(&env, &[invite("rep-12")]);
     let r = Comp::event("rep-12")
         .stamp("20260110T090000Z")
         .add("ATTENDEE;PARTSTAT=ACCEPTED;SENT-BY=\"mailto:secretary@example.net\":mailto:carol@example.net");
-    assert_outcome(&send_reply(&env, "secretary@example.net", r), "applied");
+    assert_outcome(&send_reply(&env, "secretary@example.net", r), "rejected");
     assert_eq!(
         partstat(&env.export(ALICE, "rep-12"), CAROL).as_deref(),
+        Some("NEEDS-ACTION")
+    );
+}
+
+/// DESIGN: a SENT-BY the stored object already records for that attendee may answer for it.
+#[test]
+fn reply_from_sent_by_recorded_in_stored_object_is_applied() {
+    let env = Env::new();
+    let ev = invite("rep-12b").add(
+        "ATTENDEE;PARTSTAT=NEEDS-ACTION;SENT-BY=\"mailto:secretary@example.net\":mailto:erin@example.net",
+    );
+    alice_has(&env, &[ev]);
+    let r = Comp::event("rep-12b")
+        .stamp("20260110T090000Z")
+        .add("ATTENDEE;PARTSTAT=ACCEPTED;SENT-BY=\"mailto:secretary@example.net\":mailto:erin@example.net");
+    assert_outcome(&send_reply(&env, "secretary@example.net", r), "applied");
+    assert_eq!(
+        partstat(&env.export(ALICE, "rep-12b"), "erin@example.net").as_deref(),
         Some("ACCEPTED")
     );
 }
@@ -1225,6 +1351,63 @@ fn refresh_is_answered_with_current_request() {
     assert!(cal.contains("UID:ref-1"));
     assert!(cal.contains("SEQUENCE:2"));
     assert!(cal.contains("LOCATION:Room 3"));
+}
+
+/// DESIGN (REFRESH of a cancelled object): the answer in the outbox is a CANCEL, never a
+/// REQUEST that would bring the event back.
+#[test]
+fn refresh_of_cancelled_object_is_answered_with_cancel() {
+    let env = Env::new();
+    alice_has(&env, &[invite("ref-c").seq(3).set("STATUS:CANCELLED")]);
+    let r = Comp::event("ref-c")
+        .without("SUMMARY")
+        .without("DTSTART")
+        .without("DTEND")
+        .without("SEQUENCE")
+        .stamp("20260110T000000Z")
+        .add(&format!("ATTENDEE:mailto:{CAROL}"));
+    let msg = imip(CAROL, &[ALICE], "REFRESH", &vcal("REFRESH", &[r]));
+    assert_outcome(&env.process(&msg, &[ALICE]), "applied");
+    let out = env.outbox();
+    assert_eq!(out.len(), 1, "one CANCEL expected");
+    assert!(header(&out[0], "To").unwrap().contains(CAROL));
+    let cal = calendar_of(&out[0]);
+    assert!(cal.contains("METHOD:CANCEL"), "{cal}");
+    assert!(!cal.contains("METHOD:REQUEST"), "{cal}");
+    assert!(cal.contains("STATUS:CANCELLED"), "{cal}");
+}
+
+/// DESIGN: a REQUEST that no longer lists the recipient cancels the stored copy (applied), and
+/// the time is free again.
+#[test]
+fn request_without_recipient_cancels_stored_copy() {
+    let env = Env::new();
+    bob_invited(&env, invite("rm-1"));
+    let without_bob = Comp::event("rm-1")
+        .seq(1)
+        .stamp("20260105T000000Z")
+        .att(ALICE, "ACCEPTED")
+        .att(CAROL, "NEEDS-ACTION");
+    let msg = imip(ALICE, &[BOB], "REQUEST", &vcal("REQUEST", &[without_bob]));
+    let fb = env.freebusy(BOB, "20260302T000000Z", "20260303T000000Z");
+    assert_eq!(busy_periods(&fb).len(), 1, "{fb}");
+    assert_outcome(&env.process(&msg, &[BOB]), "applied");
+    assert!(env.export(BOB, "rm-1").contains("STATUS:CANCELLED"));
+    let fb = env.freebusy(BOB, "20260302T000000Z", "20260303T000000Z");
+    assert!(busy_periods(&fb).is_empty(), "{fb}");
+    // Nothing stored: still rejected.
+    let msg = imip(
+        ALICE,
+        &[BOB],
+        "REQUEST",
+        &vcal(
+            "REQUEST",
+            &[invite("rm-2")
+                .without("ATTENDEE")
+                .att(CAROL, "NEEDS-ACTION")],
+        ),
+    );
+    assert_outcome(&env.process(&msg, &[BOB]), "rejected");
 }
 
 /// RFC 5546 3.2.6: a REFRESH from someone who is not invited gets nothing.

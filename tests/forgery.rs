@@ -716,3 +716,116 @@ fn encoded_crlf_in_method_parameter_injects_nothing() {
     let log = d.log();
     assert!(!log.lines().any(|l| l.starts_with("X-Injected")), "{log}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The milter's submission path
+
+/// One authenticated submission through `miltertest` (libmilter's reference client).
+fn submit(port: u16, dir: &std::path::Path, login: &str, from: &str, uid: &str) -> String {
+    let body = format!(
+        "BEGIN:VCALENDAR\\r\\nMETHOD:REQUEST\\r\\nBEGIN:VEVENT\\r\\nUID:{uid}\\r\\nSEQUENCE:0\\r\\nDTSTAMP:20261101T000000Z\\r\\nDTSTART:20261201T100000Z\\r\\nDTEND:20261201T110000Z\\r\\nORGANIZER:mailto:{from}\\r\\nATTENDEE;PARTSTAT=NEEDS-ACTION:mailto:carol@remote.test\\r\\nEND:VEVENT\\r\\nEND:VCALENDAR\\r\\n"
+    );
+    let lua = format!(
+        r#"conn = mt.connect("inet:{port}@127.0.0.1")
+if conn == nil then error("cannot connect") end
+if mt.conninfo(conn, "client.example.org", "192.0.2.7") ~= nil then error("conninfo") end
+mt.macro(conn, SMFIC_MAIL, "{{auth_authen}}", "{login}")
+if mt.mailfrom(conn, "{from}") ~= nil then error("mailfrom") end
+if mt.rcptto(conn, "<carol@remote.test>") ~= nil then error("rcptto") end
+if mt.header(conn, "From", "{from}") ~= nil then error("header") end
+if mt.header(conn, "To", "carol@remote.test") ~= nil then error("header") end
+if mt.header(conn, "Content-Type", "text/calendar; method=REQUEST") ~= nil then error("header") end
+if mt.eoh(conn) ~= nil then error("eoh") end
+if mt.bodystring(conn, "{body}") ~= nil then error("body") end
+if mt.eom(conn) ~= nil then error("eom") end
+if mt.getreply(conn) ~= SMFIR_ACCEPT then error("not accepted") end
+mt.disconnect(conn)
+"#
+    );
+    let path = dir.join(format!("submit-{uid}.lua"));
+    std::fs::write(&path, lua).expect("script");
+    let out = Command::new("miltertest")
+        .arg("-s")
+        .arg(&path)
+        .output()
+        .expect("miltertest");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn milter_daemon(dir: &std::path::Path, policy: &str) -> mta::Imipd {
+    mta::Imipd::start(
+        dir,
+        &format!(
+            "local_domains = [\"example.org\"]\nauthserv_id = \"mx.example.org\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_secs = 1\n\
+             [milter]\nlisten = \"inet:127.0.0.1:0\"\n[lmtp]\nenabled = false\n[policy]\n{policy}"
+        ),
+        &[],
+    )
+}
+
+/// With `trust_authenticated_submission = false` (the default), an authenticated message is not
+/// recorded as its sender's organizer update; with it on, only the login's own address is: a
+/// login sending with a colleague's From changes nothing in the colleague's calendar.
+#[test]
+fn authenticated_submission_records_only_the_logins_own_address() {
+    if !tools_present("submission_forgery", &["miltertest"]) {
+        return;
+    }
+    let tmp = TempDir::new().expect("tempdir");
+    let mut off = milter_daemon(&tmp.path().join("off"), "");
+    submit(
+        off.milter_port.expect("port"),
+        tmp.path(),
+        "alice",
+        "alice@example.org",
+        "sub-off",
+    );
+    assert!(
+        !off.export("alice@example.org").contains("sub-off"),
+        "{}",
+        off.log()
+    );
+    assert!(
+        off.log().contains("trust_authenticated_submission is off"),
+        "{}",
+        off.log()
+    );
+    off.stop();
+
+    let mut on = milter_daemon(
+        &tmp.path().join("on"),
+        "trust_authenticated_submission = true\n",
+    );
+    let port = on.milter_port.expect("port");
+    submit(
+        port,
+        tmp.path(),
+        "mallory",
+        "alice@example.org",
+        "sub-forged",
+    );
+    assert!(
+        !on.export("alice@example.org").contains("sub-forged"),
+        "{}",
+        on.log()
+    );
+    assert!(
+        on.log().contains("not one of the login's addresses"),
+        "{}",
+        on.log()
+    );
+    // Control: alice's own login records her copy.
+    submit(port, tmp.path(), "alice", "alice@example.org", "sub-own");
+    assert!(
+        on.export("alice@example.org").contains("sub-own"),
+        "{}",
+        on.log()
+    );
+    on.stop();
+}

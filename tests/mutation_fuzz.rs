@@ -140,6 +140,7 @@ fn mutated_inputs_never_panic() {
                 let ctx = Context {
                     recipient: rcpt,
                     proven: &proven,
+                    delegates: &Default::default(),
                     delete_on_cancel: false,
                     now: 0,
                 };

@@ -6,9 +6,16 @@ use imipd::itip::{decide, Context, Decision};
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let ex = imipd::extract::extract(data);
     let proven: Vec<String> = ex.from.iter().cloned().collect();
+    let delegates = std::collections::HashMap::new();
     for inc in &ex.objects {
         for rcpt in ex.recipients.iter().take(3) {
-            let ctx = Context { recipient: rcpt, proven: &proven, delete_on_cancel: false, now: 0 };
+            let ctx = Context {
+                recipient: rcpt,
+                proven: &proven,
+                delegates: &delegates,
+                delete_on_cancel: false,
+                now: 0,
+            };
             let first = decide(None, inc, &ctx);
             if let Decision::Applied { object: Some(obj), .. } = &first {
                 let _ = decide(Some(obj), inc, &ctx);

@@ -162,11 +162,12 @@ pub(crate) fn trusted_proof(
 
 /// Our header value: `<authserv-id>; item; item`, or `<authserv-id>; none`.
 pub(crate) fn header_value(authserv_id: &str, results: &[String]) -> String {
-    if results.is_empty() {
+    let value = if results.is_empty() {
         format!("{}; none", value(authserv_id))
     } else {
         format!("{}; {}", value(authserv_id), results.join("; "))
-    }
+    };
+    crate::sanitize::clean(&value)
 }
 
 /// A value as an RFC 2045 token when possible, else a quoted string.
@@ -214,20 +215,7 @@ pub(crate) fn value(text: &str) -> String {
 }
 
 fn quoted(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            '\r' | '\n' => out.push(' '),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    crate::sanitize::quoted(text)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -490,14 +490,47 @@ fn parse_line(line: &str) -> Option<Prop> {
     })
 }
 
-/// Normalizes a calendar-user address for comparison: without `mailto:`, lower case.
+/// Normalizes a calendar-user address for comparison (DESIGN, iTIP decisions): without the
+/// `mailto:` scheme (matched case-insensitively), percent-escaped *unreserved* characters
+/// (RFC 3986 2.3: ALPHA DIGIT `-` `.` `_` `~`) decoded, then case-folded whole (scheme, local
+/// part and domain compare case-insensitively). Any other escape (`%40`), trailing dots and angle
+/// brackets are kept, so such addresses stay different.
 pub fn norm_addr(value: &str) -> String {
     let v = value.trim();
     let v = match v.get(..7) {
         Some(p) if p.eq_ignore_ascii_case("mailto:") => &v[7..],
         _ => v,
     };
-    v.trim().to_ascii_lowercase()
+    decode_unreserved(v.trim()).to_lowercase()
+}
+
+/// Decodes `%XX` escapes whose octet is an RFC 3986 unreserved character; leaves every other
+/// escape (and a lone `%`) as it is.
+fn decode_unreserved(v: &str) -> std::borrow::Cow<'_, str> {
+    if !v.contains('%') {
+        return std::borrow::Cow::Borrowed(v);
+    }
+    let bytes = v.as_bytes();
+    let mut out = String::with_capacity(v.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                let c = (h * 16 + l) as u8;
+                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                    out.push(c as char);
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        // Copy one whole UTF-8 character.
+        let ch_len = v[i..].chars().next().map_or(1, char::len_utf8);
+        out.push_str(&v[i..i + ch_len]);
+        i += ch_len;
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// `mailto:` form of an address, for output.
@@ -541,6 +574,35 @@ mod tests {
         let src = "BEGIN:VCALENDAR\r\nX-WR-CALNAME:x\r\nBEGIN:VEVENT\r\nUID:1\r\nX-ENTOURAGE_UUID;X-P=1:abc\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
         let cal = parse(src).unwrap();
         assert_eq!(cal[0].to_ical(), src);
+    }
+
+    #[test]
+    fn addresses_decode_unreserved_escapes_only() {
+        assert_eq!(
+            norm_addr("mailto:fay%2Eortiz@example.org"),
+            "fay.ortiz@example.org"
+        );
+        assert_eq!(
+            norm_addr("MAILTO:Fay%2eOrtiz@Example.ORG"),
+            "fay.ortiz@example.org"
+        );
+        assert_eq!(
+            norm_addr("mailto:%66ay%7e1@example.org"),
+            "fay~1@example.org"
+        );
+        // Reserved and other escapes stay: %40 is not an @.
+        assert_ne!(
+            norm_addr("fay%40example.org@evil.example"),
+            norm_addr("fay@example.org@evil.example")
+        );
+        assert_eq!(norm_addr("fay%40x@example.org"), "fay%40x@example.org");
+        assert_ne!(norm_addr("fay@example.org."), norm_addr("fay@example.org"));
+        assert_ne!(norm_addr("<fay@example.org>"), norm_addr("fay@example.org"));
+        // A truncated or bad escape is kept as written.
+        assert_eq!(norm_addr("fay%2@example.org%"), "fay%2@example.org%");
+        assert_eq!(norm_addr("fay%zz@example.org"), "fay%zz@example.org");
+        // Case folding covers the local part, also beyond ASCII.
+        assert_eq!(norm_addr("mailto:ÉLODIE@Example.org"), "élodie@example.org");
     }
 
     #[test]

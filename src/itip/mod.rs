@@ -8,7 +8,7 @@ pub use sent::record_sent;
 
 use crate::ical::time::{format_utc, parse_date_value, TzMap};
 use crate::ical::{norm_addr, Component, Prop};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// The iTIP methods of RFC 5546 section 1.4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -94,6 +94,9 @@ pub struct Context<'a> {
     pub recipient: &'a str,
     /// Addresses proven to have sent the message (normalized).
     pub proven: &'a [String],
+    /// Configured delegates (`[policy] delegates`), normalized: principal -> the addresses that
+    /// may act for it through SENT-BY.
+    pub delegates: &'a HashMap<String, Vec<String>>,
     /// Delete objects on CANCEL instead of keeping them with STATUS:CANCELLED.
     pub delete_on_cancel: bool,
     /// Current time, UTC seconds, for DTSTAMP of generated messages.
@@ -207,31 +210,30 @@ fn attendee_mut<'a>(c: &'a mut Component, addr: &str) -> Option<&'a mut Prop> {
         .find(|p| p.name == "ATTENDEE" && norm_addr(&p.value) == addr)
 }
 
-fn domain_of(addr: &str) -> &str {
-    addr.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
-}
-
 /// True when `proven` covers the calendar user in `prop` (ORGANIZER or ATTENDEE), directly or
-/// through its SENT-BY. A SENT-BY is honoured only inside the same domain as the user it acts
-/// for, or when the stored copy already named it: otherwise anyone could name themselves SENT-BY.
-fn authorized(prop: &Prop, stored: Option<&Prop>, proven: &[String]) -> Option<String> {
+/// through its SENT-BY (DESIGN: SENT-BY is not proof of authority). A proven X acting for Y
+/// (`SENT-BY=X` on Y) counts only when X is a configured delegate of Y, or when a stored line of
+/// Y (`stored`) already names X as its SENT-BY. Same domain is not enough.
+fn authorized(prop: &Prop, stored: &[&Prop], ctx: &Context) -> Option<String> {
     let addr = norm_addr(&prop.value);
-    if proven.contains(&addr) {
+    if addr.is_empty() {
+        return None;
+    }
+    if ctx.proven.contains(&addr) {
         return Some(addr);
     }
-    if let Some(sent_by) = prop.param("SENT-BY").map(norm_addr) {
-        if proven.contains(&sent_by) {
-            let same_domain =
-                domain_of(&sent_by) == domain_of(&addr) && !domain_of(&addr).is_empty();
-            let known = stored
-                .and_then(|s| s.param("SENT-BY"))
-                .is_some_and(|s| norm_addr(s) == sent_by);
-            if same_domain || known {
-                return Some(sent_by);
-            }
-        }
+    let sent_by = norm_addr(prop.param("SENT-BY")?);
+    if sent_by.is_empty() || !ctx.proven.contains(&sent_by) {
+        return None;
     }
-    None
+    let configured = ctx
+        .delegates
+        .get(&addr)
+        .is_some_and(|list| list.contains(&sent_by));
+    let known = stored.iter().any(|s| {
+        norm_addr(&s.value) == addr && s.param("SENT-BY").is_some_and(|x| norm_addr(x) == sent_by)
+    });
+    (configured || known).then_some(sent_by)
 }
 
 fn proven_list(proven: &[String]) -> String {
@@ -261,7 +263,13 @@ fn incoming_organizer(inc: &Incoming) -> Option<&Prop> {
 /// RFC 5546 2.1.5: is `new` newer than `old`? Lower SEQUENCE, or equal SEQUENCE with an
 /// older-or-equal DTSTAMP, is not.
 fn newer(new: &Component, old: &Component) -> Result<(), Reason> {
-    let (ns, os) = (new.sequence(), old.sequence());
+    newer_than(new, old.sequence(), dtstamp(old))
+}
+
+/// [`newer`] against a SEQUENCE and DTSTAMP (those of a stored instance or of a recorded
+/// instance cancellation).
+fn newer_than(new: &Component, os: i64, old_stamp: Option<i64>) -> Result<(), Reason> {
+    let ns = new.sequence();
     if ns < os {
         return Err(Reason::OlderSequence {
             incoming: ns,
@@ -269,7 +277,7 @@ fn newer(new: &Component, old: &Component) -> Result<(), Reason> {
         });
     }
     if ns == os {
-        match (dtstamp(new), dtstamp(old)) {
+        match (dtstamp(new), old_stamp) {
             (Some(n), Some(o)) if n > o => {}
             (Some(_), None) => {}
             (n, o) => {
@@ -284,22 +292,163 @@ fn newer(new: &Component, old: &Component) -> Result<(), Reason> {
     Ok(())
 }
 
-/// Ordering for one instance: against its stored override with the full rule of [`newer`];
-/// a new override only against the master's SEQUENCE (it may carry an older DTSTAMP).
-fn instance_is_newer(
-    c: &Component,
-    baseline: Option<&Component>,
-    has_override: bool,
-) -> Result<(), Reason> {
+/// Ordering for one instance (DESIGN: ordering holds per instance): the full rule of [`newer`]
+/// against the stored instance, that is its override, or else the master that generates it.
+fn instance_is_newer(c: &Component, baseline: Option<&Component>) -> Result<(), Reason> {
     match baseline {
         None => Ok(()),
-        Some(old) if has_override => newer(c, old),
-        Some(old) if c.sequence() < old.sequence() => Err(Reason::OlderSequence {
-            incoming: c.sequence(),
-            stored: old.sequence(),
-        }),
-        Some(_) => Ok(()),
+        Some(old) => newer(c, old),
     }
+}
+
+/// Key in [`StoredObject::reply_stamps`] under which an instance cancellation without an
+/// override (an EXDATE) keeps its DTSTAMP, and its SEQUENCE, so that later messages for that
+/// instance are ordered against it (DESIGN: ordering holds per instance). `!` cannot start an
+/// address, so these never meet the `RECURRENCE-ID|attendee` keys of replies.
+fn cancel_keys(rid: &str) -> (String, String) {
+    (format!("{rid}|!cancel-stamp"), format!("{rid}|!cancel-seq"))
+}
+
+fn cancel_record(obj: &StoredObject, rid: &str) -> Option<(i64, Option<i64>)> {
+    let (stamp, seq) = cancel_keys(rid);
+    let seq = *obj.reply_stamps.get(&seq)?;
+    Some((seq, obj.reply_stamps.get(&stamp).copied()))
+}
+
+fn record_cancel(obj: &mut StoredObject, rid: &str, c: &Component) {
+    let (stamp, seq) = cancel_keys(rid);
+    obj.reply_stamps.insert(seq, c.sequence());
+    match dtstamp(c) {
+        Some(t) => obj.reply_stamps.insert(stamp, t),
+        None => obj.reply_stamps.remove(&stamp),
+    };
+}
+
+/// UTC time of a RECURRENCE-ID, read in the master's zone when it is floating (some clients
+/// drop the TZID on RECURRENCE-ID).
+fn rid_utc(rid: &Prop, master: Option<&Component>, tz: &TzMap) -> Option<i64> {
+    let floating = rid.param("TZID").is_none()
+        && parse_date_value(&rid.value).is_some_and(|d| !d.utc && !d.is_date);
+    if floating {
+        if let Some(tzid) = master
+            .and_then(|m| m.prop("DTSTART"))
+            .and_then(|p| p.param("TZID"))
+        {
+            let mut p = rid.clone();
+            p.set_param("TZID", tzid.to_string());
+            return tz.prop_utc(&p);
+        }
+    }
+    tz.prop_utc(rid)
+}
+
+/// Every value of the EXDATE properties of `c`, in UTC.
+fn exdates_utc(c: &Component, tz: &TzMap) -> Vec<i64> {
+    c.props_named("EXDATE")
+        .flat_map(|p| {
+            p.value.split(',').filter_map(move |v| {
+                let mut one = p.clone();
+                one.value = v.trim().to_string();
+                tz.prop_utc(&one)
+            })
+        })
+        .collect()
+}
+
+/// Removes the EXDATE value at `ts` from `c` (an instance the organizer reinstates).
+fn remove_exdate(c: &mut Component, ts: i64, tz: &TzMap) {
+    for p in c.props.iter_mut().filter(|p| p.name == "EXDATE") {
+        let kept: Vec<String> = p
+            .value
+            .split(',')
+            .filter(|v| {
+                let mut one = p.clone();
+                one.value = v.trim().to_string();
+                tz.prop_utc(&one) != Some(ts)
+            })
+            .map(str::to_string)
+            .collect();
+        p.value = kept.join(",");
+    }
+    c.props
+        .retain(|p| p.name != "EXDATE" || !p.value.trim().is_empty());
+}
+
+/// Most occurrences expanded to decide whether a RECURRENCE-ID names an instance.
+const INSTANCE_CHECK_LIMIT: usize = 10_000;
+
+/// Whether `ts` is an occurrence the master generates (RFC 5545 3.8.5: DTSTART, RRULE, RDATE,
+/// minus EXDATE). Beyond the expansion cap the answer is "yes": imipd never refuses what it
+/// could not check.
+fn is_instance(master: &Component, ts: i64, tz: &TzMap) -> bool {
+    let occ = crate::ical::time::expand(&[master], tz, INSTANCE_CHECK_LIMIT);
+    if occ.iter().any(|o| o.start == ts) {
+        return true;
+    }
+    occ.len() >= INSTANCE_CHECK_LIMIT && occ.last().is_some_and(|o| o.start < ts)
+}
+
+fn is_cancelled(c: &Component) -> bool {
+    c.value("STATUS")
+        .is_some_and(|s| s.trim().eq_ignore_ascii_case("CANCELLED"))
+}
+
+/// What decides "the time changed" (DESIGN: PARTSTAT on an organizer update): start, end (DTEND,
+/// DUE or DTSTART + DURATION), the rule, and the RDATE and EXDATE sets, compared in UTC.
+fn schedule_of(
+    c: &Component,
+    tz: &TzMap,
+) -> (Option<String>, Option<String>, Vec<String>, Vec<String>) {
+    let when = |p: &Prop| {
+        let date = parse_date_value(&p.value).is_some_and(|d| d.is_date);
+        match tz.prop_utc(p) {
+            Some(t) => format!("{}{t}", if date { "D" } else { "T" }),
+            None => p.value.trim().to_string(),
+        }
+    };
+    let start_p = c.prop("DTSTART");
+    let start = start_p.map(when);
+    let end = c
+        .prop("DTEND")
+        .or_else(|| c.prop("DUE"))
+        .map(when)
+        .or_else(|| {
+            let s = start_p.and_then(|p| tz.prop_utc(p))?;
+            let d = crate::ical::time::parse_duration(c.value("DURATION")?)?;
+            Some(format!("T{}", s + d))
+        });
+    let mut rules: Vec<String> = c
+        .props_named("RRULE")
+        .map(|p| {
+            let mut parts: Vec<String> = p
+                .value
+                .split(';')
+                .map(|kv| kv.trim().to_ascii_uppercase())
+                .filter(|kv| !kv.is_empty())
+                .collect();
+            parts.sort();
+            parts.join(";")
+        })
+        .collect();
+    rules.sort();
+    let mut dates: Vec<String> = Vec::new();
+    for name in ["RDATE", "EXDATE"] {
+        for p in c.props_named(name) {
+            for v in p.value.split(',') {
+                let mut one = p.clone();
+                one.value = v.trim().to_string();
+                dates.push(format!("{name}:{}", when(&one)));
+            }
+        }
+    }
+    dates.sort();
+    (start, end, rules, dates)
+}
+
+/// DESIGN: an update asks the attendee to answer again when its SEQUENCE is higher than the
+/// stored one, or when its time changed.
+fn is_reschedule(new: &Component, new_tz: &TzMap, old: &Component, old_tz: &TzMap) -> bool {
+    new.sequence() > old.sequence() || schedule_of(new, new_tz) != schedule_of(old, old_tz)
 }
 
 /// Merges timezones: keeps stored ones, adds/replaces by TZID with incoming ones.
@@ -339,8 +488,15 @@ fn used_timezones(components: &[Component], timezones: &[Component]) -> Vec<Comp
         .collect()
 }
 
-/// The attendee's own data survives an organizer update (DESIGN: PARTSTAT, VALARM, X-).
-fn preserve_attendee_data(new: &mut Component, old: &Component, recipient: &str) {
+/// The attendee's own data survives an organizer update (DESIGN): VALARMs, X- properties and the
+/// X- parameters of their ATTENDEE line always; their PARTSTAT only when `keep_partstat` (the
+/// update is not a reschedule: same SEQUENCE, same time).
+fn preserve_attendee_data(
+    new: &mut Component,
+    old: &Component,
+    recipient: &str,
+    keep_partstat: bool,
+) {
     if let Some(old_att) = attendee(old, recipient) {
         let old_ps = old_att.param("PARTSTAT").map(str::to_string);
         let x_params: Vec<_> = old_att
@@ -350,9 +506,10 @@ fn preserve_attendee_data(new: &mut Component, old: &Component, recipient: &str)
             .cloned()
             .collect();
         if let Some(new_att) = attendee_mut(new, recipient) {
-            if let Some(ps) = old_ps {
-                if !ps.eq_ignore_ascii_case("NEEDS-ACTION") {
-                    new_att.set_param("PARTSTAT", ps);
+            if keep_partstat {
+                match old_ps {
+                    Some(ps) => new_att.set_param("PARTSTAT", ps),
+                    None => new_att.remove_param("PARTSTAT"),
                 }
             }
             for xp in x_params {
@@ -503,12 +660,10 @@ fn check_organizer(
     let Some(org) = incoming_organizer(inc) else {
         // Exchange 2010 style: no ORGANIZER. For a stored object fall back to its organizer.
         if let Some(s_org) = stored.and_then(any_organizer) {
-            return authorized(s_org, Some(s_org), ctx.proven).ok_or_else(|| {
-                Reason::NotFromOrganizer {
-                    method: inc.method.as_str(),
-                    organizer: norm_addr(&s_org.value),
-                    proven: proven_list(ctx.proven),
-                }
+            return authorized(s_org, &[s_org], ctx).ok_or_else(|| Reason::NotFromOrganizer {
+                method: inc.method.as_str(),
+                organizer: norm_addr(&s_org.value),
+                proven: proven_list(ctx.proven),
             });
         }
         return Err(Reason::NoOrganizer(inc.method.as_str()));
@@ -537,7 +692,10 @@ fn check_organizer(
             });
         }
     }
-    authorized(org, stored_org, ctx.proven).ok_or_else(|| Reason::NotFromOrganizer {
+    let stored_orgs: Vec<&Prop> = stored
+        .map(|s| s.components.iter().filter_map(organizer).collect())
+        .unwrap_or_default();
+    authorized(org, &stored_orgs, ctx).ok_or_else(|| Reason::NotFromOrganizer {
         method: inc.method.as_str(),
         organizer: org_addr,
         proven: proven_list(ctx.proven),
@@ -557,7 +715,11 @@ fn organizer_update(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context
             if org.as_deref() == Some(me) {
                 return Decision::Rejected(Reason::RecipientIsOrganizer);
             }
-            return Decision::Rejected(Reason::RecipientNotInvited(me.to_string()));
+            return match stored {
+                // DESIGN: for a stored object, a REQUEST without the recipient removed them.
+                Some(s) => removed_from_attendees(s, inc, ctx),
+                None => Decision::Rejected(Reason::RecipientNotInvited(me.to_string())),
+            };
         }
     }
     let inc_tz = tzmap_for(&inc.timezones);
@@ -592,6 +754,18 @@ fn organizer_update(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context
     let mut result = stored.clone();
     let mut last_reason = None;
     let mut applied = 0usize;
+    let mut rescheduled = false;
+    // The stored state of one instance: its override, or what the master makes of it.
+    let old_instance = |c: &Component, key: &str| -> Option<Component> {
+        if let Some(o) = stored.components.iter().find(|s| rid_key(s, &st_tz) == key) {
+            return Some(o.clone());
+        }
+        let m = st_master?;
+        match c.prop("RECURRENCE-ID") {
+            Some(rid) => Some(instance_from_master(m, rid, &st_tz)),
+            None => Some(m.clone()),
+        }
+    };
     if inc_has_master {
         let inc_master = inc
             .components
@@ -605,17 +779,23 @@ fn organizer_update(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context
             }
         }
         // Replace the whole object, carrying the attendee's own data over.
+        let master_invites_me = attendee(inc_master, me).is_some();
         let mut comps = Vec::with_capacity(inc.components.len());
         for c in &inc.components {
             let mut nc = c.clone();
             let key = rid_key(c, &inc_tz);
-            let old = stored
-                .components
-                .iter()
-                .find(|s| rid_key(s, &st_tz) == key)
-                .or(st_master);
-            if let Some(old) = old {
-                preserve_attendee_data(&mut nc, old, me);
+            if let Some(old) = old_instance(c, &key) {
+                let resched = is_reschedule(c, &inc_tz, &old, &st_tz);
+                rescheduled |= resched;
+                preserve_attendee_data(&mut nc, &old, me, !resched);
+            }
+            // Removed from one instance of a series the recipient still attends.
+            if !key.is_empty()
+                && master_invites_me
+                && attendee(c, me).is_none()
+                && c.props_named("ATTENDEE").next().is_some()
+            {
+                nc.set("STATUS", "CANCELLED");
             }
             comps.push(nc);
         }
@@ -628,14 +808,44 @@ fn organizer_update(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context
                 .components
                 .iter()
                 .position(|s| rid_key(s, &st_tz) == key);
-            let baseline = existing.map(|i| &result.components[i]).or(st_master);
-            if let Err(r) = instance_is_newer(c, baseline, existing.is_some()) {
+            // An instance cancelled earlier (an EXDATE) is ordered against that cancellation.
+            let excluded_at = match (existing, st_master, c.prop("RECURRENCE-ID")) {
+                (None, Some(m), Some(rid)) => {
+                    rid_utc(rid, Some(m), &inc_tz).filter(|ts| exdates_utc(m, &st_tz).contains(ts))
+                }
+                _ => None,
+            };
+            let order = match (excluded_at, cancel_record(stored, &key)) {
+                (Some(_), Some((seq, stamp))) => newer_than(c, seq, stamp),
+                (Some(_), None) => match st_master {
+                    Some(m) if c.sequence() <= m.sequence() => {
+                        Err(Reason::CancelledInstance(key.clone()))
+                    }
+                    _ => Ok(()),
+                },
+                (None, _) => {
+                    let baseline = existing.map(|i| &result.components[i]).or(st_master);
+                    instance_is_newer(c, baseline)
+                }
+            };
+            if let Err(r) = order {
                 last_reason = Some(r);
                 continue;
             }
             let mut nc = c.clone();
-            if let Some(old) = baseline {
-                preserve_attendee_data(&mut nc, old, me);
+            if let Some(old) = old_instance(c, &key) {
+                let resched = is_reschedule(c, &inc_tz, &old, &st_tz);
+                rescheduled |= resched;
+                preserve_attendee_data(&mut nc, &old, me, !resched);
+            }
+            if let Some(ts) = excluded_at {
+                if let Some(mpos) = result
+                    .components
+                    .iter()
+                    .position(|s| s.prop("RECURRENCE-ID").is_none())
+                {
+                    remove_exdate(&mut result.components[mpos], ts, &st_tz);
+                }
             }
             match existing {
                 Some(i) => result.components[i] = nc,
@@ -657,16 +867,44 @@ fn organizer_update(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context
         .map(|c| c.sequence())
         .max()
         .unwrap_or(0);
+    let answer = if rescheduled {
+        "; PARTSTAT reset: the organizer asks again"
+    } else {
+        "; local PARTSTAT kept"
+    };
     Decision::Applied {
         object: Some(result),
         changed: true,
         replies: vec![],
         proposal: None,
         summary: if inc_has_master {
-            format!("updated to SEQUENCE {seq}")
+            format!("updated to SEQUENCE {seq}{answer}")
         } else {
-            format!("updated {applied} instance(s)")
+            format!("updated {applied} instance(s){answer}")
         },
+    }
+}
+
+/// A REQUEST for a stored object that no longer lists the recipient (RFC 5546 3.2.2.5 from the
+/// attendee's side): the recipient was removed, so the local copy is cancelled, in the order of
+/// the organizer's updates (a stale REQUEST is ignored). An instance REQUEST cancels only the
+/// instances it carries.
+fn removed_from_attendees(stored: &StoredObject, inc: &Incoming, ctx: &Context) -> Decision {
+    match cancel(Some(stored), inc, ctx) {
+        Decision::Applied {
+            object,
+            changed,
+            replies,
+            proposal,
+            summary,
+        } => Decision::Applied {
+            object,
+            changed,
+            replies,
+            proposal,
+            summary: format!("{} is no longer an attendee: {summary}", ctx.recipient),
+        },
+        other => other,
     }
 }
 
@@ -836,10 +1074,25 @@ fn cancel(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decis
             .components
             .iter()
             .position(|s| rid_key(s, &st_tz) == key);
+        let excluded = existing.is_none()
+            && master(&result).is_some_and(|m| {
+                rid_utc(rid_prop, Some(m), &inc_tz)
+                    .is_some_and(|ts| exdates_utc(m, &st_tz).contains(&ts))
+            });
+        if excluded && !is_this_and_future(c) {
+            // Already cancelled (or never part of the series): nothing to do, in any order.
+            last_reason = Some(match cancel_record(&result, &key) {
+                Some((seq, stamp)) => newer_than(c, seq, stamp)
+                    .err()
+                    .unwrap_or(Reason::CancelledInstance(key.clone())),
+                None => Reason::CancelledInstance(key.clone()),
+            });
+            continue;
+        }
         let baseline = existing
             .map(|i| &result.components[i])
             .or_else(|| master(&result));
-        if let Err(r) = instance_is_newer(c, baseline, existing.is_some()) {
+        if let Err(r) = instance_is_newer(c, baseline) {
             last_reason = Some(r);
             continue;
         }
@@ -880,9 +1133,14 @@ fn cancel(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decis
         } else {
             match existing {
                 Some(i) => {
+                    // The override keeps the cancellation's SEQUENCE and DTSTAMP: later
+                    // messages for this instance are ordered against them.
                     let s = &mut result.components[i];
                     s.set("STATUS", "CANCELLED");
                     s.set("SEQUENCE", c.sequence().max(s.sequence()).to_string());
+                    if let Some(ds) = c.prop("DTSTAMP") {
+                        s.set_prop(ds.clone());
+                    }
                 }
                 None => {
                     if let Some(mpos) = result
@@ -894,6 +1152,7 @@ fn cancel(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decis
                         ex.name = "EXDATE".into();
                         ex.remove_param("RANGE");
                         result.components[mpos].props.push(ex);
+                        record_cancel(&mut result, &key, c);
                     } else {
                         let mut nc = c.clone();
                         nc.set("STATUS", "CANCELLED");
@@ -949,11 +1208,13 @@ fn check_attendee<'a>(
     for c in &inc.components {
         for a in c.props_named("ATTENDEE") {
             any_attendee.get_or_insert_with(|| norm_addr(&a.value));
-            let st = stored
+            let who = norm_addr(&a.value);
+            let st: Vec<&Prop> = stored
                 .components
                 .iter()
-                .find_map(|s| attendee(s, &norm_addr(&a.value)));
-            if authorized(a, st, ctx.proven).is_some() {
+                .filter_map(|s| attendee(s, &who))
+                .collect();
+            if authorized(a, &st, ctx).is_some() {
                 replier = Some(norm_addr(&a.value));
                 break;
             }
@@ -975,8 +1236,10 @@ fn check_attendee<'a>(
     Ok((stored, replier))
 }
 
-/// Whether `who` may answer for the component: a stored attendee, or a delegate that a stored
-/// attendee delegated to (RFC 5546 2.1.6).
+/// Whether `who` may answer for the component (DESIGN: delegation is not self-service): a stored
+/// attendee, or a delegate whom a stored attendee named in the reply's `DELEGATED-FROM` recorded
+/// as its `DELEGATED-TO` (RFC 5546 2.1.6). A delegation made by the delegator's own REPLY in the
+/// same message is recorded before the delegate's part is read, so it counts too.
 fn is_known_attendee(comp: &Component, who: &str, reply_line: &Prop) -> bool {
     if attendee(comp, who).is_some() {
         return true;
@@ -984,7 +1247,71 @@ fn is_known_attendee(comp: &Component, who: &str, reply_line: &Prop) -> bool {
     reply_line
         .param_values("DELEGATED-FROM")
         .map(norm_addr)
-        .any(|from| attendee(comp, &from).is_some())
+        .any(|from| {
+            attendee(comp, &from).is_some_and(|d| {
+                d.param_values("DELEGATED-TO")
+                    .any(|to| norm_addr(to) == who)
+            })
+        })
+}
+
+/// The ATTENDEE line recorded for a delegate: what the delegate's own line says of its name, the
+/// delegator's ROLE (RFC 5546 2.1.6: the delegate takes the delegator's place) and the given
+/// status, never a role or SENT-BY of its own choosing.
+fn delegate_line(
+    line: &Prop,
+    delegator: Option<&Prop>,
+    from: &str,
+    partstat: Option<&str>,
+) -> Prop {
+    let mut l = Prop::new("ATTENDEE", line.value.clone());
+    for p in &line.params {
+        if matches!(p.name.as_str(), "CN" | "CUTYPE" | "EMAIL" | "LANGUAGE")
+            || p.name.starts_with("X-")
+        {
+            l.params.push(p.clone());
+        }
+    }
+    if let Some(role) = delegator.and_then(|d| d.param("ROLE")) {
+        l.set_param("ROLE", role.to_string());
+    }
+    l.set_param("PARTSTAT", partstat.unwrap_or("NEEDS-ACTION").to_string());
+    if !from.is_empty() {
+        l.set_param("DELEGATED-FROM", crate::ical::mailto(from));
+    }
+    l
+}
+
+/// Why a REPLY for instance `c` of `obj` must not touch it (DESIGN: replies never create
+/// occurrences): the RECURRENCE-ID is not an instance of the series, or the organizer cancelled
+/// it. `None` when it is a live instance.
+fn dead_instance(
+    obj: &StoredObject,
+    c: &Component,
+    key: &str,
+    inc_tz: &TzMap,
+    st_tz: &TzMap,
+) -> Option<Reason> {
+    let rid = c.prop("RECURRENCE-ID")?;
+    if let Some(o) = obj.components.iter().find(|s| rid_key(s, st_tz) == key) {
+        return is_cancelled(o).then(|| Reason::CancelledInstance(key.to_string()));
+    }
+    let Some(m) = master(obj) else {
+        return Some(Reason::UnknownInstance(key.to_string()));
+    };
+    if is_cancelled(m) {
+        return Some(Reason::CancelledInstance(key.to_string()));
+    }
+    let Some(ts) = rid_utc(rid, Some(m), inc_tz) else {
+        return Some(Reason::UnknownInstance(key.to_string()));
+    };
+    if exdates_utc(m, st_tz).contains(&ts) {
+        return Some(Reason::CancelledInstance(key.to_string()));
+    }
+    if !is_instance(m, ts, st_tz) {
+        return Some(Reason::UnknownInstance(key.to_string()));
+    }
+    None
 }
 
 /// REPLY (RFC 5546 3.2.3): update the replying attendee's status on the organizer's copy.
@@ -1012,6 +1339,10 @@ fn reply(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decisi
                 .into_iter()
                 .collect()
         } else {
+            if let Some(why) = dead_instance(&result, c, &key, &inc_tz, &st_tz) {
+                last_reason = Some(why);
+                continue;
+            }
             let pos = result
                 .components
                 .iter()
@@ -1019,12 +1350,10 @@ fn reply(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decisi
             let mut v = match pos {
                 Some(p) => vec![p],
                 None => {
-                    // RFC 5546 3.2.3: a reply for one instance creates its override.
-                    let Some(m) = master(&result) else {
+                    // RFC 5546 3.2.3: a reply for one (live) instance creates its override.
+                    let (Some(m), Some(rid_prop)) = (master(&result), c.prop("RECURRENCE-ID"))
+                    else {
                         last_reason = Some(Reason::UnknownInstance(key.clone()));
-                        continue;
-                    };
-                    let Some(rid_prop) = c.prop("RECURRENCE-ID") else {
                         continue;
                     };
                     let inst = instance_from_master(m, rid_prop, &st_tz);
@@ -1036,7 +1365,7 @@ fn reply(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decisi
                 if let Some(ts) = c.prop("RECURRENCE-ID").and_then(|p| inc_tz.prop_utc(p)) {
                     for (i, s) in result.components.iter().enumerate() {
                         if let Some(sts) = s.prop("RECURRENCE-ID").and_then(|p| st_tz.prop_utc(p)) {
-                            if sts > ts && !v.contains(&i) {
+                            if sts > ts && !v.contains(&i) && !is_cancelled(s) {
                                 v.push(i);
                             }
                         }
@@ -1080,6 +1409,10 @@ fn reply(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decisi
                 .param_values("DELEGATED-TO")
                 .map(str::to_string)
                 .collect();
+            let delegator = line
+                .param_values("DELEGATED-FROM")
+                .map(norm_addr)
+                .find_map(|f| attendee(target, &f).map(|p| (f, p.clone())));
             match attendee_mut(target, &replier) {
                 Some(a) => {
                     a.set_param("PARTSTAT", partstat.clone());
@@ -1096,26 +1429,29 @@ fn reply(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decisi
                     }
                 }
                 None => {
-                    // A delegate answering: record them with their DELEGATED-FROM.
-                    let mut l = line.clone();
-                    l.remove_param("SENT-BY");
-                    target.props.push(l);
+                    // A delegate answering (checked by is_known_attendee): record them with
+                    // their DELEGATED-FROM and their answer.
+                    let (from, d) = match &delegator {
+                        Some((f, d)) => (f.as_str(), Some(d)),
+                        None => ("", None),
+                    };
+                    target
+                        .props
+                        .push(delegate_line(&line, d, from, Some(&partstat)));
                 }
             }
             // Delegation: add the delegates named in the reply (RFC 5546 2.1.6, 3.2.2.3).
             for d in &delegates {
                 let dn = norm_addr(d);
                 if attendee(target, &dn).is_none() {
+                    // The delegate has not answered yet: NEEDS-ACTION, whatever the line says.
                     let from_reply = c
                         .props_named("ATTENDEE")
                         .find(|a| norm_addr(&a.value) == dn)
-                        .cloned();
-                    let mut dl = from_reply
+                        .cloned()
                         .unwrap_or_else(|| Prop::new("ATTENDEE", crate::ical::mailto(&dn)));
-                    dl.set_param("DELEGATED-FROM", crate::ical::mailto(&replier));
-                    if dl.param("PARTSTAT").is_none() {
-                        dl.set_param("PARTSTAT", "NEEDS-ACTION");
-                    }
+                    let me = attendee(target, &replier).cloned();
+                    let dl = delegate_line(&from_reply, me.as_ref(), &replier, None);
                     target.props.push(dl);
                 }
             }
@@ -1166,11 +1502,21 @@ fn stored_attendee<'a>(
     Ok((stored, who))
 }
 
-/// REFRESH (RFC 5546 3.2.6): answer with the current REQUEST.
+/// REFRESH (RFC 5546 3.2.6): answer with the current REQUEST, or with a CANCEL when the
+/// organizer cancelled the object (DESIGN): a REQUEST would bring a cancelled event back.
 fn refresh(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Decision {
     let (stored, requester) = match stored_attendee(stored, inc, ctx) {
         Ok(v) => v,
         Err(d) => return d,
+    };
+    let cancelled = match master(stored) {
+        Some(m) => is_cancelled(m),
+        None => stored.components.iter().all(is_cancelled),
+    };
+    let method = if cancelled {
+        Method::Cancel
+    } else {
+        Method::Request
     };
     let comps: Vec<Component> = stored
         .components
@@ -1178,22 +1524,30 @@ fn refresh(stored: Option<&StoredObject>, inc: &Incoming, ctx: &Context) -> Deci
         .cloned()
         .map(|mut c| {
             c.set("DTSTAMP", format_utc(ctx.now));
+            if cancelled {
+                c.set("STATUS", "CANCELLED");
+                c.subs.retain(|s| s.name != "VALARM");
+            }
             c
         })
         .collect();
-    let cal = calendar_for(Method::Request, &comps, &stored.timezones);
+    let cal = calendar_for(method, &comps, &stored.timezones);
     Decision::Applied {
         object: Some(stored.clone()),
         changed: false,
         replies: vec![OutMessage {
             from: ctx.recipient.to_string(),
             to: requester.clone(),
-            method: Method::Request,
+            method,
             calendar: cal,
             summary: summary_of(&stored.components),
         }],
         proposal: None,
-        summary: format!("answered {requester} with the current REQUEST"),
+        summary: if cancelled {
+            format!("answered {requester} with a CANCEL (the object is cancelled)")
+        } else {
+            format!("answered {requester} with the current REQUEST")
+        },
     }
 }
 
@@ -1366,7 +1720,7 @@ pub fn freebusy_component(
 pub fn check_freebusy_request(inc: &Incoming, ctx: &Context) -> Result<(i64, i64, Prop), Reason> {
     let c = &inc.components[0];
     let org = organizer(c).ok_or(Reason::NoOrganizer("REQUEST"))?;
-    if authorized(org, None, ctx.proven).is_none() {
+    if authorized(org, &[], ctx).is_none() {
         return Err(Reason::NotFromOrganizer {
             method: "REQUEST",
             organizer: norm_addr(&org.value),
@@ -1404,5 +1758,119 @@ pub fn freebusy_reply(
         method: Method::Reply,
         calendar: calendar_for(Method::Reply, &[fb], &[]),
         summary: "Free/busy".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn comp(lines: &[&str]) -> Component {
+        let text = format!(
+            "BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\n{}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n",
+            lines.join("\r\n")
+        );
+        crate::ical::parse(&text).expect("parses")[0].subs[0].clone()
+    }
+
+    fn ctx<'a>(proven: &'a [String], delegates: &'a HashMap<String, Vec<String>>) -> Context<'a> {
+        Context {
+            recipient: "bob@example.org",
+            proven,
+            delegates,
+            delete_on_cancel: false,
+            now: 0,
+        }
+    }
+
+    #[test]
+    fn sent_by_needs_a_configured_or_recorded_delegate() {
+        let line = Prop {
+            name: "ORGANIZER".into(),
+            params: vec![crate::ical::Param {
+                name: "SENT-BY".into(),
+                values: vec!["mailto:Office@example.org".into()],
+            }],
+            value: "mailto:alice@example.org".into(),
+        };
+        let proven = vec!["office@example.org".to_string()];
+        let none = HashMap::new();
+        // Same domain alone is not enough.
+        assert_eq!(authorized(&line, &[], &ctx(&proven, &none)), None);
+        // A delegate of someone else is not Alice's.
+        let other: HashMap<_, _> = [(
+            "dora@example.org".to_string(),
+            vec!["office@example.org".to_string()],
+        )]
+        .into();
+        assert_eq!(authorized(&line, &[], &ctx(&proven, &other)), None);
+        let conf: HashMap<_, _> = [(
+            "alice@example.org".to_string(),
+            vec!["office@example.org".to_string()],
+        )]
+        .into();
+        assert_eq!(
+            authorized(&line, &[], &ctx(&proven, &conf)).as_deref(),
+            Some("office@example.org")
+        );
+        // Recorded on the stored line of the same user.
+        assert_eq!(
+            authorized(&line, &[&line], &ctx(&proven, &none)).as_deref(),
+            Some("office@example.org")
+        );
+        // Recorded for another user does not count.
+        let mut elsewhere = line.clone();
+        elsewhere.value = "mailto:dora@example.org".into();
+        assert_eq!(authorized(&line, &[&elsewhere], &ctx(&proven, &none)), None);
+        // The SENT-BY must itself be proven.
+        let nobody: Vec<String> = vec![];
+        assert_eq!(authorized(&line, &[], &ctx(&nobody, &conf)), None);
+    }
+
+    #[test]
+    fn reschedule_is_sequence_or_time() {
+        let tz = TzMap::new(&[]);
+        let base = comp(&[
+            "UID:x",
+            "SEQUENCE:1",
+            "DTSTART:20260302T100000Z",
+            "DTEND:20260302T110000Z",
+            "RRULE:FREQ=DAILY;COUNT=3",
+            "SUMMARY:a",
+        ]);
+        let same_time = comp(&[
+            "UID:x",
+            "SEQUENCE:1",
+            "DTSTART;TZID=Europe/Berlin:20260302T110000",
+            "DURATION:PT1H",
+            "RRULE:COUNT=3;FREQ=DAILY",
+            "SUMMARY:b",
+            "DESCRIPTION:c",
+        ]);
+        assert!(!is_reschedule(&same_time, &tz, &base, &tz));
+        let higher = comp(&[
+            "UID:x",
+            "SEQUENCE:2",
+            "DTSTART:20260302T100000Z",
+            "DTEND:20260302T110000Z",
+            "RRULE:FREQ=DAILY;COUNT=3",
+        ]);
+        assert!(is_reschedule(&higher, &tz, &base, &tz));
+        for changed in [
+            "DTSTART:20260302T100500Z",
+            "DTEND:20260302T113000Z",
+            "RRULE:FREQ=DAILY;COUNT=4",
+            "EXDATE:20260303T100000Z",
+            "RDATE:20260310T100000Z",
+        ] {
+            let mut c = base.clone();
+            let p = comp(&[changed]).props[0].clone();
+            if matches!(p.name.as_str(), "EXDATE" | "RDATE") {
+                c.props.push(p);
+            } else {
+                c.set_prop(p);
+            }
+            assert!(is_reschedule(&c, &tz, &base, &tz), "{changed}");
+        }
     }
 }

@@ -44,6 +44,8 @@ pub enum Reason {
     /// ADD for an object we do not have: a REFRESH was sent instead (RFC 5546 3.2.4).
     AddForUnknown(String),
     UnknownInstance(String),
+    /// The instance was cancelled by the organizer (a cancelled override or an EXDATE).
+    CancelledInstance(String),
     NoMaster,
     OlderSequence {
         incoming: i64,
@@ -106,7 +108,12 @@ impl fmt::Display for Reason {
                 f,
                 "ADD for {uid}, which is not stored: REFRESH sent to the organizer"
             ),
-            Reason::UnknownInstance(rid) => write!(f, "no instance {rid} in the stored object"),
+            Reason::UnknownInstance(rid) => {
+                write!(f, "{rid} is not an instance of the stored object")
+            }
+            Reason::CancelledInstance(rid) => {
+                write!(f, "instance {rid} was cancelled by the organizer")
+            }
             Reason::NoMaster => write!(f, "the stored object has no master component"),
             Reason::OlderSequence { incoming, stored } => write!(
                 f,
