@@ -83,6 +83,37 @@ pub fn bare_message_id(id: &str) -> &str {
         .unwrap_or(t)
 }
 
+/// `[journal] keep_days`: prunes older journal lines now and then every hour until `shutdown`.
+/// `keep_days = 0` keeps everything.
+pub async fn journal_retention(
+    store: std::sync::Arc<dyn Store>,
+    keep_days: u64,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    if keep_days == 0 {
+        return;
+    }
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let before = now.saturating_sub((keep_days as i64).saturating_mul(86400));
+        let st = store.clone();
+        match tokio::task::spawn_blocking(move || st.prune_journal(before)).await {
+            Ok(Ok(n)) if n > 0 => eprintln!(
+                "imipd: journal: removed {n} lines older than {keep_days} days ([journal] keep_days)"
+            ),
+            Ok(Err(e)) => eprintln!("imipd: journal pruning failed: {e}"),
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 /// The object change of one commit.
 pub enum Change<'a> {
     /// Store this object (and these busy periods) for the user.
@@ -394,36 +425,5 @@ impl Store for Faulty {
     }
     fn remember_message_id(&self, key: &str, until: i64, now: i64) -> Result<bool> {
         self.inner.remember_message_id(key, until, now)
-    }
-}
-
-/// `[journal] keep_days`: prunes older journal lines now and then every hour until `shutdown`.
-/// `keep_days = 0` keeps everything.
-pub async fn journal_retention(
-    store: std::sync::Arc<dyn Store>,
-    keep_days: u64,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    if keep_days == 0 {
-        return;
-    }
-    loop {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        let before = now.saturating_sub((keep_days as i64).saturating_mul(86400));
-        let st = store.clone();
-        match tokio::task::spawn_blocking(move || st.prune_journal(before)).await {
-            Ok(Ok(n)) if n > 0 => eprintln!(
-                "imipd: journal: removed {n} lines older than {keep_days} days ([journal] keep_days)"
-            ),
-            Ok(Err(e)) => eprintln!("imipd: journal pruning failed: {e}"),
-            _ => {}
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
-            _ = shutdown.changed() => return,
-        }
     }
 }

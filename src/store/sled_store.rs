@@ -108,11 +108,6 @@ fn max_key(user: &str) -> Vec<u8> {
 }
 
 impl Sled {
-    /// Whether a store was ever created under `dir` (read-only commands open only existing ones).
-    pub fn exists(dir: &Path) -> bool {
-        dir.join("store").join("db").is_file() || dir.join("store").join("conf").is_file()
-    }
-
     pub fn open(dir: &Path) -> Result<Sled> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
@@ -135,6 +130,13 @@ impl Sled {
             group: GroupFlush::default(),
             ids_added: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+}
+
+impl Sled {
+    /// Whether a store was ever created under `dir` (read-only commands open only existing ones).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join("store").join("db").is_file() || dir.join("store").join("conf").is_file()
     }
 }
 
