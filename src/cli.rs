@@ -1,5 +1,6 @@
-//! The command-line contract (DESIGN.md): `run`, `process`, `import`, `export`, `freebusy`,
-//! `check-config`. Results go to stdout (JSON lines or iCalendar), logs to stderr.
+//! The command-line contract (DESIGN.md): the commands of [`COMMANDS`] (`run`, `process`,
+//! `import`, `export`, `freebusy`, `journal`, `send`, `ischedule-key`, `check-config`,
+//! `version`). Results go to stdout (JSON lines or iCalendar), logs to stderr.
 
 use crate::config::Config;
 use crate::ical;
@@ -19,23 +20,131 @@ pub const EX_CONFIG: i32 = 78;
 
 pub const DEFAULT_CONFIG: &str = "/etc/imipd/imipd.toml";
 
-const USAGE: &str = "usage: imipd [--config FILE] [--data-dir DIR] COMMAND
-commands:
-  run                                  start the front doors the config enables
-  process [--recipient ADDR]... [--trust-sender] [--outbox DIR] [FILE|-]
-                                       run one message through the pipeline
-  import --user ADDR FILE.ics          store each UID of FILE in ADDR's calendar
-  export --user ADDR [--uid UID]       print a stored object or the whole calendar
-  freebusy --user ADDR --from DATETIME --to DATETIME [--originator ADDR]
-                                       print a VFREEBUSY for that window (a user of
-                                       another domain is asked over iSchedule)
-  send --sender ADDR [--recipient ADDR]... [FILE|-]
-                                       record iTIP a local user sent and deliver it
-                                       over iSchedule where the recipient's domain can
-  ischedule-key                        print the DNS TXT record to publish for the
-                                       [ischedule] signing key
-  check-config                         validate the configuration
-  version                              print the version";
+/// One command of the command line: its name, synopsis, help, and the function that runs it.
+pub struct CommandSpec {
+    pub name: &'static str,
+    /// Options and operands after the command name.
+    pub synopsis: &'static str,
+    pub help: &'static str,
+    pub handler: Handler,
+}
+
+/// An admin command: its arguments, where it runs, its input (FILE or standard input), its output.
+pub type AdminFn = fn(&Args, &Env, Option<Vec<u8>>, &mut Io) -> Result<i32, CliError>;
+
+/// How a command runs.
+#[derive(Clone, Copy)]
+pub enum Handler {
+    /// Needs nothing but the config (and may start the daemon).
+    Local(fn(&Args) -> Result<i32, CliError>),
+    /// Works on the store: locally, or through the daemon's control socket while it runs.
+    /// `reads` commands never create a store.
+    Admin { run: AdminFn, reads: bool },
+}
+
+/// The dispatch table: every command `imipd` knows, in the order `--help` lists them.
+pub const COMMANDS: &[CommandSpec] = &[
+    CommandSpec {
+        name: "run",
+        synopsis: "",
+        help: "start the front doors the config enables",
+        handler: Handler::Local(crate::daemon_entry),
+    },
+    CommandSpec {
+        name: "process",
+        synopsis: "[--recipient ADDR]... [--trust-sender] [--outbox DIR] [FILE|-]",
+        help: "run one message through the pipeline",
+        handler: Handler::Admin {
+            run: |a, e, i, io| cmd_process(a, e, i.unwrap_or_default(), io),
+            reads: false,
+        },
+    },
+    CommandSpec {
+        name: "import",
+        synopsis: "--user ADDR FILE.ics",
+        help: "store each UID of FILE in ADDR's calendar",
+        handler: Handler::Admin {
+            run: |a, e, i, io| cmd_import(a, e, i.unwrap_or_default(), io),
+            reads: false,
+        },
+    },
+    CommandSpec {
+        name: "export",
+        synopsis: "--user ADDR [--uid UID]",
+        help: "print a stored object or the whole calendar",
+        handler: Handler::Admin {
+            run: |a, e, _, io| cmd_export(a, e, io),
+            reads: true,
+        },
+    },
+    CommandSpec {
+        name: "freebusy",
+        synopsis: "--user ADDR --from DATETIME --to DATETIME [--originator ADDR]",
+        help: "print a VFREEBUSY for that window (a user of another domain is asked over iSchedule)",
+        handler: Handler::Admin {
+            run: |a, e, _, io| cmd_freebusy(a, e, io),
+            reads: true,
+        },
+    },
+    CommandSpec {
+        name: "journal",
+        synopsis: "[--user ADDR] [--message-id ID] [--limit N]",
+        help: "print the newest N (default 100) audit-journal lines, oldest first",
+        handler: Handler::Admin {
+            run: |a, e, _, io| cmd_journal(a, e, io),
+            reads: true,
+        },
+    },
+    CommandSpec {
+        name: "send",
+        synopsis: "--sender ADDR [--recipient ADDR]... [FILE|-]",
+        help: "record iTIP a local user sent and deliver it over iSchedule where the recipient's domain can",
+        handler: Handler::Admin {
+            run: |a, e, i, io| cmd_send(a, e, i.unwrap_or_default(), io),
+            reads: false,
+        },
+    },
+    CommandSpec {
+        name: "ischedule-key",
+        synopsis: "",
+        help: "print the DNS TXT record to publish for the [ischedule] signing key",
+        handler: Handler::Local(cmd_ischedule_key),
+    },
+    CommandSpec {
+        name: "check-config",
+        synopsis: "",
+        help: "validate the configuration",
+        handler: Handler::Local(cmd_check_config),
+    },
+    CommandSpec {
+        name: "version",
+        synopsis: "",
+        help: "print the version (also --version)",
+        handler: Handler::Local(cmd_version),
+    },
+];
+
+/// The options before the command.
+pub const GLOBAL_SYNOPSIS: &str = "[--config FILE] [--data-dir DIR]";
+
+pub fn command(name: &str) -> Option<&'static CommandSpec> {
+    COMMANDS.iter().find(|c| c.name == name)
+}
+
+/// The `--help` text, made from the dispatch table.
+pub fn usage() -> String {
+    let mut u =
+        format!("usage: imipd {GLOBAL_SYNOPSIS} COMMAND\n       imipd --version\ncommands:");
+    for c in COMMANDS {
+        let head = format!("  {} {}", c.name, c.synopsis);
+        u.push_str(&format!("\n{}\n      {}", head.trim_end(), c.help));
+    }
+    u
+}
+
+pub fn version_line() -> String {
+    format!("imipd {}", env!("CARGO_PKG_VERSION"))
+}
 
 #[derive(Debug)]
 pub struct CliError {
@@ -47,7 +156,7 @@ impl CliError {
     pub fn usage(m: impl Into<String>) -> CliError {
         CliError {
             code: EX_USAGE,
-            message: format!("{}\n{USAGE}", m.into()),
+            message: format!("{}\n{}", m.into(), usage()),
         }
     }
     pub fn new(code: i32, m: impl Into<String>) -> CliError {
@@ -76,6 +185,10 @@ pub struct Args {
     pub sender: Option<String>,
     /// `freebusy --originator`: who asks another domain.
     pub originator: Option<String>,
+    /// `journal --message-id`.
+    pub message_id: Option<String>,
+    /// `journal --limit`.
+    pub limit: Option<usize>,
 }
 
 pub fn parse_args(argv: &[String]) -> Result<Args, CliError> {
@@ -108,8 +221,18 @@ pub fn parse_args(argv: &[String]) -> Result<Args, CliError> {
             "--to" => a.to = Some(value(&name)?),
             "--sender" => a.sender = Some(value(&name)?),
             "--originator" => a.originator = Some(value(&name)?),
+            "--message-id" => a.message_id = Some(value(&name)?),
+            "--limit" => {
+                let v = value(&name)?;
+                a.limit = Some(v.parse::<usize>().map_err(|_| {
+                    CliError::usage(format!("--limit {v:?} is not a number of lines"))
+                })?);
+            }
             "--help" | "-h" => {
-                return Err(CliError::new(0, USAGE));
+                return Err(CliError::new(0, usage()));
+            }
+            "--version" | "-V" => {
+                return Err(CliError::new(0, version_line()));
             }
             "-" => positional.push("-".into()),
             s if s.starts_with('-') => return Err(CliError::usage(format!("unknown option {s}"))),
@@ -120,6 +243,9 @@ pub fn parse_args(argv: &[String]) -> Result<Args, CliError> {
     a.command = pos
         .next()
         .ok_or_else(|| CliError::usage("no command given"))?;
+    if command(&a.command).is_none() {
+        return Err(CliError::usage(format!("unknown command {:?}", a.command)));
+    }
     a.file = pos.next();
     if let Some(extra) = pos.next() {
         return Err(CliError::usage(format!("unexpected argument {extra}")));
@@ -214,8 +340,8 @@ fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, CliError> {
 /// The commands that need the store, and so go through the control socket while the daemon runs.
 pub fn is_admin(command: &str) -> bool {
     matches!(
-        command,
-        "process" | "import" | "export" | "freebusy" | "send"
+        self::command(command).map(|c| c.handler),
+        Some(Handler::Admin { .. })
     )
 }
 
@@ -232,10 +358,13 @@ pub fn main_with(argv: &[String]) -> i32 {
             return e.code;
         }
     };
-    let res = if is_admin(&args.command) {
-        admin_local_or_remote(argv, &args)
-    } else {
-        dispatch(&args)
+    let res = match command(&args.command).map(|c| c.handler) {
+        Some(Handler::Local(f)) => f(&args),
+        Some(Handler::Admin { reads, .. }) => admin_local_or_remote(argv, &args, reads),
+        None => Err(CliError::usage(format!(
+            "unknown command {:?}",
+            args.command
+        ))),
     };
     match res {
         Ok(code) => code,
@@ -261,21 +390,57 @@ fn command_input(args: &Args) -> Result<Option<Vec<u8>>, CliError> {
     }
 }
 
-fn admin_local_or_remote(argv: &[String], args: &Args) -> Result<i32, CliError> {
-    // Validate what can be validated before touching the store.
-    match args.command.as_str() {
-        "process" => {}
-        "send" => {
-            need_sender(args)?;
-        }
-        _ => {
-            need_user(args)?;
-        }
+/// Where `data_dir` came from, for messages that say where a command looked.
+pub fn data_dir_origin(args: &Args) -> String {
+    if args.data_dir.is_some() {
+        "from --data-dir".into()
+    } else if let Some(c) = &args.config {
+        format!("data_dir of {}", c.display())
+    } else if Path::new(DEFAULT_CONFIG).exists() {
+        format!("data_dir of {DEFAULT_CONFIG}")
+    } else {
+        format!("the built-in default: no --config and no {DEFAULT_CONFIG}")
     }
+}
+
+/// Checks what can be checked before the store is opened (a usage error must not open, let
+/// alone create, a store).
+fn check_admin_args(args: &Args) -> Result<(), CliError> {
+    match args.command.as_str() {
+        "send" => need_sender(args).map(|_| ()),
+        "import" | "export" => need_user(args).map(|_| ()),
+        "freebusy" => {
+            need_user(args)?;
+            freebusy_window(args).map(|_| ())
+        }
+        "journal" => match &args.user {
+            Some(_) => need_user(args).map(|_| ()),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+fn admin_local_or_remote(argv: &[String], args: &Args, reads: bool) -> Result<i32, CliError> {
+    check_admin_args(args)?;
     let cfg = Arc::new(load_config(args)?);
     let input = command_input(args)?;
+    let data_dir = cfg.data_dir.clone();
+    let origin = data_dir_origin(args);
+    let sock = crate::control::socket_path(&cfg);
+    if reads && !Sled::exists(&data_dir) && !sock.exists() {
+        return Err(CliError::new(
+            EX_NOINPUT,
+            format!(
+                "no calendar store in {} ({origin}); {} creates none (give --data-dir or --config)",
+                data_dir.display(),
+                args.command
+            ),
+        ));
+    }
     let mut io = Io::default();
-    let code = match Sled::open(&cfg.data_dir) {
+    io.errln(format!("store {} ({origin})", data_dir.display()));
+    let code = match Sled::open(&data_dir) {
         Ok(store) => {
             let env = Env {
                 cfg: cfg.clone(),
@@ -286,9 +451,8 @@ fn admin_local_or_remote(argv: &[String], args: &Args) -> Result<i32, CliError> 
             run_admin(args, &env, input, &mut io)
         }
         Err(e) => {
-            let sock = crate::control::socket_path(&cfg);
             if !sock.exists() {
-                return Err(CliError::new(EX_TEMPFAIL, e.to_string()));
+                return Err(CliError::new(EX_TEMPFAIL, format!("{e} ({origin})")));
             }
             let mut argv = argv.to_vec();
             // The daemon runs elsewhere: make the outbox path absolute.
@@ -316,13 +480,12 @@ fn admin_local_or_remote(argv: &[String], args: &Args) -> Result<i32, CliError> 
 
 /// Runs an admin command against `env`, writing into `io`. Returns the exit code.
 pub fn run_admin(args: &Args, env: &Env, input: Option<Vec<u8>>, io: &mut Io) -> i32 {
-    let res = match args.command.as_str() {
-        "process" => cmd_process(args, env, input.unwrap_or_default(), io),
-        "import" => cmd_import(args, env, input.unwrap_or_default(), io),
-        "export" => cmd_export(args, env, io),
-        "freebusy" => cmd_freebusy(args, env, io),
-        "send" => cmd_send(args, env, input.unwrap_or_default(), io),
-        other => Err(CliError::usage(format!("unknown command {other:?}"))),
+    let res = match command(&args.command).map(|c| c.handler) {
+        Some(Handler::Admin { run, .. }) => run(args, env, input, io),
+        _ => Err(CliError::usage(format!(
+            "{:?} is not a command that works on the store",
+            args.command
+        ))),
     };
     match res {
         Ok(c) => c,
@@ -333,37 +496,81 @@ pub fn run_admin(args: &Args, env: &Env, input: Option<Vec<u8>>, io: &mut Io) ->
     }
 }
 
-fn dispatch(args: &Args) -> Result<i32, CliError> {
-    match args.command.as_str() {
-        "version" => {
-            println!("imipd {}", env!("CARGO_PKG_VERSION"));
-            Ok(0)
-        }
-        "check-config" => {
-            let cfg = load_config(args)?;
-            let file = args.config.clone().unwrap_or_else(|| {
-                PathBuf::from(if Path::new(DEFAULT_CONFIG).exists() {
-                    DEFAULT_CONFIG
-                } else {
-                    "(built-in defaults)"
-                })
-            });
-            println!(
-                "{}",
-                serde_json::json!({"config": file.display().to_string(), "ok": true, "data_dir": cfg.data_dir.display().to_string()})
-            );
-            Ok(0)
-        }
-        "run" => crate::daemon_entry(args),
-        "ischedule-key" => {
-            let cfg = load_config(args)?;
-            let v =
-                crate::ischedule::key_publication(&cfg).map_err(|e| CliError::new(EX_CONFIG, e))?;
-            println!("{v}");
-            Ok(0)
-        }
-        other => Err(CliError::usage(format!("unknown command {other:?}"))),
+fn cmd_version(_: &Args) -> Result<i32, CliError> {
+    println!("{}", version_line());
+    Ok(0)
+}
+
+fn cmd_check_config(args: &Args) -> Result<i32, CliError> {
+    let cfg = load_config(args)?;
+    let file = args.config.clone().unwrap_or_else(|| {
+        PathBuf::from(if Path::new(DEFAULT_CONFIG).exists() {
+            DEFAULT_CONFIG
+        } else {
+            "(built-in defaults)"
+        })
+    });
+    println!(
+        "{}",
+        serde_json::json!({"config": file.display().to_string(), "ok": true, "data_dir": cfg.data_dir.display().to_string()})
+    );
+    Ok(0)
+}
+
+fn cmd_ischedule_key(args: &Args) -> Result<i32, CliError> {
+    let cfg = load_config(args)?;
+    let v = crate::ischedule::key_publication(&cfg).map_err(|e| CliError::new(EX_CONFIG, e))?;
+    println!("{v}");
+    Ok(0)
+}
+
+/// `journal`: the newest N matching lines, oldest first, one JSON object each (DESIGN.md).
+fn cmd_journal(args: &Args, env: &Env, io: &mut Io) -> Result<i32, CliError> {
+    let filter = crate::store::JournalFilter {
+        user: match &args.user {
+            Some(_) => Some(need_user(args)?),
+            None => None,
+        },
+        message_id: args
+            .message_id
+            .as_deref()
+            .map(|m| crate::store::bare_message_id(m).to_string()),
+    };
+    let limit = args.limit.unwrap_or(100);
+    let lines = env
+        .store
+        .journal_matching(&filter, limit)
+        .map_err(|e| CliError::new(EX_IOERR, e.to_string()))?;
+    for e in lines {
+        io.outln(journal_json(&e).to_string());
     }
+    Ok(0)
+}
+
+/// One journal line as `imipd journal` prints it: `kind` first, the user as a `mailto:` URI,
+/// the Message-ID without angle brackets.
+pub fn journal_json(e: &crate::store::JournalEntry) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    let v = serde_json::to_value(e).unwrap_or_default();
+    let kind = v
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or("decision")
+        .to_string();
+    out.insert("kind".into(), kind.into());
+    if let serde_json::Value::Object(m) = v {
+        for (k, val) in m {
+            let val = match (k.as_str(), &val) {
+                ("user", serde_json::Value::String(u)) => ical::mailto(u).into(),
+                ("message_id", serde_json::Value::String(m)) => {
+                    crate::store::bare_message_id(m).into()
+                }
+                _ => val,
+            };
+            out.entry(k).or_insert(val);
+        }
+    }
+    serde_json::Value::Object(out)
 }
 
 fn read_input(file: Option<&str>) -> Result<Vec<u8>, CliError> {
@@ -505,8 +712,8 @@ fn cmd_export(args: &Args, env: &Env, io: &mut Io) -> Result<i32, CliError> {
     Ok(0)
 }
 
-fn cmd_freebusy(args: &Args, env: &Env, io: &mut Io) -> Result<i32, CliError> {
-    let user = need_user(args)?;
+/// `freebusy --from --to`, parsed and checked.
+fn freebusy_window(args: &Args) -> Result<(i64, i64), CliError> {
     let parse = |name: &str, v: &Option<String>| -> Result<i64, CliError> {
         let s = v
             .as_deref()
@@ -522,6 +729,12 @@ fn cmd_freebusy(args: &Args, env: &Env, io: &mut Io) -> Result<i32, CliError> {
     if to <= from {
         return Err(CliError::usage("--to must be after --from"));
     }
+    Ok((from, to))
+}
+
+fn cmd_freebusy(args: &Args, env: &Env, io: &mut Io) -> Result<i32, CliError> {
+    let user = need_user(args)?;
+    let (from, to) = freebusy_window(args)?;
     if !env.cfg.local_domains.is_empty() && !env.cfg.is_local(&user) {
         return remote_freebusy(args, env, &user, from, to, io);
     }

@@ -1,11 +1,11 @@
 //! The TOML configuration. Every key has a safe default, documented in
 //! `contrib/imipd.toml.example`; errors name the key and the line.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where the store, outbox and control socket live.
@@ -26,6 +26,7 @@ pub struct Config {
     pub policy: Policy,
     pub ischedule: Ischedule,
     pub log: Log,
+    pub journal: Journal,
 }
 
 impl Default for Config {
@@ -45,11 +46,12 @@ impl Default for Config {
             policy: Policy::default(),
             ischedule: Ischedule::default(),
             log: Log::default(),
+            journal: Journal::default(),
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Milter {
     pub enabled: bool,
@@ -69,7 +71,7 @@ impl Default for Milter {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Lmtp {
     pub enabled: bool,
@@ -93,26 +95,35 @@ impl Default for Lmtp {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Dns {
     pub nameservers: Vec<String>,
     pub timeout_secs: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            nameservers: Vec::new(),
+            timeout_secs: Some(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Smime {
     pub trust_anchors: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Pgp {
     pub keyring: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Outbound {
     /// `smtp://127.0.0.1:25`, `sendmail:/usr/sbin/sendmail` or `outbox:/dir`.
@@ -122,7 +133,7 @@ pub struct Outbound {
     pub envelope_from: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Itip {
     /// Delete an object on CANCEL instead of keeping it with STATUS:CANCELLED.
@@ -140,7 +151,7 @@ impl Default for Itip {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
     /// Who may create a new object in a local calendar: "everyone", "known" (senders with an
@@ -203,7 +214,7 @@ impl Default for Policy {
 
 /// `[ischedule]`: the iSchedule receiver (when `listen` is set) and sender (when `dkim_key` is
 /// set), and the bridge between mail and iSchedule.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Ischedule {
     /// `HOST:PORT` for the HTTPS receiver; unset: no receiver.
@@ -290,7 +301,7 @@ impl Ischedule {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
     /// "info" or "debug".
@@ -302,6 +313,20 @@ impl Default for Log {
         Log {
             level: "info".into(),
         }
+    }
+}
+
+/// `[journal]`: the audit journal's retention.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Journal {
+    /// Lines older than this many days are removed (by `imipd run`, hourly); 0 keeps all.
+    pub keep_days: u64,
+}
+
+impl Default for Journal {
+    fn default() -> Self {
+        Journal { keep_days: 90 }
     }
 }
 
@@ -353,6 +378,64 @@ fn line_of(text: &str, dotted: &str) -> Option<usize> {
     None
 }
 
+/// The line of `dotted`, or else of its table's header (a missing key is reported where its
+/// table is).
+fn line_of_or_table(text: &str, dotted: &str) -> Option<usize> {
+    line_of(text, dotted).or_else(|| {
+        let (table, _) = dotted.rsplit_once('.')?;
+        text.lines()
+            .position(|l| {
+                let t = l.trim();
+                t.starts_with('[') && t.trim_matches(|c| c == '[' || c == ']').trim() == table
+            })
+            .map(|i| i + 1)
+    })
+}
+
+/// The dotted key (with its table) whose line holds byte `offset` of the TOML text: the key on
+/// that line (or on the nearest line above that assigns one, for values spanning lines) under
+/// the nearest table header above it.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let lines: Vec<&str> = text[..offset].split('\n').collect();
+    let here = lines.len().checked_sub(1)?;
+    let whole_line = |i: usize| -> &str {
+        if i == here {
+            let start = text[..offset].rfind('\n').map(|p| p + 1).unwrap_or(0);
+            text[start..].lines().next().unwrap_or("")
+        } else {
+            lines[i]
+        }
+    };
+    let mut key = None;
+    let mut table = String::new();
+    for i in (0..=here).rev() {
+        let t = whole_line(i).trim();
+        if t.starts_with('[') && !t.contains('=') {
+            table = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            break;
+        }
+        if key.is_none() && !t.starts_with('#') {
+            if let Some((k, _)) = t.split_once('=') {
+                let k: String = k
+                    .split('.')
+                    .map(|p| p.trim().trim_matches('"'))
+                    .collect::<Vec<_>>()
+                    .join(".");
+                if !k.is_empty() && !k.contains(char::is_whitespace) {
+                    key = Some(k);
+                }
+            }
+        }
+    }
+    let key = key?;
+    Some(if table.is_empty() {
+        key
+    } else {
+        format!("{table}.{key}")
+    })
+}
+
 impl Config {
     /// Loads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -371,12 +454,19 @@ impl Config {
             let line = e
                 .span()
                 .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            let msg = e.message().to_string();
-            let key = msg
-                .split('`')
-                .nth(1)
-                .filter(|_| msg.contains("unknown field"))
-                .map(str::to_string);
+            let msg = e.message().trim().to_string();
+            let at = e.span().map(|s| s.start);
+            let key = if msg.contains("unknown field") {
+                // `unknown field `delivr``: name it with its table (`lmtp.delivr`).
+                msg.split('`')
+                    .nth(1)
+                    .map(|k| match at.and_then(|o| key_at(text, o)) {
+                        Some(full) if full.ends_with(k) => full,
+                        _ => k.to_string(),
+                    })
+            } else {
+                at.and_then(|o| key_at(text, o))
+            };
             ConfigError {
                 file: file.to_string(),
                 line,
@@ -392,7 +482,7 @@ impl Config {
     fn validate(&self, text: &str, file: &str) -> Result<(), ConfigError> {
         let err = |key: &str, message: String| ConfigError {
             file: file.to_string(),
-            line: line_of(text, key),
+            line: line_of_or_table(text, key),
             key: Some(key.to_string()),
             message,
         };
@@ -503,10 +593,12 @@ impl Config {
                 ("ischedule.tls_key", &is.tls_key),
             ] {
                 if v.is_none() {
-                    return Err(err(
+                    let mut e = err(
                         key,
-                        "the iSchedule receiver needs a TLS certificate and key".into(),
-                    ));
+                        "the iSchedule receiver (listen) needs a TLS certificate and key".into(),
+                    );
+                    e.line = err("ischedule.listen", String::new()).line.or(e.line);
+                    return Err(e);
                 }
             }
         }
@@ -527,6 +619,16 @@ impl Config {
                     return Err(err(key, format!("{} does not exist", p.display())));
                 }
             }
+        }
+        if let (Some(_), Some(cert), Some(key)) = (&is.listen, &is.tls_cert, &is.tls_key) {
+            crate::ischedule::server::tls_acceptor(cert, key).map_err(|m| {
+                let which = if m.starts_with(&key.display().to_string()) {
+                    "ischedule.tls_key"
+                } else {
+                    "ischedule.tls_cert"
+                };
+                err(which, m)
+            })?;
         }
         for (ds, path) in &is.private_keys {
             let key = format!("ischedule.private_keys.{ds}");
@@ -714,6 +816,62 @@ mod tests {
         let e = Config::parse("[lmtp]\n\nlisten = \"nonsense\"\n", "t.toml").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("lmtp.listen"));
         assert_eq!(e.line, Some(3));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_table() {
+        let e = Config::parse(
+            "[milter]\nenabled = true\n\n[lmtp]\nlisten = \"inet:127.0.0.1:1\"\ndelivr = \"x\"\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("lmtp.delivr"), "{e}");
+        assert_eq!(e.line, Some(6), "{e}");
+        assert!(e.to_string().contains("t.toml:6: key `lmtp.delivr`"), "{e}");
+    }
+
+    #[test]
+    fn type_error_names_key_with_table_and_line() {
+        let e = Config::parse("data_dir = \"/x\"\n[lmtp]\n\ndeliver = 3\n", "t.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("lmtp.deliver"), "{e}");
+        assert_eq!(e.line, Some(4), "{e}");
+        let e = Config::parse("local_domains = \"example.org\"\n", "t.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("local_domains"), "{e}");
+        assert_eq!(e.line, Some(1), "{e}");
+        let e = Config::parse(
+            "[ischedule]\nlisten = \"127.0.0.1:1\"\n[ischedule.servers]\n\"a.example\" = 7\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("ischedule.servers.a.example"), "{e}");
+        assert_eq!(e.line, Some(4), "{e}");
+    }
+
+    #[test]
+    fn ischedule_tls_error_has_a_line() {
+        let e =
+            Config::parse("[ischedule]\n\nlisten = \"127.0.0.1:8443\"\n", "t.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("ischedule.tls_cert"), "{e}");
+        assert_eq!(e.line, Some(3), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, "not a certificate\n").unwrap();
+        std::fs::write(&key, "not a key\n").unwrap();
+        let text = format!(
+            "[ischedule]\nlisten = \"127.0.0.1:8443\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        );
+        let e = Config::parse(&text, "t.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("ischedule.tls_cert"), "{e}");
+        assert_eq!(e.line, Some(3), "{e}");
+    }
+
+    #[test]
+    fn journal_keep_days_defaults_to_90() {
+        assert_eq!(Config::parse("", "t.toml").unwrap().journal.keep_days, 90);
+        let c = Config::parse("[journal]\nkeep_days = 7\n", "t.toml").unwrap();
+        assert_eq!(c.journal.keep_days, 7);
     }
 
     #[test]

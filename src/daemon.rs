@@ -1008,6 +1008,12 @@ pub fn run(args: &Args) -> Result<i32, CliError> {
         .build()
         .map_err(|e| CliError::new(EX_IOERR, e.to_string()))?;
     rt.block_on(async move {
+        // Before anything is announced: a SIGTERM right after the listening lines must stop
+        // the daemon cleanly, not kill it.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| CliError::new(EX_IOERR, e.to_string()))?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| CliError::new(EX_IOERR, e.to_string()))?;
         let (tx, rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let timeout = SESSION_IDLE;
@@ -1084,14 +1090,11 @@ pub fn run(args: &Args) -> Result<i32, CliError> {
             log(format!("running as user {} (uid {}, gid {})", u.name, u.uid, u.gid));
         }
         tasks.push(tokio::spawn(queue_runner(core.clone(), rx.clone())));
+        tasks.push(tokio::spawn(crate::store::journal_retention(store.clone(), cfg.journal.keep_days, rx.clone())));
         core.queue_wakeup.notify_one();
         use std::io::Write;
         let _ = std::io::stdout().flush();
 
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| CliError::new(EX_IOERR, e.to_string()))?;
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .map_err(|e| CliError::new(EX_IOERR, e.to_string()))?;
         loop {
             tokio::select! {
                 _ = term.recv() => { log("SIGTERM: finishing in-flight messages"); break; }

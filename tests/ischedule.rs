@@ -1050,38 +1050,26 @@ fn interop_with_cyrus_receiver() {
         eprintln!("NOTICE: skipping {test}: the observed loopback Cyrus configs are not available");
         return;
     };
-    // The packages, downloaded once per machine with the ordinary client.
-    let debs = std::env::temp_dir().join("imipd-test-cyrus-debs");
-    std::fs::create_dir_all(&debs).unwrap();
-    let have_debs = |d: &Path| {
-        std::fs::read_dir(d)
-            .map(|rd| {
-                rd.flatten()
-                    .any(|e| e.file_name().to_string_lossy().starts_with("cyrus-caldav_"))
-            })
-            .unwrap_or(false)
-    };
-    if !have_debs(&debs) {
-        let st = std::process::Command::new("apt-get")
-            .args([
-                "download",
-                "cyrus-common",
-                "cyrus-caldav",
-                "cyrus-imapd",
-                "libshp2",
-                "libwrap0",
-                "libpcre3",
-                "libical3",
-                "libxapian30",
-            ])
-            .current_dir(&debs)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-        if !st.is_ok_and(|s| s.success()) || !have_debs(&debs) {
-            eprintln!("NOTICE: skipping {test}: `apt-get download cyrus-caldav ...` failed (no package or no archive)");
-            return;
-        }
+    // The packages, downloaded by tools/test.sh's install step (the test stays offline).
+    let debs = std::env::var_os("IMIPD_TEST_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-cache"))
+        .join("cyrus-debs");
+    let have_debs = std::fs::read_dir(&debs)
+        .map(|rd| {
+            rd.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("cyrus-caldav_"))
+        })
+        .unwrap_or(false);
+    if !have_debs {
+        mta::skip(
+            test,
+            &format!(
+                "no Cyrus packages in {} (tools/test.sh downloads them)",
+                debs.display()
+            ),
+        );
+        return;
     }
     let tmp = tempfile::tempdir().unwrap();
     use std::os::unix::fs::PermissionsExt;

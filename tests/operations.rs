@@ -267,3 +267,362 @@ fn policy_local_per_domain() {
     ]);
     assert!(outcome_of(&out).starts_with("applied"), "{out}");
 }
+
+/// DESIGN "Command-line contract": `imipd --version` (and `version`) print the version, exit 0.
+#[test]
+fn version_is_printed() {
+    for args in [&["--version"][..], &["version"], &["-V"]] {
+        let (out, err, code) = imipd(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert_eq!(
+            out.trim(),
+            format!("imipd {}", env!("CARGO_PKG_VERSION")),
+            "{args:?}"
+        );
+    }
+}
+
+fn write_config(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
+    let p = dir.join("imipd.toml");
+    std::fs::write(&p, text).expect("config");
+    p
+}
+
+/// Read commands (`export`, `freebusy`, `journal`) on a data dir with no store: an error that
+/// names the path and where it came from, non-zero exit, and no store created.
+#[test]
+fn read_commands_never_create_a_store() {
+    let tmp = TempDir::new().expect("tempdir");
+    let data = tmp.path().join("nothing-here");
+    let cfg = write_config(tmp.path(), &format!("data_dir = \"{}\"\n", data.display()));
+    let c = cfg.to_str().expect("path");
+    let d = data.to_str().expect("path");
+    let window = ["--from", "20260101T000000Z", "--to", "20260102T000000Z"];
+    let mut cases: Vec<(Vec<&str>, &str)> = Vec::new();
+    for (flag, val, origin) in [("--config", c, c), ("--data-dir", d, "--data-dir")] {
+        cases.push((
+            vec![flag, val, "export", "--user", "bob@example.org"],
+            origin,
+        ));
+        let mut fb = vec![flag, val, "freebusy", "--user", "bob@example.org"];
+        fb.extend_from_slice(&window);
+        cases.push((fb, origin));
+        cases.push((vec![flag, val, "journal"], origin));
+    }
+    for (args, origin) in cases {
+        let (out, err, code) = imipd(&args);
+        assert_ne!(code, 0, "{args:?}: {out}{err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert!(err.contains(d) && err.contains(origin), "{args:?}: {err}");
+        assert!(!data.exists(), "{args:?} created {}", data.display());
+    }
+    // A usage error (a bad date) opens nothing either.
+    let (_, err, code) = imipd(&[
+        "--data-dir",
+        d,
+        "freebusy",
+        "--user",
+        "bob@example.org",
+        "--from",
+        "garbage",
+        "--to",
+        "x",
+    ]);
+    assert_eq!(code, 64, "{err}");
+    assert!(!data.exists());
+}
+
+/// Without --data-dir the admin commands use the config's data_dir, and say so.
+#[test]
+fn admin_commands_read_data_dir_from_config() {
+    let tmp = TempDir::new().expect("tempdir");
+    let data = tmp.path().join("from-config");
+    let cfg = write_config(
+        tmp.path(),
+        &format!(
+            "data_dir = \"{}\"\nlocal_domains = [\"example.org\"]\n",
+            data.display()
+        ),
+    );
+    let c = cfg.to_str().expect("path");
+    let m = request_msg(tmp.path(), "alice@example.com", "cfg-1@example.com");
+    let (out, err, code) = imipd(&[
+        "--config",
+        c,
+        "process",
+        "--trust-sender",
+        m.to_str().expect("path"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(outcome_of(&out).starts_with("applied"), "{out}");
+    assert!(
+        err.contains(&format!("store {} (data_dir of {c})", data.display())),
+        "{err}"
+    );
+    assert!(
+        data.join("store").exists(),
+        "no store under the config's data_dir"
+    );
+    let (out, err, code) = imipd(&["--config", c, "export", "--user", "bob@example.org"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("UID:cfg-1@example.com"), "{out}");
+}
+
+/// check-config through the binary: an unknown key is named with its table, a type error names
+/// its key (with table) and line.
+#[test]
+fn check_config_names_table_keys() {
+    let tmp = TempDir::new().expect("tempdir");
+    for (text, want) in [
+        (
+            "[lmtp]\nlisten = \"inet:127.0.0.1:1\"\ndelivr = \"x\"\n",
+            ":3: key `lmtp.delivr`",
+        ),
+        ("[milter]\n[lmtp]\ndeliver = 3\n", ":3: key `lmtp.deliver`"),
+        (
+            "[ischedule]\nlisten = \"127.0.0.1:8443\"\n",
+            ":2: key `ischedule.tls_cert`",
+        ),
+    ] {
+        let p = write_config(tmp.path(), text);
+        let (_, err, code) = imipd(&["--config", p.to_str().expect("path"), "check-config"]);
+        assert_eq!(code, 78, "{err}");
+        assert!(err.contains(want), "want {want:?} in {err}");
+    }
+}
+
+/// DESIGN "Command-line contract", `journal`: JSON lines oldest first, the newest N, filters by
+/// user and Message-ID; `[journal] keep_days` retention applied by `imipd run`.
+#[test]
+fn journal_through_the_binary() {
+    use imipd::store::{Change, Commit, JournalEntry, Sled, Store};
+    let tmp = TempDir::new().expect("tempdir");
+    let data = tmp.path().join("data");
+    // Two lines from long ago, written as an older run would have.
+    {
+        let store = Sled::open(&data).expect("store");
+        for (n, ts) in [(1, 1_000_000_000i64), (2, 1_000_000_100)] {
+            let e = JournalEntry {
+                ts,
+                user: "bob@example.org".into(),
+                message_id: format!("<old-{n}@example.com>"),
+                method: "REQUEST".into(),
+                component: "VEVENT".into(),
+                uid: format!("old-{n}"),
+                outcome: "applied".into(),
+                reason: "stored".into(),
+                count: 1,
+            };
+            store
+                .commit(&Commit {
+                    user: "bob@example.org",
+                    uid: &e.uid,
+                    change: Change::Keep,
+                    processed_key: None,
+                    journal: &e,
+                    proposal: None,
+                })
+                .expect("commit");
+        }
+        store.flush().expect("flush");
+    }
+    let cfg_text = "local_domains = [\"example.org\"]\n[milter]\nlisten = \"inet:127.0.0.1:0\"\n\
+                    [lmtp]\nlisten = \"inet:127.0.0.1:0\"\n[journal]\nkeep_days = 30\n";
+    let cfg = write_config(
+        tmp.path(),
+        &format!("data_dir = \"{}\"\n{cfg_text}", data.display()),
+    );
+    let c = cfg.to_str().expect("path");
+    // New lines: one message to bob and carol, one to bob.
+    let two = tmp.path().join("two.eml");
+    std::fs::write(
+        &two,
+        "From: alice@example.com\r\nTo: bob@example.org, carol@example.org\r\nMessage-ID: <two@example.com>\r\n\
+Subject: Invitation\r\nContent-Type: text/calendar; method=REQUEST\r\n\r\nBEGIN:VCALENDAR\r\nVERSION:2.0\r\n\
+PRODID:-//t//EN\r\nMETHOD:REQUEST\r\nBEGIN:VEVENT\r\nUID:two\r\nDTSTAMP:20260102T000000Z\r\n\
+DTSTART:20260110T100000Z\r\nDTEND:20260110T110000Z\r\nORGANIZER:mailto:alice@example.com\r\n\
+ATTENDEE;PARTSTAT=NEEDS-ACTION:mailto:bob@example.org\r\nATTENDEE;PARTSTAT=NEEDS-ACTION:mailto:carol@example.org\r\n\
+END:VEVENT\r\nEND:VCALENDAR\r\n",
+    )
+    .expect("msg");
+    let one = request_msg(tmp.path(), "alice@example.com", "one@example.com");
+    for m in [&two, &one] {
+        let (_, err, code) = imipd(&[
+            "--config",
+            c,
+            "process",
+            "--trust-sender",
+            m.to_str().expect("path"),
+        ]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let journal = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let mut args = vec!["--config", c, "journal"];
+        args.extend_from_slice(extra);
+        let (out, err, code) = imipd(&args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    };
+    let field = |v: &[serde_json::Value], k: &str| -> Vec<String> {
+        v.iter()
+            .map(|x| x[k].as_str().unwrap_or("?").to_string())
+            .collect()
+    };
+    let all = journal(&[]);
+    assert_eq!(
+        field(&all, "uid"),
+        ["old-1", "old-2", "two", "two", "one@example.com"],
+        "oldest first: {all:#?}"
+    );
+    let last = &all[4];
+    assert_eq!(last["kind"], "decision");
+    assert_eq!(last["user"], "mailto:bob@example.org");
+    assert_eq!(last["message_id"], "one@example.com");
+    assert_eq!(last["method"], "REQUEST");
+    assert_eq!(last["component"], "VEVENT");
+    assert_eq!(last["outcome"], "applied");
+    assert!(
+        last["ts"].as_i64().is_some_and(|t| t > 1_700_000_000),
+        "{last}"
+    );
+    assert!(last["reason"].is_string());
+    assert_eq!(
+        field(&journal(&["--user", "mailto:Carol@example.org"]), "uid"),
+        ["two"]
+    );
+    let by_id = journal(&["--message-id", "<two@example.com>"]);
+    assert_eq!(
+        field(&by_id, "user"),
+        ["mailto:bob@example.org", "mailto:carol@example.org"]
+    );
+    assert_eq!(
+        field(
+            &journal(&[
+                "--message-id",
+                "two@example.com",
+                "--user",
+                "bob@example.org"
+            ]),
+            "uid"
+        ),
+        ["two"]
+    );
+    assert_eq!(
+        field(&journal(&["--limit", "2"]), "uid"),
+        ["two", "one@example.com"]
+    );
+    assert_eq!(
+        field(
+            &journal(&["--user", "bob@example.org", "--limit", "3"]),
+            "uid"
+        ),
+        ["old-2", "two", "one@example.com"]
+    );
+    assert!(journal(&["--limit", "0"]).is_empty());
+    let (_, err, code) = imipd(&["--config", c, "journal", "--limit", "many"]);
+    assert_eq!(code, 64, "{err}");
+
+    // Retention: `imipd run` removes what is older than keep_days, through the same binary.
+    let run_dir = tmp.path().join("run");
+    std::fs::create_dir_all(&run_dir).expect("dir");
+    std::os::unix::fs::symlink(&data, run_dir.join("data")).expect("symlink");
+    let mut d = Imipd::start(&run_dir, cfg_text, &[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !d.log().contains("journal: removed 2 lines") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pruning: {}",
+            d.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (out, err, code) = d.cli(&["journal"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(!out.contains("old-"), "{out}");
+    assert_eq!(d.stop(), Some(0), "{}", d.log());
+    assert_eq!(
+        field(&journal(&[]), "uid"),
+        ["two", "two", "one@example.com"]
+    );
+}
+
+/// Test hygiene: the Postfix fixture stops its master even when the directories it ran from are
+/// already gone (the order fields happen to drop in), and checks that the master is gone.
+#[test]
+fn postfix_fixture_stops_its_master() {
+    if !mta::have("postfix_fixture_stops_its_master", &["postfix"]) {
+        return;
+    }
+    let tmp = TempDir::new().expect("tempdir");
+    let mut pf = mta::Postfix::start(
+        &tmp.path().join("pf"),
+        &mta::PostfixOptions {
+            milter_port: None,
+            lmtp_port: None,
+            virtual_domains: &["example.org"],
+            smtp_port: None,
+            extra_main_cf: "",
+        },
+    );
+    let pid = pf.master_pid().expect("master pid");
+    assert!(mta::pid_alive(pid));
+    drop(tmp);
+    assert!(pf.stop(), "master {pid} still running");
+    assert!(!mta::pid_alive(pid));
+    assert!(pf.stop(), "stop is idempotent");
+}
+
+/// DESIGN "journal": several objects of one message rejected for one reason make one line
+/// with "uid":"*" and "count":N (here: two events from an unproven sender).
+#[test]
+fn journal_summarizes_rejections_of_one_message() {
+    let tmp = TempDir::new().expect("tempdir");
+    let cfg = write_config(
+        tmp.path(),
+        &format!(
+            "data_dir = \"{}\"\nlocal_domains = [\"example.org\"]\n[dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_secs = 1\n",
+            tmp.path().join("data").display()
+        ),
+    );
+    let c = cfg.to_str().expect("path");
+    let ev = |uid: &str| {
+        format!(
+            "BEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:20260102T000000Z\r\nDTSTART:20260110T100000Z\r\n\
+DTEND:20260110T110000Z\r\nORGANIZER:mailto:alice@example.com\r\n\
+ATTENDEE;PARTSTAT=NEEDS-ACTION:mailto:bob@example.org\r\nEND:VEVENT\r\n"
+        )
+    };
+    let cal = |e: &str| {
+        format!("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nMETHOD:REQUEST\r\n{e}END:VCALENDAR\r\n")
+    };
+    let m = tmp.path().join("two-objects.eml");
+    std::fs::write(
+        &m,
+        format!(
+            "From: alice@example.com\r\nTo: bob@example.org\r\nMessage-ID: <pair@example.com>\r\nSubject: Two\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+--b\r\nContent-Type: text/calendar; method=REQUEST\r\n\r\n{}--b\r\n\
+Content-Type: text/calendar; method=REQUEST\r\n\r\n{}--b--\r\n",
+            cal(&ev("pair-a")),
+            cal(&ev("pair-b"))
+        ),
+    )
+    .expect("msg");
+    let (out, err, code) = imipd(&["--config", c, "process", m.to_str().expect("path")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("\"outcome\":\"rejected\"").count(), 2, "{out}");
+    let (out, err, code) = imipd(&["--config", c, "journal", "--message-id", "pair@example.com"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert_eq!(lines[0]["kind"], "decision");
+    assert_eq!(lines[0]["uid"], "*");
+    assert_eq!(lines[0]["count"], 2);
+    assert_eq!(lines[0]["outcome"], "rejected");
+}

@@ -40,15 +40,16 @@ Message-ID: <{msgid}>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/alternativ
     .into_bytes()
 }
 
+/// Fields drop in this order: Postfix first, then the daemons it talks to, the temp dir last.
 struct World {
-    _sink: Option<Imipd>,
-    key_remote: DkimKey,
-    _tmp: TempDir,
-    _dns: Dns,
-    key: DkimKey,
-    imipd: Imipd,
     postfix: Postfix,
+    imipd: Imipd,
+    _sink: Option<Imipd>,
+    _dns: Dns,
+    key_remote: DkimKey,
+    key: DkimKey,
     mail: std::path::PathBuf,
+    _tmp: TempDir,
 }
 
 #[derive(Clone, Copy, PartialEq)]

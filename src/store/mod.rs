@@ -54,6 +54,66 @@ fn is_one(n: &u32) -> bool {
     *n == 1
 }
 
+/// Which journal lines a reader wants (`imipd journal --user --message-id`).
+#[derive(Debug, Clone, Default)]
+pub struct JournalFilter {
+    /// A normalized address (no `mailto:`).
+    pub user: Option<String>,
+    /// A Message-ID, without angle brackets.
+    pub message_id: Option<String>,
+}
+
+impl JournalFilter {
+    pub fn matches(&self, e: &JournalEntry) -> bool {
+        self.user
+            .as_deref()
+            .is_none_or(|u| ical::norm_addr(&e.user) == u)
+            && self
+                .message_id
+                .as_deref()
+                .is_none_or(|m| bare_message_id(&e.message_id) == m)
+    }
+}
+
+/// A Message-ID without surrounding space and angle brackets.
+pub fn bare_message_id(id: &str) -> &str {
+    let t = id.trim();
+    t.strip_prefix('<')
+        .and_then(|t| t.strip_suffix('>'))
+        .unwrap_or(t)
+}
+
+/// `[journal] keep_days`: prunes older journal lines now and then every hour until `shutdown`.
+/// `keep_days = 0` keeps everything.
+pub async fn journal_retention(
+    store: std::sync::Arc<dyn Store>,
+    keep_days: u64,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    if keep_days == 0 {
+        return;
+    }
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let before = now.saturating_sub((keep_days as i64).saturating_mul(86400));
+        let st = store.clone();
+        match tokio::task::spawn_blocking(move || st.prune_journal(before)).await {
+            Ok(Ok(n)) if n > 0 => eprintln!(
+                "imipd: journal: removed {n} lines older than {keep_days} days ([journal] keep_days)"
+            ),
+            Ok(Err(e)) => eprintln!("imipd: journal pruning failed: {e}"),
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 /// The object change of one commit.
 pub enum Change<'a> {
     /// Store this object (and these busy periods) for the user.
@@ -85,6 +145,22 @@ pub trait Store: Send + Sync {
     fn busy(&self, user: &str, from: i64, to: i64) -> Result<Vec<Busy>>;
     /// The newest `limit` journal lines (oldest first).
     fn journal(&self, limit: usize) -> Result<Vec<JournalEntry>>;
+    /// The newest `limit` journal lines that match `filter` (oldest first).
+    fn journal_matching(&self, filter: &JournalFilter, limit: usize) -> Result<Vec<JournalEntry>> {
+        let mut v: Vec<JournalEntry> = self
+            .journal(usize::MAX)?
+            .into_iter()
+            .filter(|e| filter.matches(e))
+            .collect();
+        let skip = v.len().saturating_sub(limit);
+        v.drain(..skip);
+        Ok(v)
+    }
+    /// Removes the journal lines written before `before` (UNIX seconds); returns how many.
+    fn prune_journal(&self, before: i64) -> Result<usize> {
+        let _ = before;
+        Ok(0)
+    }
     /// Makes everything committed so far durable.
     fn flush(&self) -> Result<()>;
     /// Remembers a message identifier (an iSchedule-Message-ID with its signer and originator)
@@ -337,6 +413,12 @@ impl Store for Faulty {
     }
     fn journal(&self, limit: usize) -> Result<Vec<JournalEntry>> {
         self.inner.journal(limit)
+    }
+    fn journal_matching(&self, filter: &JournalFilter, limit: usize) -> Result<Vec<JournalEntry>> {
+        self.inner.journal_matching(filter, limit)
+    }
+    fn prune_journal(&self, before: i64) -> Result<usize> {
+        self.inner.prune_journal(before)
     }
     fn flush(&self) -> Result<()> {
         self.inner.flush()

@@ -11,7 +11,7 @@
 //! Isolation (read, decide, write of one user's objects) is the caller's: the pipeline holds a
 //! per-user lock around it. This type only guarantees that each commit is all or nothing.
 
-use super::{Change, Commit, JournalEntry, Record, Result, Store, StoreError};
+use super::{Change, Commit, JournalEntry, JournalFilter, Record, Result, Store, StoreError};
 use crate::itip::{Busy, StoredObject};
 use std::path::Path;
 
@@ -137,6 +137,13 @@ impl Sled {
             group: GroupFlush::default(),
             ids_added: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+}
+
+impl Sled {
+    /// Whether a store was ever created under `dir` (read-only commands open only existing ones).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join("store").join("db").is_file() || dir.join("store").join("conf").is_file()
     }
 }
 
@@ -272,6 +279,52 @@ impl Store for Sled {
         }
         out.reverse();
         Ok(out)
+    }
+
+    fn journal_matching(&self, filter: &JournalFilter, limit: usize) -> Result<Vec<JournalEntry>> {
+        let mut out = Vec::new();
+        for kv in self.t.scan_prefix(b"j").rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, v) = kv.map_err(io)?;
+            if let Ok(e) = serde_json::from_slice::<JournalEntry>(&v) {
+                if filter.matches(&e) {
+                    out.push(e);
+                }
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    fn prune_journal(&self, before: i64) -> Result<usize> {
+        // Journal ids grow with time: stop at the first line young enough to keep, but step
+        // over a few younger ones in case clocks went back.
+        let mut removed = 0;
+        let mut kept_in_a_row = 0;
+        for kv in self.t.scan_prefix(b"j") {
+            let (k, v) = kv.map_err(io)?;
+            let ts = serde_json::from_slice::<serde_json::Value>(&v)
+                .ok()
+                .and_then(|j| j.get("ts").and_then(serde_json::Value::as_i64));
+            match ts {
+                Some(ts) if ts >= before => {
+                    kept_in_a_row += 1;
+                    if kept_in_a_row >= 64 {
+                        break;
+                    }
+                }
+                Some(_) => {
+                    self.t.remove(k).map_err(io)?;
+                    removed += 1;
+                    kept_in_a_row = 0;
+                }
+                // Not a journal line this version understands: left alone.
+                None => {}
+            }
+        }
+        Ok(removed)
     }
 
     fn flush(&self) -> Result<()> {

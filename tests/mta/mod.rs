@@ -12,28 +12,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+// One helper shared by every test crate, whichever of common, mta and signers it uses.
+#[allow(clippy::duplicate_mod)]
+#[path = "../common/skip.rs"]
+mod skip;
+#[allow(unused_imports)]
+pub use skip::{in_ci, is_root, skip};
+
+/// Whether every tool is installed (and root, for a private Postfix); otherwise skips (a
+/// failure under `CI=true`, a NOTICE elsewhere).
 pub fn have(test: &str, tools: &[&str]) -> bool {
-    for t in tools {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
-            .unwrap_or(false)
-            || Path::new("/usr/sbin").join(t).is_file();
-        if !found {
-            eprintln!("NOTICE: skipping {test}: {t} is not installed");
-            return false;
-        }
+    if !skip::require(test, tools) {
+        return false;
     }
-    // SAFETY-free check of the effective uid through /proc.
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.to_string())
-        })
-        .and_then(|l| l.split_whitespace().nth(2).map(str::to_string));
-    if tools.contains(&"postfix") && uid.as_deref() != Some("0") {
-        eprintln!("NOTICE: skipping {test}: a private Postfix needs root");
+    if tools.contains(&"postfix") && !is_root() {
+        skip(test, "a private Postfix needs root");
         return false;
     }
     true
@@ -177,6 +170,33 @@ impl Drop for Imipd {
 pub struct Postfix {
     pub dir: PathBuf,
     pub smtp_port: u16,
+    /// The master daemon's pid (from `queue/pid/master.pid`), to stop it even when its
+    /// directories are gone and to check that it is gone.
+    master_pid: Option<u32>,
+}
+
+/// Whether a process is alive (a zombie is not).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next()),
+            Some("Z") | Some("X")
+        ),
+        Err(_) => false,
+    }
+}
+
+/// Waits up to `timeout` for `pid` to exit.
+pub fn wait_gone(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while pid_alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
 }
 
 pub struct PostfixOptions<'a> {
@@ -284,10 +304,26 @@ impl Postfix {
             "postfix start failed: {}",
             std::fs::read_to_string(dir.join("maillog")).unwrap_or_default()
         );
-        let pf = Postfix {
+        let pid_file = queue.join("pid/master.pid");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let master_pid = loop {
+            let pid = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok());
+            if pid.is_some() || Instant::now() > deadline {
+                break pid;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut pf = Postfix {
             dir: dir.to_path_buf(),
             smtp_port,
+            master_pid,
         };
+        if pf.master_pid.is_none() {
+            pf.stop();
+            panic!("postfix wrote no {}", pid_file.display());
+        }
         // Wait until smtpd answers.
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", smtp_port)).is_err() {
@@ -346,14 +382,63 @@ impl Postfix {
     }
 }
 
+impl Postfix {
+    /// The master daemon's pid.
+    pub fn master_pid(&self) -> Option<u32> {
+        self.master_pid
+    }
+
+    /// Stops this Postfix: `postfix abort` while its config is there, then SIGTERM and SIGKILL
+    /// to the master by pid. Returns whether the master is gone; idempotent.
+    pub fn stop(&mut self) -> bool {
+        let etc = self.dir.join("etc");
+        if etc.join("main.cf").exists() {
+            let _ = Command::new("postfix")
+                .args(["-c", &etc.display().to_string(), "abort"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let Some(pid) = self.master_pid else {
+            return true;
+        };
+        for (signal, wait) in [(libc::SIGTERM, 10), (libc::SIGKILL, 5)] {
+            if wait_gone(
+                pid,
+                Duration::from_secs(if signal == libc::SIGTERM { 5 } else { 0 }),
+            ) {
+                self.master_pid = None;
+                return true;
+            }
+            // Never signal a process that reused the pid.
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() != "master" {
+                self.master_pid = None;
+                return true;
+            }
+            // SAFETY: kill(2) on the pid Postfix's master wrote; no memory is involved.
+            unsafe {
+                libc::kill(pid as i32, signal);
+            }
+            if wait_gone(pid, Duration::from_secs(wait)) {
+                self.master_pid = None;
+                return true;
+            }
+        }
+        false
+    }
+}
+
 impl Drop for Postfix {
     fn drop(&mut self) {
-        let c = self.dir.join("etc").display().to_string();
-        let _ = Command::new("postfix")
-            .args(["-c", &c, "abort"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let pid = self.master_pid;
+        let gone = self.stop();
+        if !gone && !std::thread::panicking() {
+            panic!(
+                "postfix master {pid:?} of {} is still running",
+                self.dir.display()
+            );
+        }
     }
 }
 

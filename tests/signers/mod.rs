@@ -10,6 +10,11 @@ use std::time::{Duration, Instant};
 
 use imipd::auth::AuthConfig;
 
+// One helper shared by every test crate, whichever of common, mta and signers it uses.
+#[allow(clippy::duplicate_mod)]
+#[path = "../common/skip.rs"]
+mod skip;
+
 pub const AUTHSERV_ID: &str = "mx.test.example";
 
 /// Whether every tool is installed; prints a notice naming the missing ones otherwise.
@@ -20,7 +25,7 @@ pub fn tools_present(test: &str, tools: &[&str]) -> bool {
         .filter(|tool| !tool_present(tool))
         .collect();
     if !missing.is_empty() {
-        eprintln!("NOTICE: skipping {test}: missing {}", missing.join(", "));
+        skip::skip(test, &format!("missing {}", missing.join(", ")));
     }
     missing.is_empty()
 }
