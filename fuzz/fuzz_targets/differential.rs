@@ -31,12 +31,13 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         assert_eq!(start + e, child.offset_end as usize);
     }
     // Pretend the first child is a verified signed entity and check what extraction proves.
-    let signed = &tree.parts[children[0] as usize];
+    let Some(&first) = children.first() else { return };
+    let signed = &tree.parts[first as usize];
     let (lo, hi) = (signed.offset_header as usize, signed.offset_end as usize);
     let proof = Proof {
         grants: vec![Grant {
             address: "signer@example.com".into(),
-            covers: Coverage::Parts(subtree(tree, children[0] as usize)),
+            covers: Coverage::Parts(subtree(tree, first as usize)),
         }],
         ..Default::default()
     };
