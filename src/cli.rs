@@ -428,7 +428,13 @@ fn admin_local_or_remote(argv: &[String], args: &Args, reads: bool) -> Result<i3
     let data_dir = cfg.data_dir.clone();
     let origin = data_dir_origin(args);
     let sock = crate::control::socket_path(&cfg);
-    if reads && !Sled::exists(&data_dir) && !sock.exists() {
+    // Free/busy of a user of another domain is asked over iSchedule, not read from the store.
+    let remote_freebusy = args.command == "freebusy"
+        && args
+            .user
+            .as_deref()
+            .is_some_and(|u| !cfg.is_local(&ical::norm_addr(u)));
+    if reads && !remote_freebusy && !Sled::exists(&data_dir) && !sock.exists() {
         return Err(CliError::new(
             EX_NOINPUT,
             format!(

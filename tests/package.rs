@@ -159,7 +159,9 @@ fn debian_package() {
     assert!(checked.contains("\"ok\":true"), "{checked}");
     let packaged = std::fs::read_to_string(&conf).expect("packaged config");
     assert!(
-        packaged.lines().any(|l| l.trim() == "user = \"imipd\""),
+        packaged
+            .lines()
+            .any(|l| l.trim_start().starts_with("user = \"imipd\"")),
         "the packaged config runs as the imipd user"
     );
     // The maintainer scripts create the imipd user; this host has not run them. Started as
@@ -169,8 +171,11 @@ fn debian_package() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !host_has_imipd {
-        std::fs::write(&conf, packaged.replace("user = \"imipd\"", "user = \"nobody\""))
-            .expect("config for this host");
+        std::fs::write(
+            &conf,
+            packaged.replace("user = \"imipd\"", "user = \"nobody\""),
+        )
+        .expect("config for this host");
     }
     let unit_path = [
         "usr/lib/systemd/system/imipd.service",

@@ -109,14 +109,11 @@ fn max_key(user: &str) -> Vec<u8> {
 
 impl Sled {
     /// Opens (creating) the store under `dir`. The data dir is made 0750 (at most), the store's
-    /// directories 0700 and its files 0600 whatever the umask; the process's umask becomes
-    /// 0077 so that the files sled creates later (snapshots, blobs) are private too.
+    /// directories 0700 and its files 0600 whatever the umask (the imipd binary also runs with
+    /// umask 0077, so files sled creates later are private too; a library never changes the
+    /// umask of the process it is linked into).
     pub fn open(dir: &Path) -> Result<Sled> {
         super::private_data_dir(dir)?;
-        // SAFETY: umask only changes this process's file creation mask.
-        unsafe {
-            libc::umask(0o077);
-        }
         let db = sled::Config::new()
             .path(dir.join("store"))
             .cache_capacity(256 * 1024 * 1024)
