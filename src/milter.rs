@@ -118,6 +118,9 @@ pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send {
     fn quickack(&self) {}
 }
 
+/// An in-memory connection (tests and fuzzing).
+impl Conn for tokio::io::DuplexStream {}
+
 impl Conn for tokio::net::TcpStream {
     fn quickack(&self) {
         use std::os::fd::AsRawFd;
