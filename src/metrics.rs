@@ -115,7 +115,15 @@ const METHODS: [&str; 8] = [
 ];
 const OUTCOMES: [&str; 3] = ["applied", "ignored", "rejected"];
 const PROOF_METHODS: [&str; 9] = [
-    "dkim", "dmarc", "spf", "smime", "pgp", "iprev", "auth", "arc", "ischedule",
+    "dkim",
+    "dmarc",
+    "spf",
+    "smime",
+    "pgp",
+    "iprev",
+    "auth",
+    "arc",
+    "ischedule",
 ];
 const PROOF_RESULTS: [&str; 9] = [
     "pass",
@@ -183,9 +191,7 @@ pub fn message<E>(door: &str, verdict: Result<&Verdict, E>) {
             .inc();
     }
     for (method, result) in proof_items(&v.proof.results) {
-        m.proof
-            .get_or_create(&ProofLabels { method, result })
-            .inc();
+        m.proof.get_or_create(&ProofLabels { method, result }).inc();
     }
 }
 

@@ -2,7 +2,6 @@
 //! SIGHUP applies a new configuration (local domains) without a restart, or keeps the old one
 //! when the new one is broken.
 
-#[allow(dead_code)]
 mod mta;
 
 use mta::Imipd;
@@ -52,6 +51,46 @@ fn lmtp_deliver(port: u16, from: &str, rcpt: &str, data: &[u8]) -> Vec<String> {
     replies.push(read(&mut r));
     let _ = w.write_all(b"QUIT\r\n");
     replies
+}
+
+/// An LMTP session kept open by the test.
+struct Session {
+    w: TcpStream,
+    r: BufReader<TcpStream>,
+}
+
+impl Session {
+    fn open(port: u16) -> (Session, String) {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let w = stream.try_clone().expect("clone");
+        let mut s = Session {
+            w,
+            r: BufReader::new(stream),
+        };
+        let greeting = s.reply();
+        (s, greeting)
+    }
+
+    fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            self.r.read_line(&mut line).expect("read");
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    }
+
+    fn cmd(&mut self, line: &str) -> String {
+        self.w.write_all(line.as_bytes()).expect("write");
+        self.w.write_all(b"\r\n").expect("write");
+        self.reply()
+    }
 }
 
 /// A REQUEST from alice@example.com, DKIM-proven by a trusted upstream filter.
@@ -201,8 +240,14 @@ fn metrics_count_an_lmtp_delivery_and_sighup_reloads_local_domains() {
         "bob@example.org",
         invitation("m-1@example.com", "bob@example.org").as_bytes(),
     );
-    assert!(r.last().is_some_and(|l| l.starts_with("250")), "{r:?}\n{}", imipd.log());
-    assert!(imipd.export("bob@example.org").contains("UID:m-1@example.com"));
+    assert!(
+        r.last().is_some_and(|l| l.starts_with("250")),
+        "{r:?}\n{}",
+        imipd.log()
+    );
+    assert!(imipd
+        .export("bob@example.org")
+        .contains("UID:m-1@example.com"));
     let (_, _, body) = scrape(port);
     assert_eq!(sample(&body, applied), Some(1.0), "{body}\n{}", imipd.log());
     assert_eq!(
@@ -218,32 +263,69 @@ fn metrics_count_an_lmtp_delivery_and_sighup_reloads_local_domains() {
         Some(1.0),
         "{body}"
     );
-    assert_eq!(sample(&body, "imipd_store_commit_seconds_count"), Some(1.0), "{body}");
+    assert_eq!(
+        sample(&body, "imipd_store_commit_seconds_count"),
+        Some(1.0),
+        "{body}"
+    );
     assert!(
-        body.lines().any(|l| l.starts_with("imipd_proof_total{") && l.contains("method=\"dkim\"")),
+        body.lines()
+            .any(|l| l.starts_with("imipd_proof_total{") && l.contains("method=\"dkim\"")),
         "{body}"
     );
 
     // example.net is not local yet: refused at RCPT.
     let invite_net = invitation("m-2@example.com", "carol@example.net");
-    let r = lmtp_deliver(lmtp, "alice@example.com", "carol@example.net", invite_net.as_bytes());
+    let r = lmtp_deliver(
+        lmtp,
+        "alice@example.com",
+        "carol@example.net",
+        invite_net.as_bytes(),
+    );
     assert!(r[3].starts_with("550"), "{r:?}");
 
-    // Add it and SIGHUP: the same daemon (same pid, same listeners) now accepts it.
+    // Add it and SIGHUP while a session is open: the same daemon (same pid, same listeners)
+    // now accepts it, on the session opened before the reload too.
     let pid = imipd.pid();
+    let (mut open, greeting) = Session::open(lmtp);
+    assert!(greeting.starts_with("220"), "{greeting}");
+    assert!(open.cmd("LHLO test").starts_with("250"));
+    assert!(open.cmd("MAIL FROM:<alice@example.com>").starts_with("250"));
     write_config(&imipd, &config(&dir, "\"example.org\", \"example.net\""));
     hup(&imipd);
     wait_log(&imipd, "configuration reloaded from", 1);
-    let r = lmtp_deliver(lmtp, "alice@example.com", "carol@example.net", invite_net.as_bytes());
+    let rcpt = open.cmd("RCPT TO:<erin@example.net>");
+    assert!(rcpt.starts_with("250"), "{rcpt}\n{}", imipd.log());
+    assert!(open.cmd("DATA").starts_with("354"));
+    open.w
+        .write_all(invitation("m-4@example.com", "erin@example.net").as_bytes())
+        .expect("data");
+    let done = open.cmd(".");
+    assert!(done.starts_with("250"), "{done}\n{}", imipd.log());
+    let _ = open.cmd("QUIT");
+    assert!(imipd
+        .export("erin@example.net")
+        .contains("UID:m-4@example.com"));
+    let r = lmtp_deliver(
+        lmtp,
+        "alice@example.com",
+        "carol@example.net",
+        invite_net.as_bytes(),
+    );
     assert!(r[3].starts_with("250"), "{r:?}\n{}", imipd.log());
     assert!(r.last().is_some_and(|l| l.starts_with("250")), "{r:?}");
-    assert!(imipd.export("carol@example.net").contains("UID:m-2@example.com"));
+    assert!(imipd
+        .export("carol@example.net")
+        .contains("UID:m-2@example.com"));
     assert_eq!(imipd.pid(), pid);
     let (_, _, body) = scrape(port);
-    assert_eq!(sample(&body, applied), Some(2.0), "{body}");
+    assert_eq!(sample(&body, applied), Some(3.0), "{body}");
 
     // A broken config: the log says why and that the old one is kept; both domains still work.
-    write_config(&imipd, "local_domains = [\"example.org\"]\n[lmtp]\ndelivr = \"x\"\n");
+    write_config(
+        &imipd,
+        "local_domains = [\"example.org\"]\n[lmtp]\ndelivr = \"x\"\n",
+    );
     hup(&imipd);
     let log = wait_log(&imipd, "reload failed, keeping the old configuration", 1);
     assert!(log.contains("delivr"), "{log}");
@@ -253,10 +335,14 @@ fn metrics_count_an_lmtp_delivery_and_sighup_reloads_local_domains() {
         "dave@example.net",
         invitation("m-3@example.com", "dave@example.net").as_bytes(),
     );
-    assert!(r.last().is_some_and(|l| l.starts_with("250")), "{r:?}\n{}", imipd.log());
+    assert!(
+        r.last().is_some_and(|l| l.starts_with("250")),
+        "{r:?}\n{}",
+        imipd.log()
+    );
     let (status, _, body) = scrape(port);
     assert!(status.contains(" 200"), "{status}");
-    assert_eq!(sample(&body, applied), Some(3.0), "{body}");
+    assert_eq!(sample(&body, applied), Some(4.0), "{body}");
     assert_eq!(imipd.stop(), Some(0), "{}", imipd.log());
 }
 
