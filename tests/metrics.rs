@@ -390,3 +390,120 @@ fn check_config_validates_metrics_listen() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The other results and doors: a store failure over LMTP counts as tempfail (and the message
+/// is refused with 451), a message without a calendar as no-calendar, and an iSchedule POST
+/// refused before the pipeline (no DKIM signature) as rejected on the ischedule door.
+#[test]
+fn metrics_count_tempfail_no_calendar_and_ischedule_refusals() {
+    let test = "metrics_count_tempfail_no_calendar_and_ischedule_refusals";
+    if !mta::have(test, &["openssl"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("imipd");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (cert, key) = (dir.join("tls.pem"), dir.join("tls.key"));
+    let st = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(st.success());
+    let cfg = format!(
+        "{}[ischedule]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        config(&dir, "\"example.org\""),
+        cert.display(),
+        key.display()
+    );
+    let mut imipd = Imipd::start(&dir, &cfg, &[("IMIPD_TEST_STORE_FAILURES", "1")]);
+    let lmtp = imipd.lmtp_port.expect("lmtp port");
+    let port = metrics_port(&imipd);
+
+    let r = lmtp_deliver(
+        lmtp,
+        "alice@example.com",
+        "bob@example.org",
+        invitation("t-1@example.com", "bob@example.org").as_bytes(),
+    );
+    assert!(r.last().is_some_and(|l| l.starts_with("451")), "{r:?}");
+    let plain = "From: alice@example.com\r\nTo: bob@example.org\r\nSubject: hi\r\n\r\nhello\r\n";
+    let r = lmtp_deliver(
+        lmtp,
+        "alice@example.com",
+        "bob@example.org",
+        plain.as_bytes(),
+    );
+    assert!(r.last().is_some_and(|l| l.starts_with("250")), "{r:?}");
+
+    // An unsigned POST to the receiver.
+    let body =
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nMETHOD:REQUEST\r\nEND:VCALENDAR\r\n";
+    let request = format!(
+        "POST /.well-known/ischedule HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         iSchedule-Version: 1.0\r\niSchedule-Message-ID: x-1\r\n\
+         Originator: mailto:alice@example.com\r\nRecipient: mailto:bob@example.org\r\n\
+         Content-Type: text/calendar; component=VEVENT; method=REQUEST\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let status = {
+        use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+        let mut b = SslConnector::builder(SslMethod::tls()).expect("tls");
+        b.set_verify(SslVerifyMode::NONE);
+        let tcp = TcpStream::connect(("127.0.0.1", imipd.ischedule_port.expect("port")))
+            .expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut s = b.build().connect("localhost", tcp).expect("tls");
+        s.write_all(request.as_bytes()).expect("write");
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(status.contains(" 4"), "{status}\n{}", imipd.log());
+
+    let (_, _, body) = scrape(port);
+    for (series, n) in [
+        (
+            "imipd_messages_total{door=\"lmtp\",result=\"tempfail\"}",
+            Some(1.0),
+        ),
+        (
+            "imipd_messages_total{door=\"lmtp\",result=\"no-calendar\"}",
+            Some(1.0),
+        ),
+        (
+            "imipd_messages_total{door=\"ischedule\",result=\"rejected\"}",
+            Some(1.0),
+        ),
+        (
+            "imipd_messages_total{door=\"lmtp\",result=\"applied\"}",
+            None,
+        ),
+    ] {
+        assert_eq!(
+            sample(&body, series),
+            n,
+            "{series}\n{body}\n{}",
+            imipd.log()
+        );
+    }
+    assert_eq!(imipd.stop(), Some(0), "{}", imipd.log());
+}
