@@ -507,3 +507,78 @@ fn metrics_count_tempfail_no_calendar_and_ischedule_refusals() {
     }
     assert_eq!(imipd.stop(), Some(0), "{}", imipd.log());
 }
+
+/// The milter door, driven by libmilter's reference client: an unproven REQUEST is counted
+/// once as rejected on the milter door, with its decision.
+#[test]
+fn metrics_count_a_milter_message() {
+    let test = "metrics_count_a_milter_message";
+    if !mta::have(test, &["miltertest"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("imipd");
+    let mut imipd = Imipd::start(
+        &dir,
+        "local_domains = [\"example.org\"]\nauthserv_id = \"mx.example.org\"\n\
+         [dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_secs = 1\n\
+         [milter]\nlisten = \"inet:127.0.0.1:0\"\n[lmtp]\nenabled = false\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n",
+        &[],
+    );
+    let port = metrics_port(&imipd);
+    let body = "BEGIN:VCALENDAR\\r\\nMETHOD:REQUEST\\r\\nBEGIN:VEVENT\\r\\nUID:mt-1\\r\\n\
+                DTSTAMP:20261101T000000Z\\r\\nDTSTART:20261201T100000Z\\r\\n\
+                ORGANIZER:mailto:alice@example.com\\r\\nATTENDEE:mailto:bob@example.org\\r\\n\
+                END:VEVENT\\r\\nEND:VCALENDAR\\r\\n";
+    let lua = format!(
+        r#"conn = mt.connect("inet:{}@127.0.0.1")
+if conn == nil then error("cannot connect") end
+if mt.conninfo(conn, "client.example.com", "192.0.2.1") ~= nil then error("conninfo") end
+if mt.mailfrom(conn, "alice@example.com") ~= nil then error("mailfrom") end
+if mt.rcptto(conn, "<bob@example.org>") ~= nil then error("rcptto") end
+if mt.header(conn, "From", "Alice <alice@example.com>") ~= nil then error("header") end
+if mt.header(conn, "To", "bob@example.org") ~= nil then error("header") end
+if mt.header(conn, "Content-Type", "text/calendar; method=REQUEST") ~= nil then error("header") end
+if mt.eoh(conn) ~= nil then error("eoh") end
+if mt.bodystring(conn, "{body}") ~= nil then error("body") end
+if mt.eom(conn) ~= nil then error("eom") end
+if mt.getreply(conn) ~= SMFIR_ACCEPT then error("unexpected reply") end
+mt.disconnect(conn)
+"#,
+        imipd.milter_port.expect("milter port")
+    );
+    let script = tmp.path().join("t.lua");
+    std::fs::write(&script, lua).expect("script");
+    let out = Command::new("miltertest")
+        .arg("-s")
+        .arg(&script)
+        .output()
+        .expect("miltertest");
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        imipd.log()
+    );
+    let (_, _, body) = scrape(port);
+    for (series, n) in [
+        (
+            "imipd_messages_total{door=\"milter\",result=\"rejected\"}",
+            1.0,
+        ),
+        (
+            "imipd_decisions_total{method=\"REQUEST\",outcome=\"rejected\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(
+            sample(&body, series),
+            Some(n),
+            "{series}\n{body}\n{}",
+            imipd.log()
+        );
+    }
+    assert_eq!(imipd.stop(), Some(0), "{}", imipd.log());
+}
