@@ -3,7 +3,8 @@
 //! counters cost a few atomic increments either way).
 //!
 //! - `imipd_messages_total{door,result}`: one count per message (an LMTP transaction, a milter
-//!   message, an iSchedule POST). `door` is milter | lmtp | ischedule | cli; `result` is the
+//!   message, an iSchedule POST). `door` is milter | lmtp | ischedule (cli, for `imipd process`
+//!   through the control socket, is in the label list but not counted yet); `result` is the
 //!   message's strongest outcome, in this order: tempfail (the store failed), applied (some
 //!   object was applied for some recipient), rejected, ignored, no-calendar.
 //! - `imipd_decisions_total{method,outcome}`: one count per (recipient, object) decision.
