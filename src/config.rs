@@ -27,6 +27,7 @@ pub struct Config {
     pub ischedule: Ischedule,
     pub log: Log,
     pub journal: Journal,
+    pub metrics: Metrics,
 }
 
 impl Default for Config {
@@ -47,6 +48,7 @@ impl Default for Config {
             ischedule: Ischedule::default(),
             log: Log::default(),
             journal: Journal::default(),
+            metrics: Metrics::default(),
         }
     }
 }
@@ -330,6 +332,14 @@ impl Default for Journal {
     }
 }
 
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// `host:port` serving the Prometheus text format at `GET /metrics`; unset: no endpoint.
+    pub listen: Option<String>,
+}
+
 /// A configuration error: which file, key and line, and what is wrong.
 #[derive(Debug)]
 pub struct ConfigError {
@@ -572,6 +582,14 @@ impl Config {
             ));
         }
         self.validate_ischedule(&err)?;
+        if let Some(l) = &self.metrics.listen {
+            l.parse::<std::net::SocketAddr>().map_err(|_| {
+                err(
+                    "metrics.listen",
+                    format!("{l:?} is not an address and port (127.0.0.1:9897, [::1]:9897)"),
+                )
+            })?;
+        }
         if !matches!(self.log.level.as_str(), "info" | "debug") {
             return Err(err("log.level", "must be info or debug".into()));
         }

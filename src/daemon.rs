@@ -110,7 +110,7 @@ impl Core {
             };
             let v = pipeline.process(&d).map_err(|e| e.to_string())?;
             if !v.outcomes.is_empty() {
-                store.flush().map_err(|e| e.to_string())?;
+                crate::metrics::commit(|| store.flush()).map_err(|e| e.to_string())?;
             }
             Ok::<_, String>(v)
         })
@@ -303,6 +303,7 @@ impl Core {
         {
             Ok(v) => v,
             Err(e) => {
+                crate::metrics::message("milter", Err(&e));
                 log(format!(
                     "milter: queue_id={} store unavailable, tempfail: {e}",
                     env.queue_id.as_deref().unwrap_or("-")
@@ -313,6 +314,7 @@ impl Core {
                 return actions;
             }
         };
+        crate::metrics::message("milter", Ok::<_, ()>(&verdict));
         let proof = &verdict.proof;
         for i in &proof.remove_results {
             actions
@@ -552,6 +554,7 @@ impl crate::lmtp::Deliver for LmtpDoor {
             core.run_pipeline(&st, data, local, Facts::default(), qid.clone())
                 .await
         };
+        crate::metrics::message("lmtp", verdict.as_ref());
         let verdict = match verdict {
             Ok(v) => {
                 if !v.outcomes.is_empty() || v.had_calendar {
@@ -1069,6 +1072,13 @@ pub fn run(args: &Args) -> Result<i32, CliError> {
                 st.bridge.map(|b| (st.pipeline.clone(), b))
             });
             tasks.push(tokio::spawn(crate::ischedule::server::serve(l, tls, state, rx.clone())));
+        }
+        if let Some(listen) = cfg.metrics.listen.clone() {
+            let l = TcpListener::bind(&listen).await.map_err(|e| CliError::new(EX_IOERR, format!("metrics {listen}: {e}")))?;
+            let addr = l.local_addr().map(|a| format!("inet:{a}")).unwrap_or_default();
+            println!("{}", serde_json::json!({"listening": "metrics", "address": addr}));
+            log(format!("metrics listening on {addr} (GET /metrics)"));
+            tasks.push(tokio::spawn(crate::metrics::serve(l, rx.clone())));
         }
         let sock = crate::control::socket_path(&cfg);
         let _ = std::fs::remove_file(&sock);

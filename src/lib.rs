@@ -15,6 +15,7 @@ pub mod itip;
 pub mod lmtp;
 pub mod maildir;
 pub mod message;
+pub mod metrics;
 pub mod milter;
 pub mod outbound;
 pub mod pipeline;

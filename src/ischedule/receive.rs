@@ -570,7 +570,10 @@ fn generic_description(status: &str) -> &'static str {
 pub async fn receive(bridge: Arc<Bridge>, pipeline: Arc<Pipeline>, req: Request) -> Answer {
     let pre = match precheck(&bridge, &req).await {
         Ok(p) => p,
-        Err(a) => return a,
+        Err(a) => {
+            crate::metrics::message_refused("ischedule");
+            return a;
+        }
     };
     match tokio::task::spawn_blocking(move || deliver(&bridge, pipeline, req, pre)).await {
         Ok(a) => a,
@@ -588,7 +591,10 @@ fn deliver(bridge: &Bridge, pipeline: Arc<Pipeline>, req: Request, pre: Pre) -> 
         .unwrap_or_else(|| "-".into());
     let c = match check(bridge, &req, pre) {
         Ok(c) => c,
-        Err(a) => return a,
+        Err(a) => {
+            crate::metrics::message_refused("ischedule");
+            return a;
+        }
     };
     let text = String::from_utf8_lossy(&req.body).into_owned();
     let local: Vec<String> = c
@@ -616,9 +622,14 @@ fn deliver(bridge: &Bridge, pipeline: Arc<Pipeline>, req: Request, pre: Pre) -> 
             recipients: local.clone(),
             proven: vec![c.originator.clone()],
         })?;
-        pipeline.store.flush()?;
+        crate::metrics::commit(|| pipeline.store.flush())?;
         Ok::<_, crate::store::StoreError>(Some(v))
     })();
+    match &result {
+        Ok(Some(v)) => crate::metrics::message("ischedule", Ok::<_, ()>(v)),
+        Ok(None) => crate::metrics::message_refused("ischedule"),
+        Err(e) => crate::metrics::message("ischedule", Err(e)),
+    }
     let verdict = match result {
         Ok(Some(v)) => v,
         Ok(None) => {
