@@ -613,9 +613,9 @@ fn cmd_process(args: &Args, env: &Env, raw: Vec<u8>, io: &mut Io) -> Result<i32,
         queue_id: None,
         trust,
     };
-    let verdict = pipeline
-        .process(&delivery)
-        .map_err(|e| CliError::new(EX_TEMPFAIL, e.to_string()))?;
+    let verdict = pipeline.process(&delivery);
+    crate::metrics::message("cli", verdict.as_ref());
+    let verdict = verdict.map_err(|e| CliError::new(EX_TEMPFAIL, e.to_string()))?;
     if !args.trust_sender {
         io.errln(format!("Authentication-Results: {}", verdict.proof.results));
     }

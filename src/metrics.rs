@@ -3,8 +3,8 @@
 //! counters cost a few atomic increments either way).
 //!
 //! - `imipd_messages_total{door,result}`: one count per message (an LMTP transaction, a milter
-//!   message, an iSchedule POST). `door` is milter | lmtp | ischedule (cli, for `imipd process`
-//!   through the control socket, is in the label list but not counted yet); `result` is the
+//!   message, an iSchedule POST, an `imipd process` run). `door` is milter | lmtp | ischedule |
+//!   cli (`process` through the daemon's control socket counts in the daemon); `result` is the
 //!   message's strongest outcome, in this order: tempfail (the store failed), applied (some
 //!   object was applied for some recipient), rejected, ignored, no-calendar.
 //! - `imipd_decisions_total{method,outcome}`: one count per (recipient, object) decision.
@@ -12,6 +12,7 @@
 //!   (dkim, dmarc, smime, pgp, ...), by result (pass, fail, none, ...).
 //! - `imipd_store_commit_seconds` (histogram) and `imipd_store_commits_total{result}`: making a
 //!   message's store writes durable.
+//! - `imipd_dns_lookups_total{result}`: DKIM and DMARC TXT lookups, `cache` or `query`.
 //!
 //! Label values come from fixed lists: a value outside them is counted as "other", so no input
 //! can grow the number of series.
@@ -55,6 +56,7 @@ struct Metrics {
     proof: Family<ProofLabels, Counter>,
     commits: Family<ResultLabel, Counter>,
     commit_seconds: Histogram,
+    dns: Family<ResultLabel, Counter>,
 }
 
 fn metrics() -> &'static Metrics {
@@ -65,6 +67,7 @@ fn metrics() -> &'static Metrics {
         let decisions = Family::<DecisionLabels, Counter>::default();
         let proof = Family::<ProofLabels, Counter>::default();
         let commits = Family::<ResultLabel, Counter>::default();
+        let dns = Family::<ResultLabel, Counter>::default();
         // 100 µs to about 6.5 s.
         let commit_seconds = Histogram::new(exponential_buckets(0.0001, 4.0, 9));
         registry.register(
@@ -92,6 +95,11 @@ fn metrics() -> &'static Metrics {
             "Time to commit a message's store writes",
             commit_seconds.clone(),
         );
+        registry.register(
+            "imipd_dns_lookups",
+            "DNS TXT lookups for DKIM and DMARC: result=cache (answered from the cache) or query",
+            dns.clone(),
+        );
         Metrics {
             registry,
             messages,
@@ -99,6 +107,7 @@ fn metrics() -> &'static Metrics {
             proof,
             commits,
             commit_seconds,
+            dns,
         }
     })
 }
@@ -259,6 +268,15 @@ fn proof_items(results: &str) -> Vec<(&'static str, &'static str)> {
 
 /// The metrics in the text exposition format.
 pub fn render() -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = metrics();
+    for (result, total) in [
+        ("cache", crate::auth::dns::CACHE_HITS.load(Relaxed)),
+        ("query", crate::auth::dns::QUERIES.load(Relaxed)),
+    ] {
+        let c = m.dns.get_or_create(&ResultLabel { result });
+        c.inc_by(total.saturating_sub(c.get()));
+    }
     let mut out = String::new();
     if prometheus_client::encoding::text::encode(&mut out, &metrics().registry).is_err() {
         out.clear();

@@ -273,6 +273,11 @@ fn metrics_count_an_lmtp_delivery_and_sighup_reloads_local_domains() {
             .any(|l| l.starts_with("imipd_proof_total{") && l.contains("method=\"dkim\"")),
         "{body}"
     );
+    // The DMARC policy of the From domain was asked for (a cache miss, so a query).
+    assert!(
+        sample(&body, "imipd_dns_lookups_total{result=\"query\"}").is_some_and(|n| n >= 1.0),
+        "{body}"
+    );
 
     // example.net is not local yet: refused at RCPT.
     let invite_net = invitation("m-2@example.com", "carol@example.net");

@@ -54,6 +54,11 @@ impl Dns {
     }
 }
 
+/// TXT lookups answered from the cache, and those that went to the resolver, since start:
+/// read by the metrics endpoint (`imipd_dns_lookups_total`).
+pub static CACHE_HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub static QUERIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// A bounded TXT cache honouring the records' TTLs.
 #[derive(Default)]
 pub(crate) struct TxtCache {
@@ -73,14 +78,23 @@ impl ResolverCache<Box<str>, Txt> for TxtCache {
         Box<str>: std::borrow::Borrow<Q>,
         Q: std::hash::Hash + Eq + ?Sized,
     {
+        use std::sync::atomic::Ordering::Relaxed;
         let mut entries = self.lock();
+        // A miss is followed by a query to the resolver.
         match entries.get(name) {
-            Some((value, expires)) if *expires > Instant::now() => Some(value.clone()),
+            Some((value, expires)) if *expires > Instant::now() => {
+                CACHE_HITS.fetch_add(1, Relaxed);
+                Some(value.clone())
+            }
             Some(_) => {
                 entries.remove(name);
+                QUERIES.fetch_add(1, Relaxed);
                 None
             }
-            None => None,
+            None => {
+                QUERIES.fetch_add(1, Relaxed);
+                None
+            }
         }
     }
 

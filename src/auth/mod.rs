@@ -20,7 +20,7 @@
 
 mod dkim;
 mod dmarc;
-pub(crate) mod dns;
+pub mod dns;
 mod mime;
 mod pgp;
 mod results;
