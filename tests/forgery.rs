@@ -322,7 +322,24 @@ fn dkim_length_part_after_signed_prefix_is_unproven() {
 // ---------------------------------------------------------------------------------------------
 // S/MIME and PGP/MIME
 
-fn smime_fixture(test: &str) -> Option<(TempDir, Ca, Dns, PathBuf, PathBuf)> {
+/// What an S/MIME forgery test works with: a test CA, a signing certificate for alice, and a
+/// fixture that trusts the CA.
+struct Smime {
+    tmp: TempDir,
+    ca: Ca,
+    _dns: Dns,
+    fx: Fixture,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Smime {
+    fn sign(&self, entity: &[u8]) -> Vec<u8> {
+        smime_sign(self.tmp.path(), &self.cert, &self.key, entity, false)
+    }
+}
+
+fn smime_fixture(test: &str) -> Option<Smime> {
     if !tools_present(test, &["dnsmasq", "openssl"]) {
         return None;
     }
@@ -330,7 +347,38 @@ fn smime_fixture(test: &str) -> Option<(TempDir, Ca, Dns, PathBuf, PathBuf)> {
     let tmp = TempDir::new().expect("tempdir");
     let ca = Ca::new(tmp.path(), "Test-CA");
     let (cert, key) = ca.issue(&Leaf::email("Alice", "alice@example.com"));
-    Some((tmp, ca, dns, cert, key))
+    let fx = Fixture::new(
+        &dns,
+        &format!("[smime]\ntrust_anchors = \"{}\"\n", ca.cert.display()),
+    );
+    Some(Smime {
+        tmp,
+        ca,
+        _dns: dns,
+        fx,
+        cert,
+        key,
+    })
+}
+
+/// `signed` (a multipart/signed that openssl wrote) with an unsigned CANCEL part added before
+/// its closing delimiter.
+fn with_cancel_part(signed: &[u8]) -> String {
+    let b = boundary_of(signed);
+    let close = format!("--{b}--");
+    String::from_utf8_lossy(signed).replacen(
+        &close,
+        &format!(
+            "--{b}\r\nContent-Type: text/calendar; method=CANCEL\r\n\r\n{}\r\n{close}",
+            cancel()
+        ),
+        1,
+    )
+}
+
+/// The message headers of alice@example.com around `body`.
+fn from_alice(body: &[u8]) -> Vec<u8> {
+    [headers("alice@example.com").into_bytes(), body.to_vec()].concat()
 }
 
 /// The boundary of a multipart/signed that openssl wrote.
@@ -344,73 +392,39 @@ fn boundary_of(smime: &[u8]) -> String {
 /// not covered by the signature.
 #[test]
 fn smime_unsigned_extra_part_inside_multipart_signed_is_not_applied() {
-    let Some((tmp, ca, dns, cert, key)) = smime_fixture("smime_extra_part") else {
+    let Some(sm) = smime_fixture("smime_extra_part") else {
         return;
     };
-    let fx = Fixture::new(
-        &dns,
-        &format!("[smime]\ntrust_anchors = \"{}\"\n", ca.cert.display()),
-    );
-    let signed = smime_sign(
-        tmp.path(),
-        &cert,
-        &key,
-        calendar_entity(&request("")).as_bytes(),
-        false,
-    );
-    let honest = [headers("alice@example.com").into_bytes(), signed.clone()].concat();
-    let p = fx.process(&honest);
+    let signed = sm.sign(calendar_entity(&request("")).as_bytes());
+    let p = sm.fx.process(&from_alice(&signed));
     assert!(p.applied("REQUEST"), "{}", p.stdout);
-
-    let b = boundary_of(&signed);
-    let text = String::from_utf8_lossy(&signed).into_owned();
-    let close = format!("--{b}--");
-    let extra = format!(
-        "--{b}\r\nContent-Type: text/calendar; method=CANCEL\r\n\r\n{}\r\n{close}",
-        cancel()
-    );
-    let forged = text.replacen(&close, &extra, 1);
-    let p = fx.process(
-        &[
-            headers("alice@example.com").into_bytes(),
-            forged.into_bytes(),
-        ]
-        .concat(),
-    );
+    let p = sm
+        .fx
+        .process(&from_alice(with_cancel_part(&signed).as_bytes()));
     assert!(!p.applied("CANCEL"), "{}", p.stdout);
-    fx.stored_uncancelled();
+    sm.fx.stored_uncancelled();
 }
 
 /// An old signed mail of the user with no calendar at all, replayed inside multipart/mixed
-/// with an unsigned CANCEL beside it: the signature covers only the old text.
+/// with an unsigned CANCEL beside it, or with the CANCEL as a third part of the signed
+/// message: the signature covers only the old text.
 #[test]
 fn smime_replayed_signed_mail_with_added_cancel_is_not_applied() {
-    let Some((tmp, ca, dns, cert, key)) = smime_fixture("smime_replay") else {
+    let Some(sm) = smime_fixture("smime_replay") else {
         return;
     };
-    let fx = Fixture::new(
-        &dns,
-        &format!("[smime]\ntrust_anchors = \"{}\"\n", ca.cert.display()),
-    );
-    fx.import(&request("").replace("METHOD:REQUEST\r\n", ""));
-    let old = smime_sign(
-        tmp.path(),
-        &cert,
-        &key,
-        b"Content-Type: text/plain\r\n\r\nSee you on Monday.\r\n",
-        false,
-    );
+    sm.fx.import(&request("").replace("METHOD:REQUEST\r\n", ""));
+    let old = sm.sign(b"Content-Type: text/plain\r\n\r\nSee you on Monday.\r\n");
     // Control: the old mail's signature is valid (openssl verifies it against the test CA).
-    let whole = [headers("alice@example.com").into_bytes(), old.clone()].concat();
-    let signed_file = tmp.path().join("old.eml");
-    std::fs::write(&signed_file, &whole).expect("write");
+    let signed_file = sm.tmp.path().join("old.eml");
+    std::fs::write(&signed_file, from_alice(&old)).expect("write");
     signers::run(
         "openssl",
         &[
             "smime",
             "-verify",
             "-CAfile",
-            ca.cert.to_str().expect("path"),
+            sm.ca.cert.to_str().expect("path"),
             "-in",
             signed_file.to_str().expect("path"),
             "-out",
@@ -418,123 +432,61 @@ fn smime_replayed_signed_mail_with_added_cancel_is_not_applied() {
         ],
         None,
     );
-    let forged = format!(
-        "{}Content-Type: multipart/mixed; boundary=outer\r\n\r\n--outer\r\n{}\r\n--outer\r\n\
+    let beside = format!(
+        "Content-Type: multipart/mixed; boundary=outer\r\n\r\n--outer\r\n{}\r\n--outer\r\n\
          Content-Type: text/calendar; method=CANCEL\r\n\r\n{}--outer--\r\n",
-        headers("alice@example.com"),
         String::from_utf8_lossy(&old),
         cancel()
     );
-    let p = fx.process(forged.as_bytes());
-    assert!(!p.applied("CANCEL"), "{}", p.stdout);
-    fx.stored_uncancelled();
-    // The same CANCEL appended as a third part of the signed message itself.
-    let b = boundary_of(&old);
-    let close = format!("--{b}--");
-    let third = String::from_utf8_lossy(&old).replacen(
-        &close,
-        &format!(
-            "--{b}\r\nContent-Type: text/calendar; method=CANCEL\r\n\r\n{}\r\n{close}",
-            cancel()
-        ),
-        1,
-    );
-    let p = fx.process(
-        &[
-            headers("alice@example.com").into_bytes(),
-            third.into_bytes(),
-        ]
-        .concat(),
-    );
-    assert!(!p.applied("CANCEL"), "{}", p.stdout);
-    fx.stored_uncancelled();
+    for forged in [beside, with_cancel_part(&old)] {
+        let p = sm.fx.process(&from_alice(forged.as_bytes()));
+        assert!(!p.applied("CANCEL"), "{}", p.stdout);
+        sm.fx.stored_uncancelled();
+    }
 }
 
 /// A forged part in the multipart/signed preamble behind a boundary that one reader matches
 /// mid-line: the structure is ambiguous and proves nothing.
 #[test]
 fn smime_forged_part_in_preamble_behind_mid_line_boundary_is_not_applied() {
-    let Some((tmp, ca, dns, cert, key)) = smime_fixture("smime_preamble") else {
+    let Some(sm) = smime_fixture("smime_preamble") else {
         return;
     };
-    let fx = Fixture::new(
-        &dns,
-        &format!("[smime]\ntrust_anchors = \"{}\"\n", ca.cert.display()),
-    );
-    fx.import(&request("").replace("METHOD:REQUEST\r\n", ""));
-    let signed = smime_sign(
-        tmp.path(),
-        &cert,
-        &key,
-        b"Content-Type: text/plain\r\n\r\nAgenda attached later.\r\n",
-        false,
-    );
+    sm.fx.import(&request("").replace("METHOD:REQUEST\r\n", ""));
+    let signed = sm.sign(b"Content-Type: text/plain\r\n\r\nAgenda attached later.\r\n");
     let b = boundary_of(&signed);
-    let text = String::from_utf8_lossy(&signed).into_owned();
     let first = format!("\r\n--{b}\r\n");
     let hidden = format!(
         "\r\nplease ignore x--{b}\r\nContent-Type: text/calendar; method=CANCEL\r\n\r\n{}{first}",
         cancel()
     );
-    let forged = text.replacen(&first, &hidden, 1);
-    let p = fx.process(
-        &[
-            headers("alice@example.com").into_bytes(),
-            forged.into_bytes(),
-        ]
-        .concat(),
-    );
+    let forged = String::from_utf8_lossy(&signed).replacen(&first, &hidden, 1);
+    let p = sm.fx.process(&from_alice(forged.as_bytes()));
     assert!(!p.applied("CANCEL"), "{}", p.stdout);
     assert!(p.stderr.contains("ambiguous"), "{}", p.stderr);
-    fx.stored_uncancelled();
+    sm.fx.stored_uncancelled();
 }
 
 /// Two top-level Content-Type headers: proof and MIME reader must not read different ones.
 #[test]
 fn smime_two_top_level_content_types_are_not_applied() {
-    let Some((tmp, ca, dns, cert, key)) = smime_fixture("smime_two_content_types") else {
+    let Some(sm) = smime_fixture("smime_two_content_types") else {
         return;
     };
-    let fx = Fixture::new(
-        &dns,
-        &format!("[smime]\ntrust_anchors = \"{}\"\n", ca.cert.display()),
-    );
-    fx.import(&request("").replace("METHOD:REQUEST\r\n", ""));
-    let signed = smime_sign(
-        tmp.path(),
-        &cert,
-        &key,
-        b"Content-Type: text/plain\r\n\r\nNothing to see.\r\n",
-        false,
-    );
+    sm.fx.import(&request("").replace("METHOD:REQUEST\r\n", ""));
+    let signed = sm.sign(b"Content-Type: text/plain\r\n\r\nNothing to see.\r\n");
     let b = boundary_of(&signed);
-    let text = String::from_utf8_lossy(&signed).into_owned();
-    let close = format!("--{b}--");
-    let body = text.replacen(
-        &close,
-        &format!(
-            "--{b}\r\nContent-Type: text/calendar; method=CANCEL\r\n\r\n{}\r\n{close}",
-            cancel()
-        ),
-        1,
-    );
     // A second Content-Type after the signed one: multipart/mixed over the same boundary,
     // under which the CANCEL is an ordinary third part.
-    let forged = body.replacen(
+    let forged = with_cancel_part(&signed).replacen(
         "\r\n\r\n",
         &format!("\r\nContent-Type: multipart/mixed; boundary=\"{b}\"\r\n\r\n"),
         1,
     );
-    let p = fx.process(
-        &[
-            headers("alice@example.com").into_bytes(),
-            forged.into_bytes(),
-        ]
-        .concat(),
-    );
+    let p = sm.fx.process(&from_alice(forged.as_bytes()));
     assert!(!p.applied("CANCEL"), "{}", p.stdout);
     assert!(p.stderr.contains("ambiguous"), "{}", p.stderr);
-    fx.stored_uncancelled();
+    sm.fx.stored_uncancelled();
 }
 
 /// PGP/MIME (RFC 3156): the signature covers the first part only; a CANCEL added as a third
