@@ -1,5 +1,5 @@
 //! Any byte stream from the client side of an LMTP session: the server answers and ends the
-//! session without a panic, and never hands on more than one message per DATA.
+//! session without a panic or a hang (bounded lines, strict end of DATA).
 #![no_main]
 use imipd::lmtp::{serve, Deliver, Reply, Transaction};
 use std::time::Duration;
