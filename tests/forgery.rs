@@ -12,7 +12,6 @@ mod signers;
 use signers::{
     keyring, smime_sign, sq_key, sq_sign_detached, tools_present, Ca, DkimKey, Dns, Leaf,
 };
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -599,45 +598,6 @@ fn calendars_in_nested_bounces_and_forwards_are_never_applied() {
 // ---------------------------------------------------------------------------------------------
 // Through the LMTP door: delivered, annotated, nothing injected
 
-fn lmtp_deliver(port: u16, from: &str, rcpt: &str, data: &[u8]) -> Vec<String> {
-    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut w = stream.try_clone().expect("clone");
-    let mut r = BufReader::new(stream);
-    let mut line = String::new();
-    let mut read = |r: &mut BufReader<std::net::TcpStream>| -> String {
-        let mut all = String::new();
-        loop {
-            line.clear();
-            r.read_line(&mut line).expect("read");
-            all.push_str(&line);
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                return all;
-            }
-        }
-    };
-    let mut replies = vec![read(&mut r)];
-    for cmd in [
-        "LHLO test\r\n".to_string(),
-        format!("MAIL FROM:<{from}>\r\n"),
-        format!("RCPT TO:<{rcpt}>\r\n"),
-        "DATA\r\n".to_string(),
-    ] {
-        w.write_all(cmd.as_bytes()).expect("write");
-        replies.push(read(&mut r));
-    }
-    w.write_all(data).expect("data");
-    if !data.ends_with(b"\r\n") {
-        w.write_all(b"\r\n").expect("data");
-    }
-    w.write_all(b".\r\n").expect("dot");
-    replies.push(read(&mut r));
-    let _ = w.write_all(b"QUIT\r\n");
-    replies
-}
-
 /// An RFC 2231 `method*=` with encoded CR LF must not inject a header into the delivered
 /// message or a line into the log; the unproven REQUEST is delivered, not applied, and the
 /// X-Imipd-Result header says why.
@@ -660,7 +620,7 @@ fn encoded_crlf_in_method_parameter_injects_nothing() {
         headers("alice@example.com"),
         request("").replace("METHOD:REQUEST\r\n", "")
     );
-    let replies = lmtp_deliver(port, "alice@example.com", "bob@example.org", raw.as_bytes());
+    let replies = mta::lmtp_deliver(port, "alice@example.com", "bob@example.org", raw.as_bytes());
     assert!(
         replies.last().is_some_and(|r| r.starts_with("250")),
         "{replies:?}"

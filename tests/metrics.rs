@@ -4,54 +4,12 @@
 
 mod mta;
 
-use mta::Imipd;
+use mta::{lmtp_deliver, Imipd};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// The LMTP replies (greeting, LHLO, MAIL, RCPT, then DATA and the final reply when RCPT was
-/// accepted).
-fn lmtp_deliver(port: u16, from: &str, rcpt: &str, data: &[u8]) -> Vec<String> {
-    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut w = stream.try_clone().expect("clone");
-    let mut r = BufReader::new(stream);
-    let read = |r: &mut BufReader<TcpStream>| -> String {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            r.read_line(&mut line).expect("read");
-            all.push_str(&line);
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                return all;
-            }
-        }
-    };
-    let mut replies = vec![read(&mut r)];
-    for cmd in [
-        "LHLO test\r\n".to_string(),
-        format!("MAIL FROM:<{from}>\r\n"),
-        format!("RCPT TO:<{rcpt}>\r\n"),
-    ] {
-        w.write_all(cmd.as_bytes()).expect("write");
-        replies.push(read(&mut r));
-    }
-    if !replies[3].starts_with('2') {
-        let _ = w.write_all(b"QUIT\r\n");
-        return replies;
-    }
-    w.write_all(b"DATA\r\n").expect("write");
-    replies.push(read(&mut r));
-    w.write_all(data).expect("data");
-    w.write_all(b".\r\n").expect("dot");
-    replies.push(read(&mut r));
-    let _ = w.write_all(b"QUIT\r\n");
-    replies
-}
 
 /// An LMTP session kept open by the test.
 struct Session {
