@@ -294,7 +294,13 @@ fn lmtp_hands_on_to_dovecot() {
         assert!(m.contains("X-Imipd-Result:"), "{m}");
         assert!(m.contains("UID:dove-1@example.com"), "{m}");
     }
-    let log = dovecot.log();
+    // Dovecot writes its log line after the mail is saved: wait for both lines (bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut log = dovecot.log();
+    while log.matches("saved mail to INBOX").count() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        log = dovecot.log();
+    }
     assert!(
         log.matches("saved mail to INBOX").count() >= 2,
         "dovecot log:\n{log}"
