@@ -601,7 +601,9 @@ fn cmd_process(args: &Args, env: &Env, raw: Vec<u8>, io: &mut Io) -> Result<i32,
         prover = match &env.prover {
             Some(p) => p.clone(),
             None => Arc::new(
-                crate::proof::Prover::new(&env.cfg).map_err(|e| CliError::new(EX_CONFIG, e))?,
+                crate::config::auth_config(&env.cfg)
+                    .and_then(|ac| crate::proof::Prover::new(&ac))
+                    .map_err(|e| CliError::new(EX_CONFIG, e))?,
             ),
         };
         crate::pipeline::Trust::Verify(&prover, crate::proof::Facts::default())

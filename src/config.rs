@@ -639,7 +639,7 @@ impl Config {
             }
         }
         if let (Some(_), Some(cert), Some(key)) = (&is.listen, &is.tls_cert, &is.tls_key) {
-            crate::ischedule::server::tls_acceptor(cert, key).map_err(|m| {
+            crate::doors::ischedule::server::tls_acceptor(cert, key).map_err(|m| {
                 let which = if m.starts_with(&key.display().to_string()) {
                     "ischedule.tls_key"
                 } else {
@@ -812,6 +812,34 @@ impl Deliver {
             "{s:?} is not maildir:TEMPLATE or lmtp:inet:HOST:PORT / lmtp:unix:/path"
         ))
     }
+}
+
+/// The authenticator's settings from the config.
+pub fn auth_config(cfg: &Config) -> Result<imipd_auth::AuthConfig, String> {
+    let mut nameservers = Vec::new();
+    for ns in &cfg.dns.nameservers {
+        nameservers.push(parse_nameserver(ns)?);
+    }
+    Ok(imipd_auth::AuthConfig {
+        authserv_id: cfg
+            .authserv_id
+            .clone()
+            .unwrap_or_else(imipd_auth::proof::hostname),
+        nameservers,
+        smime_trust_anchors: cfg.smime.trust_anchors.clone(),
+        pgp_keyring: cfg.pgp.keyring.clone(),
+        trusted_authserv_ids: cfg.policy.trusted_authserv_ids.clone(),
+        trusted_relays: cfg
+            .policy
+            .trusted_relays
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect(),
+        trust_authenticated_submission: cfg.policy.trust_authenticated_submission,
+        submission_logins: cfg.policy.submission_logins.clone(),
+        local_domains: cfg.local_domains.clone(),
+        dns_timeout: std::time::Duration::from_secs(cfg.dns.timeout_secs.unwrap_or(5).clamp(1, 60)),
+    })
 }
 
 #[cfg(test)]

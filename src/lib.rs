@@ -1,29 +1,34 @@
 //! imipd: the calendar-scheduling gateway for mail systems (iMIP, iTIP, iSchedule).
 //!
-//! The pipeline: front doors ([`milter`], [`lmtp`], CLI) -> [`extract`] -> [`proof`] ->
-//! [`itip`] (a pure engine) -> [`store`] -> effects ([`outbound`]).
+//! One pipeline, several front doors, one store:
+//! - [`doors`]: milter, LMTP (with its Maildir/LMTP hand-on), the iSchedule receiver and the
+//!   control socket; each only translates its protocol;
+//! - [`pipeline`]: the one entry point: parse once, prove ([`imipd_auth`]), extract, decide
+//!   ([`imipd_core::itip`], a pure engine), commit;
+//! - [`store`]: the backends of [`imipd_core::store::Store`];
+//! - [`effects`]: what a commit leaves to be done (iMIP mail, iSchedule relays);
+//! - [`app`]: the daemon that wires them; [`cli`] and [`config`] the contracts.
 
-pub mod auth;
+pub mod app;
 pub mod cli;
 pub mod config;
-pub mod control;
-pub mod daemon;
-pub mod extract;
-pub mod ical;
+pub mod doors;
+pub mod effects;
 pub mod ischedule;
-pub mod itip;
-pub mod lmtp;
-pub mod maildir;
-pub mod message;
 pub mod metrics;
-pub mod milter;
-pub mod outbound;
 pub mod pipeline;
-pub mod proof;
-pub mod sanitize;
 pub mod store;
+
+// The crates of the workspace, and the places modules had before it (tests, fuzz targets and
+// benches use both).
+pub use doors::{control, lmtp, maildir, milter};
+pub use effects::imip as outbound;
+pub use imipd_auth as auth;
+pub use imipd_auth::{message, proof};
+pub use imipd_core::{addr, codec, ical, itip, sanitize};
+pub use pipeline::extract;
 
 /// Entry for `imipd run`.
 pub fn daemon_entry(args: &cli::Args) -> Result<i32, cli::CliError> {
-    daemon::run(args)
+    app::run(args)
 }

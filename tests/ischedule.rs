@@ -1139,7 +1139,7 @@ fn interop_with_cyrus_receiver() {
     imap_create_users(imap_port, &["bob", "carol"]);
     for u in ["bob", "carol"] {
         // One authenticated CalDAV request creates the calendar home (alwaystrue SASL).
-        let auth = imipd::control::b64encode(format!("{u}:x").as_bytes());
+        let auth = imipd::codec::base64_encode(format!("{u}:x").as_bytes());
         let req = format!(
             "PROPFIND /dav/calendars/user/{u}/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {auth}\r\nDepth: 0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );

@@ -161,12 +161,10 @@ pub fn tag_list(s: &str) -> Result<Vec<(String, String)>, String> {
 fn b64decode(s: &str) -> Result<Vec<u8>, String> {
     // Lenient like the verifiers in the field: white space and stray characters are skipped;
     // a damaged value simply fails to verify.
-    Ok(crate::extract::decode_base64_lenient(s.as_bytes()))
+    Ok(imipd_core::codec::decode_base64_lenient(s.as_bytes()))
 }
 
-pub fn b64encode(data: &[u8]) -> String {
-    openssl::base64::encode_block(data)
-}
+pub use imipd_core::codec::base64_encode as b64encode;
 
 fn parse_int(tag: &'static str, v: &str) -> Result<i64, DkimError> {
     v.trim()

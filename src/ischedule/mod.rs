@@ -10,9 +10,7 @@ pub mod capabilities;
 pub mod client;
 pub mod discovery;
 pub mod dkim;
-pub mod receive;
 pub mod relay;
-pub mod server;
 pub mod xml;
 
 use crate::config::Config;

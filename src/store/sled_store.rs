@@ -11,8 +11,10 @@
 //! Isolation (read, decide, write of one user's objects) is the caller's: the pipeline holds a
 //! per-user lock around it. This type only guarantees that each commit is all or nothing.
 
-use super::{Change, Commit, JournalEntry, JournalFilter, Record, Result, Store, StoreError};
-use crate::itip::{Busy, StoredObject};
+use super::{Change, Commit, JournalEntry, JournalFilter, Result, Store, StoreError};
+use imipd_core::ical;
+use imipd_core::itip::{Busy, StoredObject};
+use imipd_core::store::object_to_ical;
 use std::path::Path;
 
 pub struct Sled {
@@ -366,5 +368,169 @@ impl Sled {
             }
         }
         Ok(())
+    }
+}
+
+/// The stored form of an object: its iCalendar text and engine metadata, in a compact binary
+/// layout so that the busy periods can be read without parsing the calendar:
+/// `1 | kind len u8 | kind | busy count u32 | (start i64, end i64, tentative u8)* |
+///  stamp count u32 | (key len u16, key, stamp i64)* | iCalendar text`.
+struct Record {
+    kind: String,
+    ical: String,
+    stamps: std::collections::BTreeMap<String, i64>,
+    /// Busy periods indexed for this object: (start, end, tentative).
+    busy: Vec<(i64, i64, bool)>,
+}
+
+const RECORD_V1: u8 = 1;
+
+/// Busy periods as stored: (start, end, tentative).
+type BusyRows = Vec<(i64, i64, bool)>;
+
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|e| *e <= self.b.len())
+            .ok_or_else(|| StoreError::Corrupt("record truncated".into()))?;
+        let s = &self.b[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16> {
+        let s = self.take(2)?;
+        Ok(u16::from_be_bytes([s[0], s[1]]))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        let s = self.take(4)?;
+        Ok(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+    }
+    fn i64(&mut self) -> Result<i64> {
+        let s = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(s);
+        Ok(i64::from_be_bytes(a))
+    }
+    fn str(&mut self, n: usize) -> Result<String> {
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+}
+
+impl Record {
+    fn from_object(obj: &StoredObject, busy: &[Busy]) -> Record {
+        Record {
+            kind: obj.kind.clone(),
+            ical: object_to_ical(obj, None),
+            stamps: obj.reply_stamps.clone(),
+            busy: busy.iter().map(|b| (b.start, b.end, b.tentative)).collect(),
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.ical.len() + 32 + self.busy.len() * 17);
+        out.push(RECORD_V1);
+        let kind = &self.kind.as_bytes()[..self.kind.len().min(255)];
+        out.push(kind.len() as u8);
+        out.extend_from_slice(kind);
+        Self::encode_busy(&self.busy, &mut out);
+        out.extend_from_slice(&(self.stamps.len() as u32).to_be_bytes());
+        for (k, v) in &self.stamps {
+            let k = &k.as_bytes()[..k.len().min(u16::MAX as usize)];
+            out.extend_from_slice(&(k.len() as u16).to_be_bytes());
+            out.extend_from_slice(k);
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        out.extend_from_slice(self.ical.as_bytes());
+        out
+    }
+
+    fn encode_busy(busy: &[(i64, i64, bool)], out: &mut Vec<u8>) {
+        out.extend_from_slice(&(busy.len() as u32).to_be_bytes());
+        for (s, e, t) in busy {
+            out.extend_from_slice(&s.to_be_bytes());
+            out.extend_from_slice(&e.to_be_bytes());
+            out.push(*t as u8);
+        }
+    }
+
+    /// Reads kind and busy periods only; returns them and the reader positioned after them.
+    fn decode_head(b: &[u8]) -> Result<(String, BusyRows, Reader<'_>)> {
+        let mut r = Reader { b, at: 0 };
+        if r.u8()? != RECORD_V1 {
+            return Err(StoreError::Corrupt("unknown record version".into()));
+        }
+        let klen = r.u8()? as usize;
+        let kind = r.str(klen)?;
+        let n = r.u32()? as usize;
+        if n > b.len() / 17 + 1 {
+            return Err(StoreError::Corrupt("busy count out of range".into()));
+        }
+        let mut busy = Vec::with_capacity(n);
+        for _ in 0..n {
+            busy.push((r.i64()?, r.i64()?, r.u8()? != 0));
+        }
+        Ok((kind, busy, r))
+    }
+
+    fn decode(b: &[u8]) -> Result<Record> {
+        let (kind, busy, mut r) = Self::decode_head(b)?;
+        let n = r.u32()? as usize;
+        let mut stamps = std::collections::BTreeMap::new();
+        for _ in 0..n {
+            let kl = r.u16()? as usize;
+            let k = r.str(kl)?;
+            stamps.insert(k, r.i64()?);
+        }
+        let ical = r.str(b.len() - r.at)?;
+        Ok(Record {
+            kind,
+            ical,
+            stamps,
+            busy,
+        })
+    }
+
+    /// The same record with other busy periods (the calendar bytes are copied, not parsed).
+    fn with_busy_of(new: &[u8], old: &[u8]) -> Result<Vec<u8>> {
+        let (_, old_busy, _) = Self::decode_head(old)?;
+        let (kind, _, r) = Self::decode_head(new)?;
+        let mut out = Vec::with_capacity(new.len() + old_busy.len() * 17);
+        out.push(RECORD_V1);
+        out.push(kind.len() as u8);
+        out.extend_from_slice(kind.as_bytes());
+        Self::encode_busy(&old_busy, &mut out);
+        out.extend_from_slice(&new[r.at..]);
+        Ok(out)
+    }
+
+    fn into_object(self, uid: &str) -> Result<StoredObject> {
+        let cals =
+            ical::parse(&self.ical).map_err(|e| StoreError::Corrupt(format!("{uid}: {e}")))?;
+        let mut obj = StoredObject {
+            uid: uid.to_string(),
+            kind: self.kind,
+            reply_stamps: self.stamps,
+            ..Default::default()
+        };
+        for cal in cals {
+            for c in cal.subs {
+                if c.name == "VTIMEZONE" {
+                    obj.timezones.push(c);
+                } else {
+                    obj.components.push(c);
+                }
+            }
+        }
+        Ok(obj)
     }
 }

@@ -176,7 +176,7 @@ pub(crate) fn header_value(authserv_id: &str, results: &[String]) -> String {
     } else {
         format!("{}; {}", value(authserv_id), results.join("; "))
     };
-    crate::sanitize::clean(&value)
+    imipd_core::sanitize::clean(&value)
 }
 
 /// A value as an RFC 2045 token when possible, else a quoted string.
@@ -224,7 +224,7 @@ pub(crate) fn value(text: &str) -> String {
 }
 
 fn quoted(text: &str) -> String {
-    crate::sanitize::quoted(text)
+    imipd_core::sanitize::quoted(text)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,9 +12,9 @@
 //! is generic where the detail would reveal something (key lookups, stored state); the detail
 //! goes to the log.
 
-use super::dkim::{self, DkimError};
-use super::{unix_now, Bridge};
 use crate::ical::{self, Component};
+use crate::ischedule::dkim::{self, DkimError};
+use crate::ischedule::{unix_now, Bridge};
 use crate::itip::Method;
 use crate::pipeline::{ItipDelivery, Pipeline, Verdict};
 use std::net::IpAddr;
@@ -196,7 +196,7 @@ async fn precheck(bridge: &Bridge, req: &Request) -> Result<Pre, Answer> {
             } else {
                 format!(
                     "iSchedule-Version {} is not supported; 1.0 is",
-                    super::clean(&versions.join(","))
+                    crate::ischedule::clean(&versions.join(","))
                 )
             },
         ));
@@ -213,7 +213,7 @@ async fn precheck(bridge: &Bridge, req: &Request) -> Result<Pre, Answer> {
             "invalid-calendar-data-type",
             format!(
                 "media type {:?} is not accepted; text/calendar is",
-                super::clean(&mt)
+                crate::ischedule::clean(&mt)
             ),
         ));
     }
@@ -242,7 +242,7 @@ async fn precheck(bridge: &Bridge, req: &Request) -> Result<Pre, Answer> {
             "originator-invalid",
             format!(
                 "{:?} is not a mailto: calendar user address",
-                super::clean(&originator)
+                crate::ischedule::clean(&originator)
             ),
         ));
     }
@@ -293,7 +293,7 @@ async fn precheck(bridge: &Bridge, req: &Request) -> Result<Pre, Answer> {
                             .unwrap_or_else(|| "-".into()),
                         sig.domain,
                         sig.selector,
-                        super::clean(&e.to_string())
+                        crate::ischedule::clean(&e.to_string())
                     );
                     return Err(refuse(
                         403,
@@ -385,7 +385,7 @@ fn check(bridge: &Bridge, req: &Request, pre: Pre) -> Result<Checked, Answer> {
             ),
         ));
     }
-    if !super::capabilities::OUR_MESSAGES
+    if !crate::ischedule::capabilities::OUR_MESSAGES
         .iter()
         .any(|(c, ms)| *c == kind && ms.contains(&method.as_str()))
     {
@@ -638,7 +638,7 @@ fn deliver(bridge: &Bridge, pipeline: Arc<Pipeline>, req: Request, pre: Pre) -> 
                 "verification-failed",
                 format!(
                     "iSchedule-Message-ID {} was already received (replay)",
-                    super::clean(&c.message_id.unwrap_or_default())
+                    crate::ischedule::clean(&c.message_id.unwrap_or_default())
                 ),
             )
         }
@@ -681,7 +681,7 @@ fn deliver(bridge: &Bridge, pipeline: Arc<Pipeline>, req: Request, pre: Pre) -> 
         eprintln!(
             "imipd: ischedule: peer={peer} originator={} rcpt={n} status={status} detail={}",
             c.originator,
-            super::clean(&detail)
+            crate::ischedule::clean(&detail)
         );
         let calendar_data = if status == DELIVERED {
             verdict

@@ -5,42 +5,12 @@
 
 use crate::cli::{Env, Io};
 use crate::config::Config;
+use imipd_core::codec::{base64_encode, decode_base64_lenient};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 pub fn socket_path(cfg: &Config) -> PathBuf {
     cfg.data_dir.join("control.sock")
-}
-
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-pub fn b64encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        out.push(B64[(n >> 18) as usize & 63] as char);
-        out.push(B64[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 {
-            B64[(n >> 6) as usize & 63] as char
-        } else {
-            '='
-        });
-        out.push(if chunk.len() > 2 {
-            B64[n as usize & 63] as char
-        } else {
-            '='
-        });
-    }
-    out
-}
-
-fn b64decode(s: &str) -> Vec<u8> {
-    crate::extract::decode_base64_lenient(s.as_bytes())
 }
 
 /// Client side: sends the command line to the daemon and copies its output into `io`.
@@ -52,7 +22,7 @@ pub fn call(
 ) -> std::io::Result<i32> {
     let mut s = std::os::unix::net::UnixStream::connect(sock)?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(300)))?;
-    let req = serde_json::json!({"argv": argv, "input": input.map(b64encode)});
+    let req = serde_json::json!({"argv": argv, "input": input.map(base64_encode)});
     s.write_all(req.to_string().as_bytes())?;
     s.write_all(b"\n")?;
     let mut line = String::new();
@@ -63,8 +33,10 @@ pub fn call(
             format!("bad answer from daemon: {e}"),
         )
     })?;
-    io.out.extend(b64decode(v["stdout"].as_str().unwrap_or("")));
-    io.err.extend(b64decode(v["stderr"].as_str().unwrap_or("")));
+    io.out
+        .extend(decode_b64(v["stdout"].as_str().unwrap_or("")));
+    io.err
+        .extend(decode_b64(v["stderr"].as_str().unwrap_or("")));
     Ok(v["code"].as_i64().unwrap_or(1) as i32)
 }
 
@@ -86,7 +58,7 @@ pub fn answer(line: &str, env: &Env) -> String {
                         .collect()
                 })
                 .unwrap_or_default();
-            let input = v["input"].as_str().map(b64decode);
+            let input = v["input"].as_str().map(decode_b64);
             match crate::cli::parse_args(&argv) {
                 Ok(args) if crate::cli::is_admin(&args.command) => {
                     crate::cli::run_admin(&args, env, input, &mut io)
@@ -105,16 +77,10 @@ pub fn answer(line: &str, env: &Env) -> String {
             }
         }
     };
-    serde_json::json!({"code": code, "stdout": b64encode(&io.out), "stderr": b64encode(&io.err)})
+    serde_json::json!({"code": code, "stdout": base64_encode(&io.out), "stderr": base64_encode(&io.err)})
         .to_string()
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn base64_round_trip() {
-        for s in [&b""[..], b"a", b"ab", b"abc", b"abcd\xff\x00"] {
-            assert_eq!(super::b64decode(&super::b64encode(s)), s);
-        }
-    }
+fn decode_b64(s: &str) -> Vec<u8> {
+    decode_base64_lenient(s.as_bytes())
 }

@@ -49,7 +49,7 @@ impl Core {
 
     fn build_state(store: Arc<dyn Store>, cfg: Config) -> Result<State, String> {
         let cfg = Arc::new(cfg);
-        let prover = Arc::new(Prover::new(&cfg)?);
+        let prover = Arc::new(Prover::new(&crate::config::auth_config(&cfg)?)?);
         let bridge = if cfg.ischedule.listen.is_some() || cfg.ischedule.sends() {
             Some(Arc::new(crate::ischedule::Bridge::new(cfg.clone())?))
         } else {
@@ -1061,17 +1061,17 @@ pub fn run(args: &Args) -> Result<i32, CliError> {
             let (Some(cert), Some(key)) = (&cfg.ischedule.tls_cert, &cfg.ischedule.tls_key) else {
                 return Err(CliError::new(EX_CONFIG, "[ischedule] listen needs tls_cert and tls_key"));
             };
-            let tls = crate::ischedule::server::tls_acceptor(cert, key).map_err(|e| CliError::new(EX_CONFIG, e))?;
+            let tls = crate::doors::ischedule::server::tls_acceptor(cert, key).map_err(|e| CliError::new(EX_CONFIG, e))?;
             let l = TcpListener::bind(&listen).await.map_err(|e| CliError::new(EX_IOERR, format!("ischedule {listen}: {e}")))?;
             let addr = l.local_addr().map(|a| format!("inet:{a}")).unwrap_or_default();
             println!("{}", serde_json::json!({"listening": "ischedule", "address": addr}));
             log(format!("iSchedule listening on {addr} (HTTPS)"));
             let core2 = core.clone();
-            let state: crate::ischedule::server::StateFn = Arc::new(move || {
+            let state: crate::doors::ischedule::server::StateFn = Arc::new(move || {
                 let st = core2.state();
                 st.bridge.map(|b| (st.pipeline.clone(), b))
             });
-            tasks.push(tokio::spawn(crate::ischedule::server::serve(l, tls, state, rx.clone())));
+            tasks.push(tokio::spawn(crate::doors::ischedule::server::serve(l, tls, state, rx.clone())));
         }
         if let Some(listen) = cfg.metrics.listen.clone() {
             let l = TcpListener::bind(&listen).await.map_err(|e| CliError::new(EX_IOERR, format!("metrics {listen}: {e}")))?;

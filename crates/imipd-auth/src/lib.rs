@@ -18,6 +18,9 @@
 //! The verdict also carries the `Authentication-Results` header value to stamp on the message
 //! (RFC 8601, `smime` per RFC 7281) and the indexes of forged or untrusted A-R headers to remove.
 
+pub mod message;
+pub mod proof;
+
 mod dkim;
 mod dmarc;
 pub mod dns;
@@ -27,6 +30,7 @@ mod results;
 mod smime;
 
 use crate::message::Parsed;
+use imipd_core::addr::norm_addr;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -213,13 +217,13 @@ pub struct AuthVerdict {
 impl AuthVerdict {
     /// Whether `addr` (case-insensitive, `mailto:` accepted) is proven by some method.
     pub fn proves(&self, addr: &str) -> bool {
-        let wanted = normalize_address(addr);
+        let wanted = norm_addr(addr);
         !wanted.is_empty() && self.proofs.iter().any(|p| p.address == wanted)
     }
 
     /// The proof for `addr`, preferring one that covers the whole message.
     pub fn proof_for(&self, addr: &str) -> Option<&Proof> {
-        let wanted = normalize_address(addr);
+        let wanted = norm_addr(addr);
         let mut limited = None;
         for proof in self.proofs.iter().filter(|p| p.address == wanted) {
             if matches!(proof.covers, Coverage::Message | Coverage::Transport) {
@@ -229,16 +233,6 @@ impl AuthVerdict {
         }
         limited
     }
-}
-
-/// Lowercase bare address: strips a `mailto:` scheme (any case) and surrounding space.
-pub fn normalize_address(addr: &str) -> String {
-    let trimmed = addr.trim();
-    let bare = match trimmed.get(..7) {
-        Some(scheme) if scheme.eq_ignore_ascii_case("mailto:") => &trimmed[7..],
-        _ => trimmed,
-    };
-    bare.trim().to_lowercase()
 }
 
 /// Verifies messages; built once and shared between tasks.
@@ -275,7 +269,7 @@ impl Authenticator {
                 .submission_logins
                 .iter()
                 .map(|(login, addrs)| {
-                    let addrs = addrs.iter().map(|a| normalize_address(a)).collect();
+                    let addrs = addrs.iter().map(|a| norm_addr(a)).collect();
                     (login.to_lowercase(), addrs)
                 })
                 .collect(),
@@ -293,7 +287,7 @@ impl Authenticator {
             return addrs.clone();
         }
         if login.contains('@') {
-            return vec![normalize_address(&login)];
+            return vec![norm_addr(&login)];
         }
         self.local_domains
             .iter()

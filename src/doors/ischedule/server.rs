@@ -5,7 +5,7 @@
 //! carries iSchedule-Version and iSchedule-Capabilities.
 
 use super::receive::{self, Answer};
-use super::{xml, Bridge};
+use crate::ischedule::{xml, Bridge};
 use crate::pipeline::Pipeline;
 use axum::extract::{Path, RawQuery, Request};
 use axum::http::{header, HeaderValue, StatusCode};

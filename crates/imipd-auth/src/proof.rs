@@ -1,7 +1,6 @@
 //! Sender proof as the front doors use it: which addresses a message is proven to come from,
 //! the Authentication-Results header to stamp, and which forged A-R headers to remove.
 
-use crate::config::Config;
 use crate::message::Parsed;
 use std::net::IpAddr;
 
@@ -12,7 +11,7 @@ pub struct Facts {
     pub auth_authen: Option<String>,
 }
 
-pub use crate::auth::Coverage;
+pub use crate::Coverage;
 
 /// One proven address and what the proof covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,10 +99,10 @@ impl Proof {
 }
 
 /// The proof checks configured for this daemon: DKIM with alignment, S/MIME, PGP/MIME and the
-/// trusted paths, through [`crate::auth::Authenticator`].
+/// trusted paths, through [`crate::Authenticator`].
 pub struct Prover {
     authserv_id: String,
-    auth: crate::auth::Authenticator,
+    auth: crate::Authenticator,
 }
 
 pub fn hostname() -> String {
@@ -114,37 +113,11 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// The authenticator's settings from the config.
-pub fn auth_config(cfg: &Config) -> Result<crate::auth::AuthConfig, String> {
-    let mut nameservers = Vec::new();
-    for ns in &cfg.dns.nameservers {
-        nameservers.push(crate::config::parse_nameserver(ns)?);
-    }
-    Ok(crate::auth::AuthConfig {
-        authserv_id: cfg.authserv_id.clone().unwrap_or_else(hostname),
-        nameservers,
-        smime_trust_anchors: cfg.smime.trust_anchors.clone(),
-        pgp_keyring: cfg.pgp.keyring.clone(),
-        trusted_authserv_ids: cfg.policy.trusted_authserv_ids.clone(),
-        trusted_relays: cfg
-            .policy
-            .trusted_relays
-            .iter()
-            .filter_map(|s| s.parse().ok())
-            .collect(),
-        trust_authenticated_submission: cfg.policy.trust_authenticated_submission,
-        submission_logins: cfg.policy.submission_logins.clone(),
-        local_domains: cfg.local_domains.clone(),
-        dns_timeout: std::time::Duration::from_secs(cfg.dns.timeout_secs.unwrap_or(5).clamp(1, 60)),
-    })
-}
-
 impl Prover {
-    pub fn new(cfg: &Config) -> Result<Prover, String> {
-        let ac = auth_config(cfg)?;
+    pub fn new(ac: &crate::AuthConfig) -> Result<Prover, String> {
         Ok(Prover {
             authserv_id: ac.authserv_id.clone(),
-            auth: crate::auth::Authenticator::new(&ac).map_err(|e| e.to_string())?,
+            auth: crate::Authenticator::new(&ac).map_err(|e| e.to_string())?,
         })
     }
 
@@ -159,13 +132,13 @@ impl Prover {
 
     /// Checks the sender proof of a parsed message.
     pub async fn prove(&self, parsed: &Parsed<'_>, facts: &Facts) -> Proof {
-        let tf = crate::auth::TransportFacts {
+        let tf = crate::TransportFacts {
             client_ip: facts.client_ip,
             auth_authen: facts.auth_authen.clone(),
         };
         let v = self.auth.verify(parsed, &tf).await;
         let mut proof = Proof {
-            from: v.from.clone().map(|f| crate::ical::norm_addr(&f)),
+            from: v.from.clone().map(|f| imipd_core::addr::norm_addr(&f)),
             results: v.header_value.clone(),
             remove_results: v.remove_headers.clone(),
             inner: v
@@ -177,7 +150,7 @@ impl Prover {
         };
         for p in &v.proofs {
             proof.grants.push(Grant {
-                address: crate::ical::norm_addr(&p.address),
+                address: imipd_core::addr::norm_addr(&p.address),
                 covers: p.covers.clone(),
             });
         }
@@ -207,7 +180,7 @@ impl Prover {
                     results: format!(
                         "{}; x-imipd-sender=temperror reason={}",
                         self.authserv_id,
-                        crate::sanitize::quoted(&e.to_string())
+                        imipd_core::sanitize::quoted(&e.to_string())
                     ),
                     ..Default::default()
                 },
@@ -256,7 +229,7 @@ pub fn from_address(raw: &[u8]) -> Option<String> {
     if from.iter().count() != 1 {
         return None;
     }
-    from.first()?.address().map(crate::ical::norm_addr)
+    from.first()?.address().map(imipd_core::addr::norm_addr)
 }
 
 /// Values of the Authentication-Results headers, in order.

@@ -16,14 +16,14 @@ const CACHE_CAPACITY: usize = 4096;
 /// Negative or failed answers are kept this long at most, so a fixed record is seen soon.
 const MAX_ERROR_TTL: Duration = Duration::from_secs(60);
 
-pub(crate) struct Dns {
-    pub(crate) resolver: MessageAuthenticator,
-    pub(crate) cache: TxtCache,
-    pub(crate) timeout: Duration,
+pub struct Dns {
+    pub resolver: MessageAuthenticator,
+    pub cache: TxtCache,
+    pub timeout: Duration,
 }
 
 impl Dns {
-    pub(crate) fn new(nameservers: &[SocketAddr], timeout: Duration) -> Result<Self, AuthError> {
+    pub fn new(nameservers: &[SocketAddr], timeout: Duration) -> Result<Self, AuthError> {
         let (config, mut opts) = if nameservers.is_empty() {
             read_system_conf().map_err(|e| AuthError::Resolver(e.to_string()))?
         } else {
@@ -61,7 +61,7 @@ pub static QUERIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64:
 
 /// A bounded TXT cache honouring the records' TTLs.
 #[derive(Default)]
-pub(crate) struct TxtCache {
+pub struct TxtCache {
     entries: Mutex<HashMap<Box<str>, (Txt, Instant)>>,
 }
 

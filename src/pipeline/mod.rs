@@ -1,13 +1,15 @@
 //! The pipeline every front door shares: extract -> (proof, given) -> iTIP decision -> commit ->
 //! effects. Front doors translate their protocol into a [`Delivery`] and the [`Verdict`] back.
 
+pub mod extract;
+
 use crate::config::Config;
-use crate::extract::{self, Extracted};
 use crate::ical::{self, Component};
 use crate::itip::{self, Context, Decision, Incoming, Method, OutMessage, Reason, StoredObject};
 use crate::message::Parsed;
 use crate::proof::Proof;
 use crate::store::{Change, Commit, JournalEntry, Store, StoreError};
+use extract::Extracted;
 use serde::Serialize;
 use std::sync::Arc;
 

@@ -1,0 +1,172 @@
+//! Calendar storage behind a trait, so that a networked backend can replace the embedded one
+//! without touching the engine.
+
+use crate::ical::{self, Component};
+use crate::itip::{Busy, Proposal, StoredObject};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug)]
+pub enum StoreError {
+    /// The database could not be opened, read or written.
+    Io(String),
+    /// A stored record could not be decoded.
+    Corrupt(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Io(s) => write!(f, "store I/O error: {s}"),
+            StoreError::Corrupt(s) => write!(f, "store record corrupt: {s}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// What happened to one object for one user and why: the audit journal's line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JournalEntry {
+    pub ts: i64,
+    pub user: String,
+    pub message_id: String,
+    pub method: String,
+    pub component: String,
+    pub uid: String,
+    pub outcome: String,
+    pub reason: String,
+    /// How many objects of the message this line stands for (rejections of one kind are
+    /// summarized in one line with `uid` "*").
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub count: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+/// Which journal lines a reader wants (`imipd journal --user --message-id`).
+#[derive(Debug, Clone, Default)]
+pub struct JournalFilter {
+    /// A normalized address (no `mailto:`).
+    pub user: Option<String>,
+    /// A Message-ID, without angle brackets.
+    pub message_id: Option<String>,
+}
+
+impl JournalFilter {
+    pub fn matches(&self, e: &JournalEntry) -> bool {
+        self.user
+            .as_deref()
+            .is_none_or(|u| ical::norm_addr(&e.user) == u)
+            && self
+                .message_id
+                .as_deref()
+                .is_none_or(|m| bare_message_id(&e.message_id) == m)
+    }
+}
+
+/// A Message-ID without surrounding space and angle brackets.
+pub fn bare_message_id(id: &str) -> &str {
+    let t = id.trim();
+    t.strip_prefix('<')
+        .and_then(|t| t.strip_suffix('>'))
+        .unwrap_or(t)
+}
+
+/// The object change of one commit.
+pub enum Change<'a> {
+    /// Store this object (and these busy periods) for the user.
+    Put(&'a StoredObject, &'a [Busy]),
+    /// Store this object; its busy periods are those already indexed.
+    PutKeepBusy(&'a StoredObject),
+    Delete,
+    Keep,
+}
+
+/// One atomic write: object, free/busy index, idempotency marker, journal line, proposal.
+pub struct Commit<'a> {
+    pub user: &'a str,
+    pub uid: &'a str,
+    pub change: Change<'a>,
+    /// Marks this message+object as processed for the user.
+    pub processed_key: Option<&'a str>,
+    pub journal: &'a JournalEntry,
+    pub proposal: Option<&'a Proposal>,
+}
+
+pub trait Store: Send + Sync {
+    fn get(&self, user: &str, uid: &str) -> Result<Option<StoredObject>>;
+    /// Every object of a user's calendar.
+    fn list(&self, user: &str) -> Result<Vec<StoredObject>>;
+    fn commit(&self, c: &Commit) -> Result<()>;
+    fn is_processed(&self, user: &str, key: &str) -> Result<bool>;
+    /// Busy periods overlapping [from, to).
+    fn busy(&self, user: &str, from: i64, to: i64) -> Result<Vec<Busy>>;
+    /// The newest `limit` journal lines (oldest first).
+    fn journal(&self, limit: usize) -> Result<Vec<JournalEntry>>;
+    /// The newest `limit` journal lines that match `filter` (oldest first).
+    fn journal_matching(&self, filter: &JournalFilter, limit: usize) -> Result<Vec<JournalEntry>> {
+        let mut v: Vec<JournalEntry> = self
+            .journal(usize::MAX)?
+            .into_iter()
+            .filter(|e| filter.matches(e))
+            .collect();
+        let skip = v.len().saturating_sub(limit);
+        v.drain(..skip);
+        Ok(v)
+    }
+    /// Removes the journal lines written before `before` (UNIX seconds); returns how many.
+    fn prune_journal(&self, before: i64) -> Result<usize> {
+        let _ = before;
+        Ok(0)
+    }
+    /// Makes everything committed so far durable.
+    fn flush(&self) -> Result<()>;
+    /// Remembers a message identifier (an iSchedule-Message-ID with its signer and originator)
+    /// until `until`: true the first time, false while an earlier one is still remembered
+    /// (a replay). Expired identifiers are forgotten.
+    fn remember_message_id(&self, key: &str, until: i64, now: i64) -> Result<bool>;
+}
+
+/// One VCALENDAR holding the object's time zones and components, with METHOD if given.
+pub fn object_to_ical(obj: &StoredObject, method: Option<&str>) -> String {
+    let mut cal = Component::new("VCALENDAR");
+    cal.props.push(ical::Prop::new("VERSION", "2.0"));
+    cal.props
+        .push(ical::Prop::new("PRODID", "-//imipd//imipd//EN"));
+    if let Some(m) = method {
+        cal.props.push(ical::Prop::new("METHOD", m));
+    }
+    cal.subs.extend(obj.timezones.iter().cloned());
+    cal.subs.extend(obj.components.iter().cloned());
+    cal.to_ical()
+}
+
+/// Many objects as one VCALENDAR (time zones de-duplicated by TZID).
+pub fn objects_to_ical(objs: &[StoredObject]) -> String {
+    let mut cal = Component::new("VCALENDAR");
+    cal.props.push(ical::Prop::new("VERSION", "2.0"));
+    cal.props
+        .push(ical::Prop::new("PRODID", "-//imipd//imipd//EN"));
+    let mut tzids: Vec<String> = Vec::new();
+    for o in objs {
+        for tz in &o.timezones {
+            let id = tz.value("TZID").unwrap_or("").to_string();
+            if !tzids.contains(&id) {
+                tzids.push(id);
+                cal.subs.push(tz.clone());
+            }
+        }
+    }
+    for o in objs {
+        cal.subs.extend(o.components.iter().cloned());
+    }
+    cal.to_ical()
+}
