@@ -4,6 +4,7 @@
 
 pub mod addr;
 pub mod codec;
+pub mod effects;
 pub mod ical;
 pub mod itip;
 pub mod sanitize;
