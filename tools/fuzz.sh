@@ -14,7 +14,9 @@ export RUSTC_BOOTSTRAP=1
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t"
   # Seed from the shared corpus of real messages where it is beside the checkout.
-  if [ -d ../../shared/corpus ] && [ -z "$(ls -A "corpus/$t")" ]; then
+  if [ -d "seeds/$t" ] && [ -z "$(ls -A "corpus/$t")" ]; then
+    cp seeds/"$t"/* "corpus/$t/"
+  elif [ -d ../../shared/corpus ] && [ -z "$(ls -A "corpus/$t")" ]; then
     find ../../shared/corpus -name '*.eml' -exec cp {} "corpus/$t/" \;
   fi
   cargo fuzz run -O "$t" "corpus/$t" -- -max_total_time="$seconds" -rss_limit_mb=2048 \
