@@ -2,6 +2,7 @@
 //! effects. Front doors translate their protocol into a [`Delivery`] and the [`Verdict`] back.
 
 pub mod extract;
+pub mod ischedule;
 
 use crate::config::Config;
 use crate::ical::{self, Component};
@@ -44,19 +45,6 @@ pub struct ObjectOutcome {
     pub uid: String,
     pub outcome: String,
     pub reason: String,
-}
-
-/// An iTIP body that arrived without mail around it (iSchedule).
-pub struct ItipDelivery<'a> {
-    pub body: &'a str,
-    /// The media type's `method=` parameter, used when the body has no METHOD.
-    pub method: Option<&'a str>,
-    /// iSchedule-Message-ID, for the processed-message log and the journal.
-    pub message_id: Option<&'a str>,
-    /// Local recipients (normalized).
-    pub recipients: Vec<String>,
-    /// Addresses proven to have sent it (normalized).
-    pub proven: Vec<String>,
 }
 
 /// A VFREEBUSY REPLY computed for a synchronous front door, instead of being mailed.
@@ -318,19 +306,6 @@ impl Pipeline {
         ex: Extracted,
     ) -> Result<Verdict, StoreError> {
         self.process_objects(recipients, ex, false)
-    }
-
-    /// Runs one iTIP body (no mail around it) through the pipeline, as the iSchedule receiver
-    /// does: the same grouping of objects as for mail, the same engine and commits; free/busy
-    /// requests are answered in [`Verdict::freebusy`] instead of by mail.
-    pub fn process_itip(&self, d: &ItipDelivery) -> Result<Verdict, StoreError> {
-        let mut ex = extract::calendar_objects(d.body, d.method);
-        ex.message_id = d.message_id.map(str::to_string);
-        // The iSchedule signature covers the whole body.
-        for found in &mut ex.objects {
-            found.proven = d.proven.clone();
-        }
-        self.process_objects(&d.recipients, ex, true)
     }
 
     fn process_objects(

@@ -12,11 +12,11 @@
 //! is generic where the detail would reveal something (key lookups, stored state); the detail
 //! goes to the log.
 
-use crate::ical::{self, Component};
 use crate::ischedule::dkim::{self, DkimError};
 use crate::ischedule::{unix_now, Bridge};
-use crate::itip::Method;
-use crate::pipeline::{ItipDelivery, Pipeline, Verdict};
+use crate::pipeline::ischedule::{IscheduleDelivery, IscheduleOutcome};
+use crate::pipeline::{Pipeline, Verdict};
+use imipd_core::addr::norm_addr;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -76,8 +76,9 @@ fn values<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
 fn valid_address(a: &str) -> bool {
     let a = a.trim();
     a.len() > 7
-        && a[..7].eq_ignore_ascii_case("mailto:")
-        && ical::norm_addr(a).rsplit_once('@').is_some_and(|(l, d)| {
+        && a.get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case("mailto:"))
+        && norm_addr(a).rsplit_once('@').is_some_and(|(l, d)| {
             !l.is_empty() && d.contains('.') && !d.contains(char::is_whitespace)
         })
 }
@@ -101,10 +102,6 @@ fn media_type(ct: &str) -> (String, Option<String>, Option<String>) {
     (mt, comp, method)
 }
 
-fn is_utc(p: Option<&crate::ical::Prop>) -> bool {
-    p.is_some_and(|p| p.param("TZID").is_none() && p.value.trim().ends_with(['Z', 'z']))
-}
-
 /// What the cheap checks found, before the signature is verified.
 struct Pre {
     originator: String,
@@ -121,14 +118,14 @@ struct Pre {
     signer: String,
 }
 
-/// The header checks, DKIM and the iTIP rules: `Ok((originator, recipients, message-id
-/// key))` when the request may be delivered.
+/// A request whose headers and signature passed: what the pipeline needs to deliver it.
 struct Checked {
+    /// Normalized.
     originator: String,
+    /// As the Recipient headers gave them.
     recipients: Vec<String>,
-    method: String,
-    /// The component type (VEVENT, VTODO, VFREEBUSY).
-    kind: String,
+    ct_comp: Option<String>,
+    ct_method: Option<String>,
     message_id: Option<String>,
     replay_key: Option<(String, i64)>,
 }
@@ -144,7 +141,7 @@ fn recipients_of(h: &[(String, String)], max: usize) -> Result<Vec<String>, ()> 
         .map(str::trim)
         .filter(|v| !v.is_empty())
     {
-        if seen.insert(ical::norm_addr(r)) {
+        if seen.insert(norm_addr(r)) {
             if out.len() == max {
                 return Err(());
             }
@@ -322,8 +319,8 @@ async fn precheck(bridge: &Bridge, req: &Request) -> Result<Pre, Answer> {
     })
 }
 
-/// The CPU-heavy checks (signature, iCalendar, iTIP rules); run on a blocking thread.
-fn check(bridge: &Bridge, req: &Request, pre: Pre) -> Result<Checked, Answer> {
+/// The signature check (CPU-heavy: run on a blocking thread) and the replay key.
+fn check(req: &Request, pre: Pre) -> Result<Checked, Answer> {
     let h = &req.headers;
     let Pre {
         originator,
@@ -343,171 +340,7 @@ fn check(bridge: &Bridge, req: &Request, pre: Pre) -> Result<Checked, Answer> {
             )
         })?;
     }
-    // 6. the body
-    let Ok(text) = std::str::from_utf8(&req.body) else {
-        return Err(refuse(403, "invalid-calendar-data", "body is not UTF-8"));
-    };
-    let ex = crate::extract::calendar_objects(text, ct_method.as_deref());
-    if let Some(r) = ex.refused.first() {
-        return Err(refuse(403, "invalid-calendar-data", r.reason.clone()));
-    }
-    let Some(first) = ex.objects.first() else {
-        return Err(refuse(
-            403,
-            "invalid-calendar-data",
-            "no scheduling component in the body",
-        ));
-    };
-    let method = first.method;
-    let kind = first.kind.clone();
-    if ex
-        .objects
-        .iter()
-        .any(|o| o.method != method || o.kind != kind)
-    {
-        return Err(refuse(
-            403,
-            "invalid-scheduling-message",
-            "one request carries one METHOD and one component type",
-        ));
-    }
-    if ct_comp.as_deref().is_some_and(|c| c != kind)
-        || ct_method.as_deref().is_some_and(|m| m != method.as_str())
-    {
-        return Err(refuse(
-            403,
-            "invalid-scheduling-message",
-            format!(
-                "Content-Type says {}/{}, the body is {kind}/{}",
-                ct_comp.unwrap_or_default(),
-                ct_method.unwrap_or_default(),
-                method.as_str()
-            ),
-        ));
-    }
-    if !crate::ischedule::capabilities::OUR_MESSAGES
-        .iter()
-        .any(|(c, ms)| *c == kind && ms.contains(&method.as_str()))
-    {
-        return Err(refuse(
-            403,
-            "invalid-scheduling-message",
-            format!("{} on {kind} is not accepted here", method.as_str()),
-        ));
-    }
-    // 7. Originator and Recipients against the iCalendar data (brief §4.4)
-    let orig = ical::norm_addr(&originator);
-    let comps: Vec<&Component> = ex
-        .objects
-        .iter()
-        .flat_map(|o| o.components.iter())
-        .collect();
-    let is_attendee = |c: &Component, a: &str| {
-        c.props_named("ATTENDEE")
-            .any(|p| ical::norm_addr(&p.value) == a)
-    };
-    let organizer_of = |c: &Component| c.prop("ORGANIZER").map(|p| ical::norm_addr(&p.value));
-    if kind == "VFREEBUSY" {
-        if comps.len() != 1 {
-            return Err(refuse(
-                403,
-                "invalid-scheduling-message",
-                "exactly one VFREEBUSY",
-            ));
-        }
-        let c = comps[0];
-        if organizer_of(c).as_deref() != Some(orig.as_str()) {
-            return Err(refuse(
-                403,
-                "organizer-denied",
-                "the ORGANIZER is not the Originator",
-            ));
-        }
-        if !is_utc(c.prop("DTSTART")) || !is_utc(c.prop("DTEND")) {
-            return Err(refuse(
-                403,
-                "invalid-scheduling-message",
-                "VFREEBUSY DTSTART and DTEND must be UTC",
-            ));
-        }
-        let mut attendees: Vec<String> = c
-            .props_named("ATTENDEE")
-            .map(|p| ical::norm_addr(&p.value))
-            .collect();
-        let mut rs: Vec<String> = recipients.iter().map(|r| ical::norm_addr(r)).collect();
-        attendees.sort();
-        attendees.dedup();
-        rs.sort();
-        if attendees != rs {
-            return Err(refuse(
-                403,
-                "recipient-mismatch",
-                "the VFREEBUSY ATTENDEEs are not the Recipients",
-            ));
-        }
-    } else if method.from_organizer() {
-        if method == Method::Publish {
-            return Err(refuse(
-                403,
-                "invalid-scheduling-message",
-                "PUBLISH is not a scheduling message",
-            ));
-        }
-        if comps
-            .iter()
-            .any(|c| organizer_of(c).as_deref() != Some(orig.as_str()))
-        {
-            return Err(refuse(
-                403,
-                "organizer-denied",
-                format!("the ORGANIZER is not the Originator {orig}"),
-            ));
-        }
-        for r in &recipients {
-            let r = ical::norm_addr(r);
-            if !comps.iter().any(|c| is_attendee(c, &r)) {
-                return Err(refuse(
-                    403,
-                    "invalid-scheduling-message",
-                    format!("Recipient {r} is not an ATTENDEE"),
-                ));
-            }
-        }
-    } else {
-        for c in &comps {
-            let atts: Vec<String> = c
-                .props_named("ATTENDEE")
-                .map(|p| ical::norm_addr(&p.value))
-                .collect();
-            if atts.len() != 1 || atts[0] != orig {
-                return Err(refuse(
-                    403,
-                    "invalid-scheduling-message",
-                    format!(
-                        "{} must carry exactly one ATTENDEE, the Originator",
-                        method.as_str()
-                    ),
-                ));
-            }
-            for r in &recipients {
-                if organizer_of(c).as_deref() != Some(ical::norm_addr(r).as_str()) {
-                    return Err(refuse(
-                        403,
-                        "invalid-scheduling-message",
-                        format!("Recipient {r} is not the ORGANIZER"),
-                    ));
-                }
-            }
-        }
-    }
-    // 8. locality: nobody outside may speak for our own users
-    if !bridge.cfg.local_domains.is_empty() && bridge.cfg.is_local(&orig) {
-        return Err(refuse(
-            403,
-            "originator-denied",
-            format!("{orig} is hosted here; it cannot arrive over iSchedule"),
-        ));
-    }
+    let orig = norm_addr(&originator);
     let message_id = values(h, "ischedule-message-id")
         .first()
         .map(|s| s.trim().to_string())
@@ -523,8 +356,8 @@ fn check(bridge: &Bridge, req: &Request, pre: Pre) -> Result<Checked, Answer> {
     Ok(Checked {
         originator: orig,
         recipients,
-        method: method.as_str().to_string(),
-        kind,
+        ct_comp,
+        ct_method,
         message_id,
         replay_key,
     })
@@ -539,7 +372,7 @@ fn status_of(v: &Verdict, rcpt: &str) -> (&'static str, String) {
     let mine: Vec<_> = v
         .outcomes
         .iter()
-        .filter(|o| ical::norm_addr(&o.recipient) == rcpt)
+        .filter(|o| norm_addr(&o.recipient) == rcpt)
         .collect();
     let reason = mine
         .iter()
@@ -575,7 +408,7 @@ pub async fn receive(bridge: Arc<Bridge>, pipeline: Arc<Pipeline>, req: Request)
             return a;
         }
     };
-    match tokio::task::spawn_blocking(move || deliver(&bridge, pipeline, req, pre)).await {
+    match tokio::task::spawn_blocking(move || deliver(pipeline, req, pre)).await {
         Ok(a) => a,
         Err(e) => {
             eprintln!("imipd: ischedule: request task failed: {e}");
@@ -584,55 +417,46 @@ pub async fn receive(bridge: Arc<Bridge>, pipeline: Arc<Pipeline>, req: Request)
     }
 }
 
-fn deliver(bridge: &Bridge, pipeline: Arc<Pipeline>, req: Request, pre: Pre) -> Answer {
+fn deliver(pipeline: Arc<Pipeline>, req: Request, pre: Pre) -> Answer {
     let peer = req
         .peer
         .map(|p| p.to_string())
         .unwrap_or_else(|| "-".into());
-    let c = match check(bridge, &req, pre) {
+    let c = match check(&req, pre) {
         Ok(c) => c,
         Err(a) => {
             crate::metrics::message_refused("ischedule");
             return a;
         }
     };
-    let text = String::from_utf8_lossy(&req.body).into_owned();
-    let local: Vec<String> = c
-        .recipients
-        .iter()
-        .map(|r| ical::norm_addr(r))
-        .filter(|r| !bridge.cfg.local_domains.is_empty() && bridge.cfg.is_local(r))
-        .collect();
-    let result = (|| {
-        if let Some((key, until)) = &c.replay_key {
-            if !pipeline
-                .store
-                .remember_message_id(key, *until, unix_now())?
-            {
-                return Ok(None);
-            }
-        }
-        if local.is_empty() {
-            return Ok(Some(Verdict::default()));
-        }
-        let v = pipeline.process_itip(&ItipDelivery {
-            body: &text,
-            method: Some(&c.method),
-            message_id: c.message_id.as_deref(),
-            recipients: local.clone(),
-            proven: vec![c.originator.clone()],
-        })?;
-        crate::metrics::commit(|| pipeline.store.flush())?;
-        Ok::<_, crate::store::StoreError>(Some(v))
-    })();
+    let result = pipeline.process_ischedule(&IscheduleDelivery {
+        body: &req.body,
+        ct_component: c.ct_comp.as_deref(),
+        ct_method: c.ct_method.as_deref(),
+        originator: &c.originator,
+        recipients: &c.recipients,
+        message_id: c.message_id.as_deref(),
+        replay: c.replay_key.as_ref().map(|(k, until)| (k.as_str(), *until)),
+        accepts: &crate::ischedule::capabilities::OUR_MESSAGES,
+    });
     match &result {
-        Ok(Some(v)) => crate::metrics::message("ischedule", Ok::<_, ()>(v)),
-        Ok(None) => crate::metrics::message_refused("ischedule"),
+        Ok(IscheduleOutcome::Done { verdict, .. }) => {
+            crate::metrics::message("ischedule", Ok::<_, ()>(verdict))
+        }
+        Ok(_) => crate::metrics::message_refused("ischedule"),
         Err(e) => crate::metrics::message("ischedule", Err(e)),
     }
-    let verdict = match result {
-        Ok(Some(v)) => v,
-        Ok(None) => {
+    let (verdict, kind, local) = match result {
+        Ok(IscheduleOutcome::Done {
+            verdict,
+            kind,
+            local,
+        }) => (verdict, kind, local),
+        Ok(IscheduleOutcome::Refused {
+            element,
+            description,
+        }) => return refuse(403, element, description),
+        Ok(IscheduleOutcome::Replay) => {
             return refuse(
                 403,
                 "verification-failed",
@@ -659,7 +483,7 @@ fn deliver(bridge: &Bridge, pipeline: Arc<Pipeline>, req: Request, pre: Pre) -> 
     };
     let mut out = Vec::new();
     for r in &c.recipients {
-        let n = ical::norm_addr(r);
+        let n = norm_addr(r);
         if !local.contains(&n) {
             out.push(RecipientAnswer {
                 recipient: r.clone(),
@@ -675,7 +499,7 @@ fn deliver(bridge: &Bridge, pipeline: Arc<Pipeline>, req: Request, pre: Pre) -> 
         // stays in the log. A scheduling message taken for a local recipient is "delivered"
         // (as to a CalDAV schedule inbox) whatever the recipient's side then decided; only a
         // free/busy query, whose answer is the data, says when there is none.
-        if c.kind != "VFREEBUSY" && status == CANNOT_HANDLE && detail != "nothing to deliver" {
+        if kind != "VFREEBUSY" && status == CANNOT_HANDLE && detail != "nothing to deliver" {
             status = DELIVERED;
         }
         eprintln!(
@@ -766,5 +590,8 @@ mod tests {
         assert!(valid_address("mailto:a@b.example"));
         assert!(!valid_address("a@b.example"));
         assert!(!valid_address("mailto:nobody"));
+        // Found by the iSchedule fuzz target: a multi-byte character across byte 7.
+        assert!(!valid_address("mai\u{fffd}\u{fffd}@example.com"));
+        assert!(!valid_address("mailt\u{e9}:a@example.com"));
     }
 }
