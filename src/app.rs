@@ -35,6 +35,9 @@ struct State {
 }
 
 /// One log line on stderr; control characters from the input never split or forge a line.
+/// Object outcomes logged one per line for one message; the rest are summarized.
+const MAX_LOGGED_OUTCOMES: usize = 20;
+
 fn log(msg: impl AsRef<str>) {
     eprintln!("imipd: {}", crate::sanitize::clean(msg.as_ref()));
 }
@@ -157,19 +160,49 @@ impl Core {
     }
 
     fn log_verdict(door: &str, queue_id: Option<&str>, v: &Verdict) {
-        for o in &v.outcomes {
-            log(format!(
-                "{door}: queue_id={} msgid={} rcpt={} uid={} method={} outcome={} reason={}",
-                queue_id.unwrap_or("-"),
-                v.message_id.as_deref().unwrap_or("-"),
+        for line in verdict_log_lines(door, queue_id, v) {
+            log(line);
+        }
+    }
+}
+
+/// The log lines of one message's verdict: one per object decided for the first
+/// [`MAX_LOGGED_OUTCOMES`], the rest in one summary line (a message naming a thousand recipients
+/// must not write a thousand lines; `imipd journal` keeps them all).
+fn verdict_log_lines(door: &str, queue_id: Option<&str>, v: &Verdict) -> Vec<String> {
+    let queue_id = queue_id.unwrap_or("-");
+    let msgid = v.message_id.as_deref().unwrap_or("-");
+    let mut lines: Vec<String> = v
+        .outcomes
+        .iter()
+        .take(MAX_LOGGED_OUTCOMES)
+        .map(|o| {
+            format!(
+                "{door}: queue_id={queue_id} msgid={msgid} rcpt={} uid={} method={} outcome={} reason={}",
                 ical::norm_addr(&o.recipient),
                 if o.uid.is_empty() { "-" } else { &o.uid },
                 o.method,
                 o.outcome,
                 o.reason
-            ));
-        }
+            )
+        })
+        .collect();
+    if let Some(rest) = v
+        .outcomes
+        .get(MAX_LOGGED_OUTCOMES..)
+        .filter(|r| !r.is_empty())
+    {
+        let count = |what: &str| rest.iter().filter(|o| o.outcome == what).count();
+        lines.push(format!(
+            "{door}: queue_id={queue_id} msgid={msgid} {} more objects not logged one by one: \
+             {} applied, {} ignored, {} rejected (see imipd journal)",
+            rest.len(),
+            count("applied"),
+            count("ignored"),
+            count("rejected")
+        ));
     }
+    lines
 }
 
 /// The queue id the MTA wrote in the newest Received header ("... with ESMTP id 4Xyz...;").
@@ -1126,4 +1159,37 @@ pub fn run(args: &Args) -> Result<i32, CliError> {
         log("stopped");
         Ok::<i32, CliError>(0)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::ObjectOutcome;
+
+    #[test]
+    fn a_message_with_many_outcomes_logs_a_bounded_number_of_lines() {
+        let outcome = |i: usize, what: &str| ObjectOutcome {
+            recipient: format!("mailto:u{i}@example.org"),
+            method: "REQUEST".into(),
+            component: "VEVENT".into(),
+            uid: format!("w{i}"),
+            outcome: what.into(),
+            reason: "r".into(),
+        };
+        let mut v = Verdict::default();
+        v.outcomes = (0..64_000)
+            .map(|i| outcome(i, if i % 2 == 0 { "applied" } else { "rejected" }))
+            .collect();
+        let lines = verdict_log_lines("lmtp", Some("Q1"), &v);
+        assert_eq!(lines.len(), MAX_LOGGED_OUTCOMES + 1);
+        assert!(lines[0].contains("uid=w0 method=REQUEST outcome=applied reason=r"));
+        assert!(
+            lines[MAX_LOGGED_OUTCOMES].contains("63980 more objects")
+                && lines[MAX_LOGGED_OUTCOMES].contains("31990 applied, 0 ignored, 31990 rejected"),
+            "{}",
+            lines[MAX_LOGGED_OUTCOMES]
+        );
+        v.outcomes.truncate(3);
+        assert_eq!(verdict_log_lines("lmtp", None, &v).len(), 3);
+    }
 }
