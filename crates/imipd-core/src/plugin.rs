@@ -447,7 +447,9 @@ mod tests {
         let inc = incoming();
         let mut d = Decision::Ignored(Reason::Duplicate);
         let before = d.clone();
-        Nothing.before_commit(&mut hook(&inc, &mut d, &cal)).unwrap();
+        Nothing
+            .before_commit(&mut hook(&inc, &mut d, &cal))
+            .unwrap();
         assert_eq!(d, before);
         assert!(!cal.was_read());
         let done = Committed {

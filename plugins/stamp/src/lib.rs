@@ -126,7 +126,10 @@ impl Plugin for Stamp {
     }
 
     fn effects(&self, done: &Committed<'_>) -> Vec<Vec<u8>> {
-        Stamp::line(done).map(String::into_bytes).into_iter().collect()
+        Stamp::line(done)
+            .map(String::into_bytes)
+            .into_iter()
+            .collect()
     }
 
     fn run_effect(&self, payload: &[u8]) -> Result<(), EffectError> {
@@ -198,7 +201,10 @@ mod tests {
     #[test]
     fn config_needs_an_absolute_spool_in_an_existing_directory() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ok = format!("spool = \"{}/s.log\"\nvalue = \"mx1\"", dir.path().display());
+        let ok = format!(
+            "spool = \"{}/s.log\"\nvalue = \"mx1\"",
+            dir.path().display()
+        );
         let s = Stamp::from_table(&table(&ok)).expect("valid");
         assert_eq!(s.value, "mx1");
         let key = |text: &str| Stamp::from_table(&table(text)).unwrap_err().key;
@@ -272,7 +278,10 @@ mod tests {
         let text = std::fs::read_to_string(&spool).expect("spool");
         assert_eq!(text.lines().count(), 2, "{text}");
         assert!(text.starts_with("u1\tapplied\tstored\t"));
-        let mode = std::fs::metadata(&spool).expect("meta").permissions().mode();
+        let mode = std::fs::metadata(&spool)
+            .expect("meta")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let bad = s.run_effect(b"two\nlines\n").unwrap_err();
         assert!(bad.permanent);
