@@ -21,9 +21,9 @@
 //!
 //! - [`Plugin::before_commit`]: change what is about to be stored and answered. Resource
 //!   booking lives here: it reads the resource calendar's busy time through
-//!   [`BeforeCommit::calendar`], sets the resource's PARTSTAT in [`BeforeCommit::object_mut`],
-//!   declines conflicting instances, and adds the iTIP REPLY for the organizer with
-//!   [`BeforeCommit::add_reply`]. Reading the calendar is recorded
+//!   [`BeforeCommit::busy_of_others`] (or [`BeforeCommit::calendar`]), sets the resource's
+//!   PARTSTAT in [`BeforeCommit::object_mut`], declines conflicting instances, and adds the
+//!   iTIP REPLY for the organizer with [`BeforeCommit::add_reply`]. Reading the calendar is recorded
 //!   ([`Calendar::was_read`]): such a decision depends on more than its own object, so the
 //!   pipeline commits it against the calendar's version, and two bookings of one room cannot
 //!   both win.
@@ -42,7 +42,7 @@
 //!   [`crate::sanitize::clean`].
 
 use crate::effects::EffectError;
-use crate::itip::{Busy, Decision, Incoming, OutMessage, StoredObject};
+use crate::itip::{busy_periods, Busy, Decision, Incoming, OutMessage, StoredObject};
 use crate::store::{Store, StoreError};
 use std::cell::Cell;
 
@@ -211,6 +211,26 @@ pub struct BeforeCommit<'a> {
 }
 
 impl BeforeCommit<'_> {
+    /// Busy time of the recipient's calendar overlapping [from, to), without the periods of
+    /// the object being decided as it was stored before this message: what this object would
+    /// conflict with (a rescheduled booking does not collide with its own old time). Reads the
+    /// calendar, like [`Calendar::busy`].
+    pub fn busy_of_others(&self, from: i64, to: i64) -> Result<Vec<Busy>, StoreError> {
+        let mut busy = self.calendar.busy(from, to)?;
+        if let Some(stored) = self.stored {
+            // The index holds one entry per period of each object, so removing each own period
+            // once leaves another object's period at the same time in place.
+            for own in busy_periods(stored, self.recipient, self.max_instances) {
+                if own.end > from && own.start < to {
+                    if let Some(i) = busy.iter().position(|b| *b == own) {
+                        busy.remove(i);
+                    }
+                }
+            }
+        }
+        Ok(busy)
+    }
+
     /// The object about to be stored, to change it; `None` when the decision stores nothing
     /// (ignored, or a deletion). Taking it marks the decision as changing the calendar, so what
     /// the plugin changes is written even when the engine itself changed nothing.
@@ -313,9 +333,11 @@ mod tests {
     use crate::store::{Commit, JournalEntry};
     use std::sync::Mutex;
 
-    /// A store holding one busy period, counting reads.
+    /// A store whose calendar has these busy periods (one busy period [from, to) of each
+    /// query when empty), counting reads.
     #[derive(Default)]
     struct OneBusy {
+        periods: Vec<Busy>,
         reads: Mutex<u32>,
     }
 
@@ -334,6 +356,10 @@ mod tests {
         }
         fn busy(&self, _: &str, from: i64, to: i64) -> crate::store::Result<Vec<Busy>> {
             *self.reads.lock().unwrap() += 1;
+            if !self.periods.is_empty() {
+                let overlapping = self.periods.iter().filter(|b| b.end > from && b.start < to);
+                return Ok(overlapping.copied().collect());
+            }
             Ok(vec![Busy {
                 start: from,
                 end: to,
@@ -397,6 +423,41 @@ mod tests {
         assert_eq!(cal.busy(10, 20).unwrap().len(), 1);
         assert!(cal.was_read());
         assert_eq!(*store.reads.lock().unwrap(), 1);
+    }
+
+    #[test]
+    fn busy_of_others_leaves_out_the_object_itself() {
+        let text = "BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:u1\r\nDTSTART:20260302T100000Z\r\n\
+                    DTEND:20260302T110000Z\r\nORGANIZER:mailto:alice@example.org\r\n\
+                    ATTENDEE;PARTSTAT=ACCEPTED:mailto:room@example.org\r\nEND:VEVENT\r\n\
+                    END:VCALENDAR\r\n";
+        let cal = crate::ical::parse(text).unwrap().remove(0);
+        let stored = StoredObject {
+            uid: "u1".into(),
+            kind: "VEVENT".into(),
+            components: cal.subs,
+            ..Default::default()
+        };
+        let own = busy_periods(&stored, "room@example.org", 10);
+        assert_eq!(own.len(), 1);
+        let other = Busy {
+            start: own[0].end,
+            end: own[0].end + 3600,
+            tentative: false,
+        };
+        // Another object booked at the very same time, and one right after.
+        let store = OneBusy {
+            periods: vec![own[0], own[0], other],
+            ..Default::default()
+        };
+        let calendar = Calendar::new(&store, "room@example.org");
+        let inc = incoming();
+        let mut d = Decision::Ignored(Reason::Duplicate);
+        let mut h = hook(&inc, &mut d, &calendar);
+        h.stored = Some(&stored);
+        let busy = h.busy_of_others(own[0].start, other.end).unwrap();
+        assert_eq!(busy, vec![own[0], other]);
+        assert!(calendar.was_read());
     }
 
     #[test]
