@@ -639,6 +639,13 @@ fn cmd_process(args: &Args, env: &Env, raw: Vec<u8>, io: &mut Io) -> Result<i32,
         io.errln(format!("note: {note}"));
     }
     send_outgoing(&env.cfg, args.outbox.as_deref(), &verdict.outgoing, io)?;
+    // merge: the effects runner's one pass over what this message committed replaces this.
+    for e in &verdict.effects {
+        if let Err(err) = env.cfg.plugin_set.run_effect(e) {
+            let err = crate::sanitize::clean(&err.to_string());
+            io.errln(format!("note: effect {:?} {}: {err}", e.kind, e.id));
+        }
+    }
     for o in &verdict.outcomes {
         io.outln(serde_json::to_string(o).unwrap_or_default());
         io.errln(format!(

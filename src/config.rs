@@ -28,6 +28,12 @@ pub struct Config {
     pub log: Log,
     pub journal: Journal,
     pub metrics: Metrics,
+    /// `[plugins.NAME]`: each table enables the plugin NAME and is parsed by that plugin.
+    pub plugins: BTreeMap<String, toml::Table>,
+    /// The plugins built from `plugins`. Filled by [`Config::parse`]; this is what the pipeline
+    /// and the effects runner call.
+    #[serde(skip)]
+    pub plugin_set: crate::plugins::Plugins,
 }
 
 impl Default for Config {
@@ -49,6 +55,8 @@ impl Default for Config {
             log: Log::default(),
             journal: Journal::default(),
             metrics: Metrics::default(),
+            plugins: BTreeMap::new(),
+            plugin_set: Default::default(),
         }
     }
 }
@@ -402,6 +410,16 @@ fn line_of_or_table(text: &str, dotted: &str) -> Option<usize> {
     })
 }
 
+/// The line of the header of `table` (`[plugins.stamp]`), if the table has one.
+fn table_line(text: &str, table: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let t = l.trim();
+            t.starts_with('[') && t.trim_matches(|c| c == '[' || c == ']').trim() == table
+        })
+        .map(|i| i + 1)
+}
+
 /// The dotted key (with its table) whose line holds byte `offset` of the TOML text: the key on
 /// that line (or on the nearest line above that assigns one, for values spanning lines) under
 /// the nearest table header above it.
@@ -486,6 +504,16 @@ impl Config {
         })?;
         cfg.validate(text, file)?;
         cfg.policy.normalize_delegates();
+        cfg.plugin_set = crate::plugins::Plugins::load(&cfg.plugins).map_err(|e| ConfigError {
+            file: file.to_string(),
+            line: if e.table {
+                table_line(text, &e.key)
+            } else {
+                line_of_or_table(text, &e.key)
+            },
+            key: Some(e.key),
+            message: e.message,
+        })?;
         Ok(cfg)
     }
 
@@ -855,6 +883,15 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.line, Some(4), "{e}");
         assert!(e.to_string().contains("listen_on"), "{e}");
+    }
+
+    #[test]
+    fn unknown_plugin_is_named_with_its_line() {
+        let e = Config::parse("data_dir = \"/x\"\n\n[plugins.nosuch]\n", "t.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("plugins.nosuch"));
+        assert_eq!(e.line, Some(3), "{e}");
+        let cfg = Config::parse("data_dir = \"/x\"\n", "t.toml").expect("valid");
+        assert!(cfg.plugin_set.is_empty());
     }
 
     #[test]

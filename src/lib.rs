@@ -7,6 +7,7 @@
 //!   ([`imipd_core::itip`], a pure engine), commit;
 //! - [`store`]: the backends of [`imipd_core::store::Store`];
 //! - [`effects`]: what a commit leaves to be done (iMIP mail, iSchedule relays);
+//! - [`plugins`]: the plugin crates linked in, by `[plugins.NAME]` (trait: [`imipd_core::plugin`]);
 //! - [`app`]: the daemon that wires them; [`cli`] and [`config`] the contracts.
 
 pub mod app;
@@ -17,6 +18,7 @@ pub mod effects;
 pub mod ischedule;
 pub mod metrics;
 pub mod pipeline;
+pub mod plugins;
 pub mod store;
 
 // The crates of the workspace, and the places modules had before it (tests, fuzz targets and

@@ -74,6 +74,10 @@ pub struct Verdict {
     pub proof: Proof,
     /// The local recipients whose calendars were looked at.
     pub recipients: Vec<String>,
+    /// Plugin effects of the committed decisions, in order.
+    // merge: into Commit.effects (committed with their decision, drained by the effects
+    // runner); until then `imipd process` runs them once before it exits.
+    pub effects: Vec<imipd_core::effects::Effect>,
 }
 
 #[derive(Debug, Clone)]
@@ -477,6 +481,27 @@ impl Pipeline {
                 }
             }
         }
+        // Plugins, still inside the user's lock: they may change the decision; their effects
+        // are committed with it.
+        let mut hooked = crate::plugins::Hooked::default();
+        if !self.config.plugin_set.is_empty() && !matches!(decision, Decision::Rejected(_)) {
+            let calendar = imipd_core::plugin::Calendar::new(&*self.store, rcpt);
+            let hook = imipd_core::plugin::BeforeCommit {
+                recipient: rcpt,
+                incoming: inc,
+                stored: stored.as_ref(),
+                proven,
+                message_id,
+                now: ts,
+                max_instances: self.config.itip.max_instances,
+                decision: &mut decision,
+                calendar: &calendar,
+            };
+            let host = || (self.config.authserv_id.clone()).unwrap_or_else(crate::proof::hostname);
+            hooked = self.config.plugin_set.before_commit(hook, &host)?;
+        }
+        // merge: each commit below carries `effects: &hooked.effects`, and goes against the
+        // calendar's version when `hooked.calendar_read`.
         out.outcome = decision.outcome().into();
         out.reason = decision.reason();
         let entry = journal(&out.outcome, &out.reason);
@@ -548,6 +573,7 @@ impl Pipeline {
             }
             Decision::Rejected(reason) => rejected = Some(reason),
         }
+        v.effects.append(&mut hooked.effects);
         Ok((out, rejected))
     }
 

@@ -7,5 +7,6 @@ pub mod codec;
 pub mod effects;
 pub mod ical;
 pub mod itip;
+pub mod plugin;
 pub mod sanitize;
 pub mod store;
