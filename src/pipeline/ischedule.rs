@@ -40,7 +40,7 @@ pub enum IscheduleOutcome {
     /// The same message id from the same signer and Originator was already received.
     Replay,
     Done {
-        verdict: Verdict,
+        verdict: Box<Verdict>,
         /// The component type of the request (VEVENT, VTODO, VFREEBUSY).
         kind: String,
         /// The recipients hosted here (normalized).
@@ -48,11 +48,11 @@ pub enum IscheduleOutcome {
     },
 }
 
-fn refuse(element: &'static str, description: impl Into<String>) -> IscheduleOutcome {
-    IscheduleOutcome::Refused {
-        element,
-        description: description.into(),
-    }
+/// A whole-request refusal: the error element and the description for the peer.
+type Refusal = (&'static str, String);
+
+fn refuse(element: &'static str, description: impl Into<String>) -> Refusal {
+    (element, description.into())
 }
 
 fn is_utc(p: Option<&crate::ical::Prop>) -> bool {
@@ -65,7 +65,12 @@ impl Pipeline {
     pub fn process_ischedule(&self, d: &IscheduleDelivery) -> Result<IscheduleOutcome, StoreError> {
         let (ex, kind) = match self.ischedule_rules(d) {
             Ok(v) => v,
-            Err(refused) => return Ok(refused),
+            Err((element, description)) => {
+                return Ok(IscheduleOutcome::Refused {
+                    element,
+                    description,
+                })
+            }
         };
         let local: Vec<String> = d
             .recipients
@@ -80,7 +85,7 @@ impl Pipeline {
         }
         if local.is_empty() {
             return Ok(IscheduleOutcome::Done {
-                verdict: Verdict::default(),
+                verdict: Box::default(),
                 kind,
                 local,
             });
@@ -95,7 +100,7 @@ impl Pipeline {
         let verdict = self.process_objects(&local, ex, true)?;
         crate::metrics::commit(|| self.store.flush())?;
         Ok(IscheduleOutcome::Done {
-            verdict,
+            verdict: Box::new(verdict),
             kind,
             local,
         })
@@ -105,7 +110,7 @@ impl Pipeline {
     fn ischedule_rules(
         &self,
         d: &IscheduleDelivery,
-    ) -> Result<(extract::Extracted, String), IscheduleOutcome> {
+    ) -> Result<(extract::Extracted, String), Refusal> {
         // 6. the body
         let Ok(text) = std::str::from_utf8(d.body) else {
             return Err(refuse("invalid-calendar-data", "body is not UTF-8"));
