@@ -758,10 +758,7 @@ fn cmd_freebusy(args: &Args, env: &Env, io: &mut Io) -> Result<i32, CliError> {
         .busy(&user, from, to)
         .map_err(|e| CliError::new(EX_IOERR, e.to_string()))?;
     let busy = crate::itip::merge_busy(busy, from, to);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = imipd_core::clock::now();
     let fb = crate::itip::freebusy_component(&user, None, None, from, to, &busy, now);
     let mut cal = ical::Component::new("VCALENDAR");
     cal.props.push(ical::Prop::new("VERSION", "2.0"));

@@ -177,12 +177,7 @@ impl Plugins {
     }
 }
 
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
+use imipd_core::clock::now_micros;
 
 #[cfg(test)]
 mod tests {

@@ -159,32 +159,7 @@ pub trait Handler: Send + Sync + 'static {
         -> impl std::future::Future<Output = EomActions> + Send;
 }
 
-/// The unfolded values of the header fields called `name` in a header block.
-pub fn header_values(block: &[u8], name: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    let mut current: Option<String> = None;
-    for line in block.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            break;
-        }
-        if line[0] == b' ' || line[0] == b'\t' {
-            if let Some(c) = current.as_mut() {
-                c.push(' ');
-                c.push_str(String::from_utf8_lossy(line).trim());
-            }
-            continue;
-        }
-        out.extend(current.take());
-        if let Some(i) = line.iter().position(|b| *b == b':') {
-            if line[..i].eq_ignore_ascii_case(name.as_bytes()) {
-                current = Some(String::from_utf8_lossy(&line[i + 1..]).trim().to_string());
-            }
-        }
-    }
-    out.extend(current);
-    out
-}
+pub use imipd_core::headers::values as header_values;
 
 /// Whether a message with these top-level Content-Type values may hold a calendar: a
 /// multipart, a calendar itself, or an opaque S/MIME entity; one header field only (none is

@@ -112,12 +112,7 @@ pub struct Client {
     signature_ttl: i64,
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+use imipd_core::clock::now;
 
 /// The ring provider for every rustls use in this process (client and server).
 pub fn install_crypto_provider() {

@@ -38,13 +38,6 @@ pub struct Bridge {
     pub capabilities: String,
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// Reads a private-exchange key file: a PEM public key, or key records one per line.
 fn read_private_key_file(path: &std::path::Path) -> Result<Vec<String>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -345,9 +338,7 @@ pub fn key_publication(cfg: &Config) -> Result<serde_json::Value, String> {
     }))
 }
 
-pub(crate) fn unix_now() -> i64 {
-    now()
-}
+pub(crate) use imipd_core::clock::now as unix_now;
 
 #[cfg(test)]
 mod tests {

@@ -214,12 +214,7 @@ pub struct Pipeline {
     pub config: Arc<Config>,
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+use imipd_core::clock::now;
 
 /// A stable key for "this object of this message", for the processed-message log.
 fn processed_key(message_id: Option<&str>, inc: &Incoming) -> String {

@@ -18,10 +18,7 @@ pub async fn journal_retention(
         return;
     }
     loop {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = imipd_core::clock::now();
         let before = now.saturating_sub((keep_days as i64).saturating_mul(86400));
         let st = store.clone();
         match tokio::task::spawn_blocking(move || st.prune_journal(before)).await {

@@ -237,47 +237,7 @@ pub fn auth_results_headers(raw: &[u8]) -> Vec<String> {
     header_values(raw, "Authentication-Results")
 }
 
-/// Values of every header `name` in the header section (unfolded).
-pub fn header_values(raw: &[u8], name: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for (n, v) in header_fields(raw) {
-        if n.eq_ignore_ascii_case(name) {
-            out.push(String::from_utf8_lossy(v).replace(['\r', '\n'], ""));
-        }
-    }
-    out
-}
-
-/// Splits the header section into (name, raw value) fields.
-pub fn header_fields(raw: &[u8]) -> Vec<(String, &[u8])> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < raw.len() {
-        if raw[i] == b'\r' || raw[i] == b'\n' {
-            break; // end of headers
-        }
-        let start = i;
-        // find end of field: a line end not followed by WSP
-        let mut j = i;
-        loop {
-            while j < raw.len() && raw[j] != b'\n' {
-                j += 1;
-            }
-            if j + 1 < raw.len() && (raw[j + 1] == b' ' || raw[j + 1] == b'\t') {
-                j += 1;
-                continue;
-            }
-            break;
-        }
-        let field = &raw[start..j.min(raw.len())];
-        if let Some(colon) = field.iter().position(|b| *b == b':') {
-            let name = String::from_utf8_lossy(&field[..colon]).trim().to_string();
-            out.push((name, &field[colon + 1..]));
-        }
-        i = j + 1;
-    }
-    out
-}
+pub use imipd_core::headers::{fields as header_fields, values as header_values};
 
 /// Rewrites a message: removes the listed occurrences (0-based) of header `name` and puts
 /// `prepend` headers on top.

@@ -3,8 +3,10 @@
 //! plugins meet at: the [`store::Store`] trait, [`plugin::Plugin`] and [`effects`].
 
 pub mod addr;
+pub mod clock;
 pub mod codec;
 pub mod effects;
+pub mod headers;
 pub mod ical;
 pub mod itip;
 pub mod plugin;
