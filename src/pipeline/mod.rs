@@ -10,6 +10,7 @@ use crate::message::Parsed;
 use crate::proof::Proof;
 use crate::store::{Change, Commit, JournalEntry, Store, StoreError};
 use extract::Extracted;
+use imipd_core::effects::Effect;
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -71,15 +72,16 @@ pub struct FreeBusyAnswer {
 #[derive(Debug, Default)]
 pub struct Verdict {
     pub outcomes: Vec<ObjectOutcome>,
-    /// Free/busy answers kept for the front door (iSchedule) instead of `outgoing` mail.
+    /// Free/busy answers kept for the front door (iSchedule) instead of mailed replies.
     pub freebusy: Vec<FreeBusyAnswer>,
     /// Set by the front door: answer free/busy requests synchronously.
     sync_freebusy: bool,
     /// Some object was rejected for want of proof (a typed fact, not a reason text).
     rejected_for_proof: bool,
     pub notes: Vec<String>,
-    /// Messages to send (already built as RFC 5322 bytes), with their envelope.
-    pub outgoing: Vec<Outgoing>,
+    /// The effects committed with the decisions (iMIP replies), for the log and for a
+    /// one-off command that runs them at once; the effects runner sends them.
+    pub effects: Vec<Effect>,
     pub message_id: Option<String>,
     pub had_calendar: bool,
     /// The sender proof the message was judged by (empty for iSchedule bodies).
@@ -88,12 +90,7 @@ pub struct Verdict {
     pub recipients: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
-pub struct Outgoing {
-    pub from: String,
-    pub to: String,
-    pub data: Vec<u8>,
-}
+pub use crate::effects::imip::Outgoing;
 
 impl Verdict {
     /// A one-line summary for a header: `user: METHOD uid outcome (reason); ...`, cleaned of
@@ -429,6 +426,7 @@ impl Pipeline {
                         count: r.count,
                     },
                     proposal: None,
+                    effects: &[],
                 })?;
             }
         }
@@ -536,6 +534,7 @@ impl Pipeline {
                     (None, true) => Change::Delete,
                     _ => Change::Keep,
                 };
+                let effects = self.reply_effects(rcpt, &inc.uid, &replies, message_id);
                 self.store.commit(&Commit {
                     user: rcpt,
                     uid: &inc.uid,
@@ -543,12 +542,12 @@ impl Pipeline {
                     processed_key: Some(&pkey),
                     journal: &entry,
                     proposal: proposal.as_ref(),
+                    effects: &effects,
                 })?;
-                for r in replies {
-                    v.outgoing.push(self.build(&r, message_id));
-                }
+                v.effects.extend(effects);
             }
             Decision::IgnoredWithReply(_, replies) => {
+                let effects = self.reply_effects(rcpt, &inc.uid, &replies, message_id);
                 self.store.commit(&Commit {
                     user: rcpt,
                     uid: &inc.uid,
@@ -556,10 +555,9 @@ impl Pipeline {
                     processed_key: Some(&pkey),
                     journal: &entry,
                     proposal: None,
+                    effects: &effects,
                 })?;
-                for r in replies {
-                    v.outgoing.push(self.build(&r, message_id));
-                }
+                v.effects.extend(effects);
             }
             Decision::Ignored(_) => {
                 self.store.commit(&Commit {
@@ -569,6 +567,7 @@ impl Pipeline {
                     processed_key: None,
                     journal: &entry,
                     proposal: None,
+                    effects: &[],
                 })?;
             }
             Decision::Rejected(reason) => rejected = Some(reason),
@@ -601,6 +600,13 @@ impl Pipeline {
                 if v.sync_freebusy {
                     out.reason = format!("free/busy answered with {} busy period(s)", busy.len());
                 }
+                // A synchronous door answers in its response; mail gets an iMIP reply, committed
+                // with the decision.
+                let effects = if v.sync_freebusy {
+                    Vec::new()
+                } else {
+                    self.reply_effects(rcpt, &inc.uid, std::slice::from_ref(&reply), message_id)
+                };
                 self.store.commit(&Commit {
                     user: rcpt,
                     uid: &inc.uid,
@@ -608,15 +614,15 @@ impl Pipeline {
                     processed_key: Some(pkey),
                     journal: &journal(&out.outcome, &out.reason),
                     proposal: None,
+                    effects: &effects,
                 })?;
                 if v.sync_freebusy {
                     v.freebusy.push(FreeBusyAnswer {
                         recipient: rcpt.to_string(),
                         calendar: reply.calendar.to_ical(),
                     });
-                } else {
-                    v.outgoing.push(self.build(&reply, message_id));
                 }
+                v.effects.extend(effects);
             }
             Err(r) => {
                 out.outcome = "rejected".into();
@@ -683,17 +689,29 @@ impl Pipeline {
         }
     }
 
-    fn build(&self, m: &OutMessage, in_reply_to: Option<&str>) -> Outgoing {
-        Outgoing {
-            from: self
-                .config
-                .outbound
-                .envelope_from
-                .clone()
-                .unwrap_or_else(|| m.from.clone()),
-            to: m.to.clone(),
-            data: crate::outbound::build_imip(m, in_reply_to),
+    /// The iMIP replies of one decision as effects of `rcpt`'s object `uid`.
+    fn reply_effects(
+        &self,
+        rcpt: &str,
+        uid: &str,
+        replies: &[OutMessage],
+        in_reply_to: Option<&str>,
+    ) -> Vec<Effect> {
+        if replies.is_empty() {
+            return Vec::new();
         }
+        let host = self
+            .config
+            .authserv_id
+            .clone()
+            .unwrap_or_else(crate::proof::hostname);
+        replies
+            .iter()
+            .map(|m| {
+                crate::outbound::outgoing(&self.config, m, in_reply_to)
+                    .into_effect(rcpt, uid, &host)
+            })
+            .collect()
     }
 
     /// Records iTIP that a local user sent (authenticated submission) in their own calendar.
@@ -751,6 +769,7 @@ impl Pipeline {
                 processed_key: None,
                 journal: &entry,
                 proposal: None,
+                effects: &[],
             })?;
             outs.push(o);
         }
@@ -809,6 +828,7 @@ impl Pipeline {
             processed_key: None,
             journal: &entry,
             proposal: None,
+            effects: &[],
         })?;
         Ok(true)
     }
@@ -871,6 +891,7 @@ impl Pipeline {
                         processed_key: None,
                         journal: &entry,
                         proposal: None,
+                        effects: &[],
                     })
                     .map_err(|e| e.to_string())?;
                 uids.push(obj.uid.clone());

@@ -1,0 +1,262 @@
+//! The effects runner: drains the effects commits left in the store (iMIP replies, iSchedule
+//! relays, plugin work), each through the handler registered for its kind. At least once per
+//! effect: an attempt is marked done only after its handler succeeded, so a crash in between
+//! repeats it. A failed attempt is retried with backoff ([`effects::backoff_secs`]); one the
+//! peer refused for good, or that failed [`effects::MAX_ATTEMPTS`] times, is set aside
+//! (`Store::failed_effects`). Each attempt writes an effect line to the journal.
+//!
+//! The runner never blocks mail: the doors only commit effects and wake it.
+
+use crate::store::Store;
+use imipd_core::effects::{self, Effect, EffectError, EffectKind, EffectLine, PendingEffect};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One attempt at an effect: Ok with what was done, for the journal line.
+pub type Attempt = Pin<Box<dyn Future<Output = Result<String, EffectError>> + Send>>;
+
+/// Carries out effects of one kind.
+pub trait Handler: Send + Sync {
+    fn attempt(&self, effect: Effect) -> Attempt;
+}
+
+/// The handlers by effect kind. The daemon builds one per configuration (see
+/// `app::Core::build_state`): iMIP when a transport is configured, iSchedule when the relay
+/// is on, and one per enabled plugin that has effects (`EffectKind::Plugin(name)`). An effect
+/// whose kind has no handler waits in the store untouched.
+#[derive(Default, Clone)]
+pub struct Registry {
+    handlers: HashMap<String, Arc<dyn Handler>>,
+}
+
+/// Plugin kinds get their own key space, so that a plugin named "imip" cannot take iMIP.
+fn key(kind: &EffectKind) -> String {
+    match kind {
+        EffectKind::Plugin(name) => format!("plugin:{name}"),
+        k => k.name().to_string(),
+    }
+}
+
+impl Registry {
+    pub fn register(&mut self, kind: &EffectKind, handler: Arc<dyn Handler>) {
+        self.handlers.insert(key(kind), handler);
+    }
+
+    pub fn handler(&self, kind: &EffectKind) -> Option<Arc<dyn Handler>> {
+        self.handlers.get(&key(kind)).cloned()
+    }
+
+    /// A registry with iMIP sent over `transport` (when there is one).
+    pub fn with_imip(transport: Option<crate::outbound::Transport>) -> Registry {
+        let mut r = Registry::default();
+        if let Some(transport) = transport {
+            r.register(
+                &EffectKind::Imip,
+                Arc::new(crate::effects::imip::Handler { transport }),
+            );
+        }
+        r
+    }
+
+    /// The registry `cfg` asks for without a daemon around it (the CLI): iMIP through
+    /// `[outbound] transport`, or into `outbox` when given.
+    pub fn for_config(
+        cfg: &crate::config::Config,
+        outbox: Option<&std::path::Path>,
+    ) -> Result<Registry, String> {
+        let transport = match (outbox, &cfg.outbound.transport) {
+            (Some(dir), _) => Some(crate::outbound::Transport::Outbox(dir.to_path_buf())),
+            (None, Some(t)) => Some(crate::outbound::Transport::parse(t)?),
+            (None, None) => None,
+        };
+        Ok(Registry::with_imip(transport))
+    }
+}
+
+/// What happened to the effects one pass tried.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    pub delivered: usize,
+    pub retrying: usize,
+    pub failed: usize,
+    /// Due but no handler for their kind (no transport configured, plugin not enabled).
+    pub waiting: usize,
+}
+
+/// An attempt that takes longer than this counts as failed (and is retried); handlers have
+/// shorter timeouts of their own (SMTP 60 s, sendmail 120 s, iSchedule per request).
+const ATTEMPT_LIMIT: Duration = Duration::from_secs(300);
+
+/// Effects tried per pass before the runner looks at the clock and its wakeups again.
+const PASS_SIZE: usize = 256;
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("imipd: {}", crate::sanitize::clean(msg.as_ref()));
+}
+
+/// Tries one pending effect once and records the outcome (done, deferred or set aside, each
+/// with its journal line). Returns the outcome, or None when no handler takes its kind.
+pub async fn attempt(
+    store: &dyn Store,
+    registry: &Registry,
+    p: &PendingEffect,
+) -> Option<&'static str> {
+    let e = &p.effect;
+    let handler = registry.handler(&e.kind)?;
+    let res = match tokio::time::timeout(ATTEMPT_LIMIT, handler.attempt(e.clone())).await {
+        Ok(r) => r,
+        Err(_) => Err(EffectError {
+            message: format!("no answer within {} s", ATTEMPT_LIMIT.as_secs()),
+            permanent: false,
+        }),
+    };
+    let ts = now();
+    let (outcome, reason, stored) = match res {
+        Ok(what) => {
+            let l = EffectLine::new(e, ts, "delivered", &what);
+            ("delivered", what, store.effect_done(&e.id, &l))
+        }
+        Err(err) if err.permanent || p.attempts + 1 >= effects::MAX_ATTEMPTS => {
+            let reason = if err.permanent {
+                format!("{err} (refused for good; set aside)")
+            } else {
+                format!("{err} ({} attempts; set aside)", p.attempts + 1)
+            };
+            let l = EffectLine::new(e, ts, "failed", &reason);
+            ("failed", reason, store.fail_effect(&e.id, &l))
+        }
+        Err(err) => {
+            let reason = format!(
+                "{err} (attempt {}; next in {} s)",
+                p.attempts + 1,
+                effects::backoff_secs(p.attempts)
+            );
+            let l = EffectLine::new(e, ts, "retrying", &reason);
+            ("retrying", reason, store.defer_effect(&e.id, ts, &l))
+        }
+    };
+    crate::metrics::effect(e.kind.name(), outcome);
+    log(format!(
+        "effects: {} user={} uid={} id={} {outcome}: {reason}",
+        e.kind.name(),
+        if e.user.is_empty() { "-" } else { &e.user },
+        if e.uid.is_empty() { "-" } else { &e.uid },
+        e.id
+    ));
+    if let Err(err) = stored {
+        // The outcome could not be recorded: the effect stays as it was and is tried again.
+        log(format!(
+            "effects: cannot record the outcome of {}: {err}",
+            e.id
+        ));
+    }
+    Some(outcome)
+}
+
+fn count(pass: &mut Pass, outcome: Option<&str>) {
+    match outcome {
+        Some("delivered") => pass.delivered += 1,
+        Some("retrying") => pass.retrying += 1,
+        Some("failed") => pass.failed += 1,
+        _ => pass.waiting += 1,
+    }
+}
+
+/// Tries the effects with these ids once each (those still pending), in order: what a
+/// one-off command does with the effects it caused. What fails stays queued.
+pub async fn run_these(store: &dyn Store, registry: &Registry, ids: &[String]) -> Pass {
+    let mut pass = Pass::default();
+    if ids.is_empty() {
+        return pass;
+    }
+    let pending = match store.pending_effects(usize::MAX) {
+        Ok(p) => p,
+        Err(e) => {
+            log(format!("effects: cannot read the pending effects: {e}"));
+            return pass;
+        }
+    };
+    for p in pending.iter().filter(|p| ids.contains(&p.effect.id)) {
+        count(&mut pass, attempt(store, registry, p).await);
+    }
+    let _ = store.flush();
+    pass
+}
+
+/// One pass over the effects due at `due_at` (at most [`PASS_SIZE`]); stops early when
+/// `stop` turns true (the effect being tried stays pending and is tried again after restart).
+async fn pass(
+    store: &dyn Store,
+    registry: &Registry,
+    due_at: i64,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Pass {
+    let mut pass = Pass::default();
+    let due = match store.due_effects(due_at, PASS_SIZE) {
+        Ok(d) => d,
+        Err(e) => {
+            log(format!("effects: cannot read the pending effects: {e}"));
+            return pass;
+        }
+    };
+    for p in &due {
+        if *stop.borrow() {
+            break;
+        }
+        tokio::select! {
+            o = attempt(store, registry, p) => count(&mut pass, o),
+            _ = stop.changed() => break,
+        }
+    }
+    if pass != Pass::default() {
+        let _ = store.flush();
+    }
+    pass
+}
+
+/// Drains due effects until `shutdown` turns true: at start, whenever `wake` is notified (a
+/// commit added effects) and every 30 s. The first pass tries every pending effect, due or
+/// not: a restart is when an administrator has fixed what made them fail.
+pub async fn run(
+    store: Arc<dyn Store>,
+    registry: impl Fn() -> Arc<Registry> + Send + 'static,
+    wake: Arc<tokio::sync::Notify>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut due_at = i64::MAX;
+    loop {
+        let reg = registry();
+        loop {
+            let p = pass(store.as_ref(), &reg, due_at, &mut shutdown).await;
+            // Deferred effects wait for their time from here on.
+            due_at = now();
+            // A full pass of work done may have left more: go on at once, but not for
+            // effects that are only waiting for a handler.
+            if p.delivered + p.retrying + p.failed < PASS_SIZE || *shutdown.borrow() {
+                break;
+            }
+        }
+        if let Ok((pending, failed)) = store.effect_counts() {
+            crate::metrics::effects_queue(pending, failed);
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        due_at = now();
+    }
+}
