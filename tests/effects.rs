@@ -22,7 +22,8 @@ END:VEVENT\r\nEND:VCALENDAR\r\n";
 
 /// A REFRESH from the attendee, proven by a trusted upstream's DKIM result: the organizer's
 /// calendar answers it with the current REQUEST (RFC 5546 3.2.6).
-const REFRESH: &str = "Authentication-Results: upstream.example; dkim=pass header.d=remote.example\r\n\
+const REFRESH: &str =
+    "Authentication-Results: upstream.example; dkim=pass header.d=remote.example\r\n\
 From: Dave <dave@remote.example>\r\nTo: bob@example.org\r\nSubject: Refresh\r\n\
 Message-ID: <refresh-crash@remote.example>\r\nDate: Mon, 05 Jan 2026 09:00:00 +0000\r\n\
 MIME-Version: 1.0\r\nContent-Type: text/calendar; method=REFRESH; charset=utf-8\r\n\r\n\
@@ -202,13 +203,21 @@ fn reply_committed_before_a_crash_is_sent_after_restart() {
         .status()
         .expect("kill");
     assert!(st.success());
-    assert!(wait_gone(pid, Duration::from_secs(10)), "imipd survived SIGKILL");
+    assert!(
+        wait_gone(pid, Duration::from_secs(10)),
+        "imipd survived SIGKILL"
+    );
     drop(imipd);
 
     let sink = Sink::start(smtp_port);
     let mut imipd = Imipd::start(dir, &config(dir, smtp_port), &[]);
     let got = sink.wait(1, Duration::from_secs(30));
-    assert_eq!(got.len(), 1, "no reply reached the sink; log:\n{}", imipd.log());
+    assert_eq!(
+        got.len(),
+        1,
+        "no reply reached the sink; log:\n{}",
+        imipd.log()
+    );
     let m = &got[0];
     assert!(m.contains("RCPT TO:<dave@remote.example>"), "{m}");
     assert!(m.contains("MAIL FROM:<bob@example.org>"), "{m}");
@@ -217,7 +226,10 @@ fn reply_committed_before_a_crash_is_sent_after_restart() {
         m.contains("method=REQUEST") || m.contains("method=\"REQUEST\""),
         "{m}"
     );
-    assert!(m.contains("refresh-crash@remote.example"), "In-Reply-To: {m}");
+    assert!(
+        m.contains("refresh-crash@remote.example"),
+        "In-Reply-To: {m}"
+    );
     let delivered = wait_effect(&imipd, "delivered");
     assert_eq!(delivered["uid"], "crash-refresh@example.org", "{delivered}");
     // Sent once: nothing more arrives, and the journal shows one delivery.
@@ -284,6 +296,10 @@ fn process_leaves_a_failed_reply_queued_for_the_daemon() {
     let mut imipd = Imipd::start(dir, &config(dir, smtp_port), &[]);
     let got = sink.wait(1, Duration::from_secs(30));
     assert_eq!(got.len(), 1, "log:\n{}", imipd.log());
-    assert!(got[0].contains("UID:crash-refresh@example.org"), "{}", got[0]);
+    assert!(
+        got[0].contains("UID:crash-refresh@example.org"),
+        "{}",
+        got[0]
+    );
     assert_eq!(imipd.stop(), Some(0), "{}", imipd.log());
 }
