@@ -303,3 +303,86 @@ fn process_leaves_a_failed_reply_queued_for_the_daemon() {
     );
     assert_eq!(imipd.stop(), Some(0), "{}", imipd.log());
 }
+
+/// `GET /metrics` on the daemon's metrics port (from its "metrics listening" log line).
+fn metrics(imipd: &Imipd) -> String {
+    let port: u16 = imipd
+        .log()
+        .lines()
+        .find_map(|l| l.split("metrics listening on inet:").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("metrics port in the log");
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("metrics connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut out);
+    out
+}
+
+/// Replies an older version queued as files (`outbox/queue/*.eml` with `.env` envelopes) are
+/// moved into the store at startup and sent; one whose envelope file is missing (a crash
+/// between the two writes) takes its envelope from its headers. The metrics count them.
+#[test]
+fn old_queue_files_are_moved_into_the_store_and_sent() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let queue = dir.join("data").join("outbox").join("queue");
+    std::fs::create_dir_all(&queue).unwrap();
+    let msg = |to: &str| {
+        format!(
+            "From: bob@example.org\r\nTo: {to}\r\nSubject: old\r\nMessage-ID: <old-{to}>\r\n\r\nqueued before the upgrade\r\n"
+        )
+    };
+    std::fs::write(queue.join("1.eml"), msg("carol@remote.example")).unwrap();
+    std::fs::write(
+        queue.join("1.env"),
+        r#"{"from":"bounces@example.org","to":"carol@remote.example"}"#,
+    )
+    .unwrap();
+    std::fs::write(queue.join("2.eml"), msg("dave@remote.example")).unwrap();
+    let smtp_port = free_port();
+    let sink = Sink::start(smtp_port);
+    let cfg = format!(
+        "{}[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        config(dir, smtp_port)
+    );
+    let mut imipd = Imipd::start(dir, &cfg, &[]);
+    let got = sink.wait(2, Duration::from_secs(30));
+    assert_eq!(got.len(), 2, "log:\n{}", imipd.log());
+    assert!(
+        got[0].contains("MAIL FROM:<bounces@example.org>"),
+        "{}",
+        got[0]
+    );
+    assert!(
+        got[0].contains("RCPT TO:<carol@remote.example>"),
+        "{}",
+        got[0]
+    );
+    assert!(got[1].contains("MAIL FROM:<bob@example.org>"), "{}", got[1]);
+    assert!(
+        got[1].contains("RCPT TO:<dave@remote.example>"),
+        "{}",
+        got[1]
+    );
+    assert!(
+        std::fs::read_dir(&queue).unwrap().next().is_none(),
+        "queue files left behind"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = metrics(&imipd);
+        if m.contains("imipd_effects_total{effect=\"imip\",outcome=\"delivered\"} 2")
+            && m.contains("imipd_effects_pending 0")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(imipd.stop(), Some(0), "{}", imipd.log());
+}

@@ -401,3 +401,39 @@ pub async fn send(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ical::Component;
+    use crate::itip::Method;
+
+    fn reply() -> OutMessage {
+        let mut cal = Component::new("VCALENDAR");
+        cal.props.push(crate::ical::Prop::new("METHOD", "REPLY"));
+        OutMessage {
+            from: "bob@example.org".into(),
+            to: "alice@example.com".into(),
+            method: Method::Reply,
+            calendar: cal,
+            summary: "Review".into(),
+        }
+    }
+
+    #[test]
+    fn envelope_from_is_honoured_and_survives_the_effect_payload() {
+        let mut cfg = crate::config::Config::default();
+        let plain = outgoing(&cfg, &reply(), Some("<m@x>"));
+        assert_eq!(plain.from, "bob@example.org");
+        cfg.outbound.envelope_from = Some("bounces@example.org".into());
+        let m = outgoing(&cfg, &reply(), Some("<m@x>"));
+        assert_eq!(m.from, "bounces@example.org");
+        assert!(String::from_utf8_lossy(&m.data).contains("In-Reply-To: <m@x>"));
+        let e = m.clone().into_effect("bob@example.org", "u1", "host");
+        assert_eq!(e.kind, EffectKind::Imip);
+        assert_eq!(Outgoing::from_effect(&e), Some(m));
+        let mut damaged = e.clone();
+        damaged.payload.truncate(3);
+        assert_eq!(Outgoing::from_effect(&damaged), None);
+    }
+}
