@@ -90,8 +90,8 @@ pub struct Pass {
 /// shorter timeouts of their own (SMTP 60 s, sendmail 120 s, iSchedule per request).
 const ATTEMPT_LIMIT: Duration = Duration::from_secs(300);
 
-/// Effects tried per pass before the runner looks at the clock and its wakeups again.
-const PASS_SIZE: usize = 256;
+/// Effects read from the store at a time.
+const PAGE: usize = 256;
 
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -193,8 +193,9 @@ pub async fn run_these(store: &dyn Store, registry: &Registry, ids: &[String]) -
     pass
 }
 
-/// One pass over the effects due at `due_at` (at most [`PASS_SIZE`]); stops early when
-/// `stop` turns true (the effect being tried stays pending and is tried again after restart).
+/// One pass over the effects due at `due_at`, oldest first, a page at a time (so effects that
+/// only wait for a handler never hide the ones behind them); stops early when `stop` turns
+/// true (the effect being tried stays pending and is tried again later).
 async fn pass(
     store: &dyn Store,
     registry: &Registry,
@@ -202,23 +203,30 @@ async fn pass(
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Pass {
     let mut pass = Pass::default();
-    let due = match store.due_effects(due_at, PASS_SIZE) {
-        Ok(d) => d,
-        Err(e) => {
-            log(format!("effects: cannot read the pending effects: {e}"));
-            return pass;
+    let mut after: Option<String> = None;
+    'pages: loop {
+        let page = match store.due_effects(due_at, after.as_deref(), PAGE) {
+            Ok(d) => d,
+            Err(e) => {
+                log(format!("effects: cannot read the pending effects: {e}"));
+                break;
+            }
+        };
+        for p in &page {
+            if *stop.borrow() {
+                break 'pages;
+            }
+            tokio::select! {
+                o = attempt(store, registry, p) => count(&mut pass, o),
+                _ = stop.changed() => break 'pages,
+            }
         }
-    };
-    for p in &due {
-        if *stop.borrow() {
+        if page.len() < PAGE {
             break;
         }
-        tokio::select! {
-            o = attempt(store, registry, p) => count(&mut pass, o),
-            _ = stop.changed() => break,
-        }
+        after = page.last().map(|p| p.effect.id.clone());
     }
-    if pass != Pass::default() {
+    if pass.delivered + pass.retrying + pass.failed > 0 {
         let _ = store.flush();
     }
     pass
@@ -235,16 +243,9 @@ pub async fn run(
 ) {
     let mut due_at = i64::MAX;
     loop {
-        let reg = registry();
-        loop {
-            let p = pass(store.as_ref(), &reg, due_at, &mut shutdown).await;
-            // Deferred effects wait for their time from here on.
-            due_at = now();
-            // A full pass of work done may have left more: go on at once, but not for
-            // effects that are only waiting for a handler.
-            if p.delivered + p.retrying + p.failed < PASS_SIZE || *shutdown.borrow() {
-                break;
-            }
+        pass(store.as_ref(), &registry(), due_at, &mut shutdown).await;
+        if *shutdown.borrow() {
+            return;
         }
         if let Ok((pending, failed)) = store.effect_counts() {
             crate::metrics::effects_queue(pending, failed);
@@ -258,5 +259,131 @@ pub async fn run(
             return;
         }
         due_at = now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A plugin's handler as the seam takes it: fails `transient` times, then succeeds;
+    /// refuses for good when `permanent`.
+    struct Probe {
+        calls: AtomicUsize,
+        transient: usize,
+        permanent: bool,
+    }
+
+    impl Handler for Probe {
+        fn attempt(&self, effect: Effect) -> Attempt {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            let (transient, permanent) = (self.transient, self.permanent);
+            Box::pin(async move {
+                if permanent {
+                    return Err(EffectError {
+                        message: "410 gone".into(),
+                        permanent: true,
+                    });
+                }
+                if n < transient {
+                    return Err(EffectError {
+                        message: "503 busy".into(),
+                        permanent: false,
+                    });
+                }
+                Ok(format!("PUT {}", effect.uid))
+            })
+        }
+    }
+
+    fn effect(kind: &str, uid: &str) -> Effect {
+        Effect::new(
+            EffectKind::Plugin(kind.into()),
+            "bob@example.org",
+            uid,
+            Vec::new(),
+            "h",
+        )
+    }
+
+    #[tokio::test]
+    async fn plugin_effects_are_retried_set_aside_or_left_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Sled::open(dir.path()).unwrap();
+        let mut reg = Registry::default();
+        reg.register(
+            &EffectKind::Plugin("caldav".into()),
+            Arc::new(Probe {
+                calls: AtomicUsize::new(0),
+                transient: 1,
+                permanent: false,
+            }),
+        );
+        reg.register(
+            &EffectKind::Plugin("webhook".into()),
+            Arc::new(Probe {
+                calls: AtomicUsize::new(0),
+                transient: 0,
+                permanent: true,
+            }),
+        );
+        // A plugin named like a built-in kind does not take that kind's effects.
+        reg.register(
+            &EffectKind::Plugin("imip".into()),
+            Arc::new(Probe {
+                calls: AtomicUsize::new(0),
+                transient: 0,
+                permanent: false,
+            }),
+        );
+        let (a, b, c) = (
+            effect("caldav", "u1"),
+            effect("webhook", "u2"),
+            effect("disabled", "u3"),
+        );
+        let imip = Effect::new(EffectKind::Imip, "bob@example.org", "u4", vec![], "h");
+        store
+            .add_effects(&[a.clone(), b.clone(), c.clone(), imip.clone()])
+            .unwrap();
+        let ids: Vec<String> = [&a, &b, &c, &imip].iter().map(|e| e.id.clone()).collect();
+
+        let first = run_these(&store, &reg, &ids).await;
+        assert_eq!(
+            first,
+            Pass {
+                delivered: 0,
+                retrying: 1,
+                failed: 1,
+                waiting: 2
+            }
+        );
+        let second = run_these(&store, &reg, &ids).await;
+        assert_eq!(second.delivered, 1, "{second:?}");
+        let left: Vec<String> = store
+            .pending_effects(10)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.effect.id)
+            .collect();
+        assert_eq!(left, vec![c.id.clone(), imip.id.clone()]);
+        assert_eq!(store.failed_effects(10).unwrap()[0].effect.id, b.id);
+        let lines: Vec<(String, String)> = store
+            .journal_lines(&Default::default(), 10)
+            .unwrap()
+            .into_iter()
+            .filter_map(|l| match l {
+                crate::store::JournalLine::Effect(e) => Some((e.effect, e.outcome)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("caldav".to_string(), "retrying".to_string()),
+                ("webhook".into(), "failed".into()),
+                ("caldav".into(), "delivered".into()),
+            ]
+        );
     }
 }

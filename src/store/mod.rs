@@ -96,8 +96,13 @@ impl Store for Faulty {
     fn add_effects(&self, effects: &[Effect]) -> Result<()> {
         self.inner.add_effects(effects)
     }
-    fn due_effects(&self, now: i64, limit: usize) -> Result<Vec<PendingEffect>> {
-        self.inner.due_effects(now, limit)
+    fn due_effects(
+        &self,
+        now: i64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<PendingEffect>> {
+        self.inner.due_effects(now, after, limit)
     }
     fn pending_effects(&self, limit: usize) -> Result<Vec<PendingEffect>> {
         self.inner.pending_effects(limit)

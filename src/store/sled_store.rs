@@ -331,9 +331,22 @@ impl Store for Sled {
         self.t.apply_batch(batch).map_err(io)
     }
 
-    fn due_effects(&self, now: i64, limit: usize) -> Result<Vec<PendingEffect>> {
+    fn due_effects(
+        &self,
+        now: i64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<PendingEffect>> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(id) => Bound::Excluded(effect_key(b'e', id)),
+            None => Bound::Included(vec![b'e']),
+        };
         let mut out = Vec::new();
-        for kv in self.t.scan_prefix(b"e") {
+        for kv in self
+            .t
+            .range::<Vec<u8>, _>((start, Bound::Excluded(vec![b'e' + 1])))
+        {
             if out.len() >= limit {
                 break;
             }
@@ -789,21 +802,26 @@ mod tests {
         }
         let s = Sled::open(dir.path()).unwrap();
         assert!(s.get("bob@example.org", "u1").unwrap().is_some());
-        let due = s.due_effects(0, 10).unwrap();
+        let due = s.due_effects(0, None, 10).unwrap();
         assert_eq!(
             due.iter().map(|p| p.effect.clone()).collect::<Vec<_>>(),
             vec![a.clone(), b.clone(), c.clone()],
             "in id order, payload intact"
         );
         assert!(due.iter().all(|p| p.attempts == 0));
+        let page = s.due_effects(0, Some(&a.id), 1).unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].effect.id, b.id, "paging starts after the id given");
 
         let line = |e: &Effect, o: &str| EffectLine::new(e, 200, o, "why");
         s.effect_done(&a.id, &line(&a, "delivered")).unwrap();
         s.defer_effect(&b.id, 200, &line(&b, "retrying")).unwrap();
         s.fail_effect(&c.id, &line(&c, "failed")).unwrap();
 
-        assert!(s.due_effects(200, 10).unwrap().is_empty(), "b waits");
-        let later = s.due_effects(200 + effects::backoff_secs(0), 10).unwrap();
+        assert!(s.due_effects(200, None, 10).unwrap().is_empty(), "b waits");
+        let later = s
+            .due_effects(200 + effects::backoff_secs(0), None, 10)
+            .unwrap();
         assert_eq!(later.len(), 1);
         assert_eq!(later[0].effect.id, b.id);
         assert_eq!(later[0].attempts, 1);

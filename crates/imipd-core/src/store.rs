@@ -154,8 +154,13 @@ pub trait Store: Send + Sync {
     /// older version's queue directory), durable once this returns and the store is flushed.
     fn add_effects(&self, effects: &[Effect]) -> Result<()>;
     /// Up to `limit` pending effects whose `not_before` has come (`now`, UNIX seconds), oldest
-    /// first.
-    fn due_effects(&self, now: i64, limit: usize) -> Result<Vec<PendingEffect>>;
+    /// first, starting after the effect id `after` (paging; None: from the oldest).
+    fn due_effects(
+        &self,
+        now: i64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<PendingEffect>>;
     /// Every pending effect, due or not (oldest first, at most `limit`).
     fn pending_effects(&self, limit: usize) -> Result<Vec<PendingEffect>>;
     /// The effect is done: removes it and writes `line`, in one batch. An unknown id (done
