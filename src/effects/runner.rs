@@ -90,7 +90,7 @@ pub struct Pass {
 /// shorter timeouts of their own (SMTP 60 s, sendmail 120 s, iSchedule per request).
 const ATTEMPT_LIMIT: Duration = Duration::from_secs(300);
 
-/// Effects read from the store at a time.
+/// Effects read from the store at a time, and tried at most per lane before the next scan.
 const PAGE: usize = 256;
 
 fn now() -> i64 {
@@ -193,69 +193,109 @@ pub async fn run_these(store: &dyn Store, registry: &Registry, ids: &[String]) -
     pass
 }
 
-/// One pass over the effects due at `due_at`, oldest first, a page at a time (so effects that
-/// only wait for a handler never hide the ones behind them); stops early when `stop` turns
-/// true (the effect being tried stays pending and is tried again later).
-async fn pass(
-    store: &dyn Store,
-    registry: &Registry,
-    due_at: i64,
-    stop: &mut tokio::sync::watch::Receiver<bool>,
-) -> Pass {
-    let mut pass = Pass::default();
-    let mut after: Option<String> = None;
-    'pages: loop {
-        let page = match store.due_effects(due_at, after.as_deref(), PAGE) {
-            Ok(d) => d,
-            Err(e) => {
-                log(format!("effects: cannot read the pending effects: {e}"));
+/// Pages of due effects one scan reads at most; what lies beyond waits for the next scan.
+const SCAN_PAGES: usize = 16;
+
+/// The lanes under way: one task per effect kind, trying that kind's due effects in order.
+#[derive(Default)]
+struct Lanes {
+    set: tokio::task::JoinSet<()>,
+    kinds: HashMap<tokio::task::Id, String>,
+}
+
+impl Lanes {
+    fn busy(&self, kind: &str) -> bool {
+        self.kinds.values().any(|k| k == kind)
+    }
+
+    /// Starts a lane for every kind that has due effects, a handler and no lane yet.
+    fn start(&mut self, store: &Arc<dyn Store>, registry: &Arc<Registry>, due_at: i64) {
+        let mut per_kind: std::collections::BTreeMap<String, Vec<PendingEffect>> =
+            Default::default();
+        let mut after: Option<String> = None;
+        for _ in 0..SCAN_PAGES {
+            let page = match store.due_effects(due_at, after.as_deref(), PAGE) {
+                Ok(d) => d,
+                Err(e) => {
+                    log(format!("effects: cannot read the pending effects: {e}"));
+                    return;
+                }
+            };
+            let full = page.len() == PAGE;
+            after = page.last().map(|p| p.effect.id.clone());
+            for p in page {
+                let k = key(&p.effect.kind);
+                if self.busy(&k) || registry.handler(&p.effect.kind).is_none() {
+                    continue;
+                }
+                let lane = per_kind.entry(k).or_default();
+                if lane.len() < PAGE {
+                    lane.push(p);
+                }
+            }
+            if !full {
                 break;
             }
-        };
-        for p in &page {
-            if *stop.borrow() {
-                break 'pages;
-            }
-            tokio::select! {
-                o = attempt(store, registry, p) => count(&mut pass, o),
-                _ = stop.changed() => break 'pages,
-            }
         }
-        if page.len() < PAGE {
-            break;
+        for (kind, lane) in per_kind {
+            let (store, registry) = (store.clone(), registry.clone());
+            let h = self.set.spawn(async move {
+                for e in &lane {
+                    attempt(store.as_ref(), &registry, e).await;
+                }
+                let _ = tokio::task::spawn_blocking(move || store.flush()).await;
+            });
+            self.kinds.insert(h.id(), kind);
         }
-        after = page.last().map(|p| p.effect.id.clone());
     }
-    if pass.delivered + pass.retrying + pass.failed > 0 {
-        let _ = store.flush();
+
+    /// Waits for a lane to finish and frees its kind (pending forever when none runs).
+    async fn finished(&mut self) {
+        match self.set.join_next_with_id().await {
+            Some(Ok((id, ()))) => {
+                self.kinds.remove(&id);
+            }
+            Some(Err(e)) => {
+                log(format!("effects: a lane of attempts failed: {e}"));
+                self.kinds.remove(&e.id());
+            }
+            None => std::future::pending().await,
+        }
     }
-    pass
 }
 
 /// Drains due effects until `shutdown` turns true: at start, whenever `wake` is notified (a
-/// commit added effects) and every 30 s. The first pass tries every pending effect, due or
-/// not: a restart is when an administrator has fixed what made them fail.
+/// commit added effects), when a lane finished, and every 30 s. Each kind runs in its own lane,
+/// in order within it, so that a slow peer of one kind (an SMTP server that lets connections
+/// time out) never holds up another (a plugin's CalDAV server) or the next scan. The first
+/// scan takes every pending effect, due or not: a restart is when an administrator has fixed
+/// what made them fail. At shutdown, attempts under way are dropped (their effects stay
+/// pending and are tried again at the next start).
 pub async fn run(
     store: Arc<dyn Store>,
     registry: impl Fn() -> Arc<Registry> + Send + 'static,
     wake: Arc<tokio::sync::Notify>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut lanes = Lanes::default();
     let mut due_at = i64::MAX;
     loop {
-        pass(store.as_ref(), &registry(), due_at, &mut shutdown).await;
-        if *shutdown.borrow() {
-            return;
-        }
+        lanes.start(&store, &registry(), due_at);
         if let Ok((pending, failed)) = store.effect_counts() {
             crate::metrics::effects_queue(pending, failed);
         }
         tokio::select! {
             _ = wake.notified() => {}
+            _ = lanes.finished() => {}
             _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-            _ = shutdown.changed() => return,
+            r = shutdown.changed() => if r.is_err() {
+                // The daemon is gone: nobody will ask us to stop any more.
+                lanes.set.abort_all();
+                return;
+            },
         }
         if *shutdown.borrow() {
+            lanes.set.abort_all();
             return;
         }
         due_at = now();
@@ -385,5 +425,64 @@ mod tests {
                 ("caldav".into(), "delivered".into()),
             ]
         );
+    }
+
+    /// Never answers: a peer that lets the connection hang.
+    struct Hang;
+
+    impl Handler for Hang {
+        fn attempt(&self, _: Effect) -> Attempt {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    /// The daemon's loop: a hanging kind does not hold up another, a wakeup is enough to get a
+    /// new effect tried, and shutdown returns at once (the hanging effect stays pending).
+    #[tokio::test]
+    async fn one_kind_hanging_holds_up_no_other_and_shutdown_is_prompt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(crate::store::Sled::open(dir.path()).unwrap());
+        let mut reg = Registry::default();
+        reg.register(&EffectKind::Plugin("slow".into()), Arc::new(Hang));
+        reg.register(
+            &EffectKind::Plugin("fast".into()),
+            Arc::new(Probe {
+                calls: AtomicUsize::new(0),
+                transient: 0,
+                permanent: false,
+            }),
+        );
+        let reg = Arc::new(reg);
+        let hanging = effect("slow", "u1");
+        store.add_effects(std::slice::from_ref(&hanging)).unwrap();
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(run(store.clone(), move || reg.clone(), wake.clone(), rx));
+        // The runner is now inside the hanging attempt.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let fast = effect("fast", "u2");
+        store.add_effects(std::slice::from_ref(&fast)).unwrap();
+        wake.notify_one();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while store
+            .pending_effects(10)
+            .unwrap()
+            .iter()
+            .any(|p| p.effect.id == fast.id)
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the fast effect waits"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .expect("the runner stops at shutdown")
+            .unwrap();
+        let left = store.pending_effects(10).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].effect.id, hanging.id);
     }
 }
