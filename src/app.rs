@@ -475,16 +475,19 @@ impl Core {
                 .authserv_id
                 .clone()
                 .unwrap_or_else(crate::proof::hostname);
-            let e = crate::effects::relay::effect(raw, sender, recipients, queue_id, &host);
-            let id = e.id.clone();
             let store = self.store.clone();
+            let (raw, sender2, rcpts) = (raw.to_vec(), sender.to_string(), recipients.to_vec());
+            let qid = queue_id.map(str::to_string);
+            // Off the async workers: building the effect reads the message's calendar (its UID).
             let res = tokio::task::spawn_blocking(move || {
+                let e =
+                    crate::effects::relay::effect(&raw, &sender2, &rcpts, qid.as_deref(), &host);
                 store.add_effects(std::slice::from_ref(&e))?;
-                store.flush()
+                store.flush().map(|()| e.id)
             })
             .await;
             match res {
-                Ok(Ok(())) => {
+                Ok(Ok(id)) => {
                     log(format!(
                         "milter: queue_id={} effect=ischedule id={id} user={sender} committed",
                         queue_id.unwrap_or("-")
