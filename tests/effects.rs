@@ -301,6 +301,38 @@ fn process_leaves_a_failed_reply_queued_for_the_daemon() {
         "{}",
         got[0]
     );
+
+    // While the daemon runs, process goes through its control socket and still runs its
+    // effects once: --outbox gets the answer to a second REFRESH.
+    let outbox = dir.join("outbox");
+    let again = REFRESH.replace(
+        "refresh-crash@remote.example",
+        "refresh-again@remote.example",
+    );
+    let (out, err, code) = cli(
+        &[
+            "process",
+            "--trust-sender",
+            "--outbox",
+            outbox.to_str().unwrap(),
+        ],
+        Some(&again),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("\"outcome\":\"applied\""), "{out}\n{err}");
+    let written: Vec<String> = std::fs::read_dir(&outbox)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(written.len(), 1, "{err}\n{}", imipd.log());
+    assert!(
+        written[0].contains("refresh-again@remote.example"),
+        "{}",
+        written[0]
+    );
     assert_eq!(imipd.stop(), Some(0), "{}", imipd.log());
 }
 

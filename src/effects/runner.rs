@@ -24,8 +24,8 @@ pub trait Handler: Send + Sync {
 }
 
 /// The handlers by effect kind. The daemon builds one per configuration (see
-/// `app::Core::build_state`): iMIP when a transport is configured, iSchedule when the relay
-/// is on, and one per enabled plugin that has effects (`EffectKind::Plugin(name)`). An effect
+/// `app::Core::build_state`): iMIP when a transport is configured, iSchedule relays when
+/// iSchedule is configured, and one per enabled plugin that has effects (`EffectKind::Plugin(name)`). An effect
 /// whose kind has no handler waits in the store untouched.
 #[derive(Default, Clone)]
 pub struct Registry {
@@ -76,7 +76,7 @@ impl Registry {
     }
 }
 
-/// What happened to the effects one pass tried.
+/// What happened to the effects [`run_these`] tried.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pass {
     pub delivered: usize,
