@@ -109,6 +109,7 @@ fn populate(store: &Sled, n: usize) {
                 processed_key: None,
                 journal: &entry,
                 proposal: None,
+                effects: &[],
             })
             .expect("commit");
     }

@@ -1,5 +1,6 @@
 //! `imipd run`: the daemon. Starts the front doors the config enables (milter, LMTP), the
-//! control socket for the admin commands, and the outbound queue runner. SIGTERM/SIGINT finish
+//! control socket for the admin commands, and the effects runner (iMIP replies, iSchedule
+//! relays, plugin effects, all committed with the decisions that caused them). SIGTERM/SIGINT finish
 //! in-flight work and stop; SIGHUP reloads the configuration.
 
 use crate::cli::{load_config, Args, CliError, Env, EX_CONFIG, EX_IOERR, EX_TEMPFAIL};
@@ -19,7 +20,8 @@ use tokio::sync::{watch, Notify, Semaphore};
 pub struct Core {
     store: Arc<dyn Store>,
     state: RwLock<State>,
-    queue_wakeup: Notify,
+    /// Wakes the effects runner: a commit added effects.
+    effects_wakeup: Arc<Notify>,
     inflight: AtomicUsize,
     config_path: Option<std::path::PathBuf>,
     data_dir: std::path::PathBuf,
@@ -32,6 +34,8 @@ struct State {
     prover: Arc<Prover>,
     /// iSchedule, when the config enables the receiver or the sender.
     bridge: Option<Arc<crate::ischedule::Bridge>>,
+    /// The effects runner's handlers for this configuration.
+    effects: Arc<crate::effects::runner::Registry>,
 }
 
 /// One log line on stderr; control characters from the input never split or forge a line.
@@ -50,7 +54,11 @@ impl Core {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    fn build_state(store: Arc<dyn Store>, cfg: Config) -> Result<State, String> {
+    fn build_state(
+        store: Arc<dyn Store>,
+        cfg: Config,
+        wake: &Arc<Notify>,
+    ) -> Result<State, String> {
         let cfg = Arc::new(cfg);
         let prover = Arc::new(Prover::new(&crate::config::auth_config(&cfg)?)?);
         let bridge = if cfg.ischedule.listen.is_some() || cfg.ischedule.sends() {
@@ -58,11 +66,26 @@ impl Core {
         } else {
             None
         };
+        let pipeline = Arc::new(Pipeline::new(store, cfg.clone()).waking(wake.clone()));
+        // iMIP through [outbound] transport (none: replies wait in the store); iSchedule
+        // relays when a bridge exists. Plugins with effects register their handler here too.
+        let mut effects = crate::effects::runner::Registry::for_config(&cfg, None)?;
+        if let Some(bridge) = &bridge {
+            effects.register(
+                &imipd_core::effects::EffectKind::Ischedule,
+                Arc::new(crate::effects::relay::Handler {
+                    bridge: bridge.clone(),
+                    pipeline: pipeline.clone(),
+                    wake: wake.clone(),
+                }),
+            );
+        }
         Ok(State {
-            pipeline: Arc::new(Pipeline::new(store, cfg.clone())),
+            pipeline,
             cfg,
             prover,
             bridge,
+            effects: Arc::new(effects),
         })
     }
 
@@ -74,7 +97,7 @@ impl Core {
         match Config::load(path) {
             Ok(mut cfg) => {
                 cfg.data_dir = self.data_dir.clone();
-                match Core::build_state(self.store.clone(), cfg) {
+                match Core::build_state(self.store.clone(), cfg, &self.effects_wakeup) {
                     Ok(st) => {
                         if let Ok(mut s) = self.state.write() {
                             *s = st;
@@ -122,24 +145,23 @@ impl Core {
         Ok(res)
     }
 
-    fn enqueue_outgoing(&self, st: &State, v: &Verdict) {
-        self.enqueue_messages(st, &v.outgoing);
-    }
-
-    fn enqueue_messages(&self, st: &State, msgs: &[crate::pipeline::Outgoing]) {
-        for m in msgs {
-            match crate::outbound::enqueue(&st.cfg, m) {
-                Ok(p) => log(format!(
-                    "queued iMIP {} -> {} ({})",
-                    m.from,
-                    m.to,
-                    p.display()
-                )),
-                Err(e) => log(format!("cannot queue iMIP for {}: {e}", m.to)),
-            }
+    /// Logs the effects a verdict committed and wakes the runner for them.
+    fn effects_committed(&self, door: &str, queue_id: Option<&str>, v: &Verdict) {
+        for e in &v.effects {
+            let to = crate::outbound::Outgoing::from_effect(e)
+                .map(|m| format!(" to={}", m.to))
+                .unwrap_or_default();
+            log(format!(
+                "{door}: queue_id={} effect={} id={} user={} uid={}{to} committed",
+                queue_id.unwrap_or("-"),
+                e.kind.name(),
+                e.id,
+                e.user,
+                e.uid
+            ));
         }
-        if !msgs.is_empty() {
-            self.queue_wakeup.notify_one();
+        if !v.effects.is_empty() {
+            self.effects_wakeup.notify_one();
         }
     }
 
@@ -435,7 +457,7 @@ impl Core {
         }
         Core::log_verdict("milter", env.queue_id.as_deref(), &verdict);
         Core::log_verdict_debug(&st, "milter", &verdict, proof);
-        self.enqueue_outgoing(&st, &verdict);
+        self.effects_committed("milter", env.queue_id.as_deref(), &verdict);
         if !proof.results.is_empty() {
             actions
                 .insert_headers
@@ -466,9 +488,11 @@ impl Core {
 }
 
 impl Core {
-    /// Relays what a local user sent to recipients in iSchedule-capable domains, records the
-    /// per-recipient status on the sender's copy and queues free/busy answers to the sender.
-    /// Returns the recipients (normalized) that got every object over iSchedule.
+    /// Relays what a local user sent to recipients in iSchedule-capable domains.
+    /// `relay = "also"`: committed as an effect for the runner, the milter does not wait.
+    /// `relay = "instead"`: done inline, because end-of-message must say which recipients
+    /// iSchedule took (they are removed from mail delivery); bounded by the iSchedule request
+    /// timeout. Returns those recipients (normalized): the ones that got every object.
     async fn relay(
         &self,
         st: &State,
@@ -478,51 +502,51 @@ impl Core {
         recipients: &[String],
         queue_id: Option<&str>,
     ) -> Vec<String> {
-        let report = bridge.relay_outgoing(raw, sender, recipients).await;
-        for r in &report.relayed {
-            log(format!(
-                "ischedule: queue_id={} {}",
-                queue_id.unwrap_or("-"),
-                r.json()
-            ));
-        }
-        let pipeline = st.pipeline.clone();
-        let store = self.store.clone();
-        let sender2 = sender.to_string();
-        let mut by_uid: std::collections::BTreeMap<String, Vec<(String, String)>> =
-            Default::default();
-        for r in report.relayed.iter().filter(|r| r.component != "VFREEBUSY") {
-            by_uid
-                .entry(r.uid.clone())
-                .or_default()
-                .push((r.recipient.clone(), r.schedule_status()));
-        }
-        let _ = tokio::task::spawn_blocking(move || {
-            for (uid, statuses) in by_uid {
-                if let Err(e) = pipeline.record_schedule_status(&sender2, &uid, &statuses) {
-                    log(format!(
-                        "ischedule: cannot record SCHEDULE-STATUS of {uid}: {e}"
-                    ));
-                }
-            }
-            let _ = store.flush();
-        })
-        .await;
-        let replies: Vec<crate::pipeline::Outgoing> = report
-            .replies
-            .iter()
-            .map(|m| crate::pipeline::Outgoing {
-                from: st
-                    .cfg
-                    .outbound
-                    .envelope_from
-                    .clone()
-                    .unwrap_or_else(|| m.from.clone()),
-                to: m.to.clone(),
-                data: crate::outbound::build_imip(m, None),
+        if st.cfg.ischedule.relay != "instead" {
+            let host = st
+                .cfg
+                .authserv_id
+                .clone()
+                .unwrap_or_else(crate::proof::hostname);
+            let store = self.store.clone();
+            let (raw, sender2, rcpts) = (raw.to_vec(), sender.to_string(), recipients.to_vec());
+            let qid = queue_id.map(str::to_string);
+            // Off the async workers: building the effect reads the message's calendar (its UID).
+            let res = tokio::task::spawn_blocking(move || {
+                let e =
+                    crate::effects::relay::effect(&raw, &sender2, &rcpts, qid.as_deref(), &host);
+                store.add_effects(std::slice::from_ref(&e))?;
+                store.flush().map(|()| e.id)
             })
-            .collect();
-        self.enqueue_messages(st, &replies);
+            .await;
+            match res {
+                Ok(Ok(id)) => {
+                    log(format!(
+                        "milter: queue_id={} effect=ischedule id={id} user={sender} committed",
+                        queue_id.unwrap_or("-")
+                    ));
+                    self.effects_wakeup.notify_one();
+                }
+                // The mail still goes: iSchedule is the faster path next to it.
+                _ => log(format!(
+                    "milter: queue_id={} cannot queue the iSchedule relay; the mail goes as usual",
+                    queue_id.unwrap_or("-")
+                )),
+            }
+            return Vec::new();
+        }
+        let (report, added) = crate::effects::relay::relay_and_record(
+            bridge,
+            &st.pipeline,
+            raw,
+            sender,
+            recipients,
+            queue_id,
+        )
+        .await;
+        if added {
+            self.effects_wakeup.notify_one();
+        }
         let mut delivered: Vec<String> = report
             .relayed
             .iter()
@@ -593,7 +617,7 @@ impl crate::lmtp::Deliver for LmtpDoor {
                 if !v.outcomes.is_empty() || v.had_calendar {
                     Core::log_verdict("lmtp", qid.as_deref(), &v);
                     Core::log_verdict_debug(&st, "lmtp", &v, &v.proof);
-                    core.enqueue_outgoing(&st, &v);
+                    core.effects_committed("lmtp", qid.as_deref(), &v);
                 }
                 Ok(v)
             }
@@ -899,67 +923,6 @@ async fn accept_loop<F, Fut>(
 
 pub use crate::milter::Conn as AsyncStream;
 
-/// Sends queued outgoing messages; a failed one stays queued and is retried.
-async fn queue_runner(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = core.queue_wakeup.notified() => {},
-            _ = tokio::time::sleep(Duration::from_secs(30)) => {},
-            _ = shutdown.changed() => return,
-        }
-        let st = core.state();
-        let Some(t) = st.cfg.outbound.transport.as_deref() else {
-            continue;
-        };
-        let transport = match crate::outbound::Transport::parse(t) {
-            Ok(crate::outbound::Transport::Outbox(_)) | Err(_) => continue,
-            Ok(t) => t,
-        };
-        let dir = crate::outbound::queue_dir(&st.cfg);
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        let mut items: Vec<_> = rd
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
-            .collect();
-        items.sort();
-        for eml in items {
-            let envf = eml.with_extension("env");
-            let (Ok(data), Ok(env)) = (std::fs::read(&eml), std::fs::read_to_string(&envf)) else {
-                continue;
-            };
-            let env: serde_json::Value = serde_json::from_str(&env).unwrap_or_default();
-            let from = env["from"].as_str().unwrap_or("").to_string();
-            let to = env["to"].as_str().unwrap_or("").to_string();
-            match crate::outbound::send(&transport, &from, &to, &data).await {
-                Ok(()) => {
-                    let _ = std::fs::remove_file(&envf);
-                    let _ = std::fs::remove_file(&eml);
-                    log(format!("outbound: {from} -> {to} sent"));
-                }
-                Err(e) if e.permanent => {
-                    // Kept for the administrator, never retried: the MTA refused it for good.
-                    let failed = dir.join("failed");
-                    let _ = std::fs::create_dir_all(&failed);
-                    if let Some(name) = eml.file_name() {
-                        let _ = std::fs::rename(&eml, failed.join(name));
-                    }
-                    if let Some(name) = envf.file_name() {
-                        let _ = std::fs::rename(&envf, failed.join(name));
-                    }
-                    log(format!(
-                        "outbound: {from} -> {to} refused for good, kept in {}: {e}",
-                        failed.display()
-                    ));
-                }
-                Err(e) => log(format!("outbound: {from} -> {to} deferred: {e}")),
-            }
-        }
-    }
-}
-
 async fn control_server(core: Arc<Core>, l: UnixListener, mut shutdown: watch::Receiver<bool>) {
     loop {
         let s = tokio::select! {
@@ -1026,12 +989,32 @@ pub fn run(args: &Args) -> Result<i32, CliError> {
         });
     }
     let data_dir = cfg.data_dir.clone();
-    let state =
-        Core::build_state(store.clone(), cfg.clone()).map_err(|e| CliError::new(EX_CONFIG, e))?;
+    let effects_wakeup = Arc::new(Notify::new());
+    let state = Core::build_state(store.clone(), cfg.clone(), &effects_wakeup)
+        .map_err(|e| CliError::new(EX_CONFIG, e))?;
+    // Replies an older version left as files in its queue directory become effects, once.
+    let host = cfg
+        .authserv_id
+        .clone()
+        .unwrap_or_else(crate::proof::hostname);
+    match crate::outbound::migrate_queue(&cfg, store.as_ref(), &host) {
+        Ok(0) => {}
+        Ok(n) => log(format!(
+            "moved {n} queued message(s) from {} into the store",
+            crate::outbound::queue_dir(&cfg).display()
+        )),
+        Err(e) => log(format!(
+            "cannot move the queued messages of {} into the store (left in place): {e}",
+            crate::outbound::queue_dir(&cfg).display()
+        )),
+    }
+    if cfg.outbound.transport.is_none() {
+        log("[outbound] transport is not set: iMIP replies wait in the store until it is");
+    }
     let core = Arc::new(Core {
         store: store.clone(),
         state: RwLock::new(state),
-        queue_wakeup: Notify::new(),
+        effects_wakeup: effects_wakeup.clone(),
         inflight: AtomicUsize::new(0),
         config_path,
         data_dir: data_dir.clone(),
@@ -1132,9 +1115,14 @@ pub fn run(args: &Args) -> Result<i32, CliError> {
             drop_privileges(u, &data_dir, &sock).map_err(|e| CliError::new(EX_CONFIG, e))?;
             log(format!("running as user {} (uid {}, gid {})", u.name, u.uid, u.gid));
         }
-        tasks.push(tokio::spawn(queue_runner(core.clone(), rx.clone())));
+        let core2 = core.clone();
+        tasks.push(tokio::spawn(crate::effects::runner::run(
+            store.clone(),
+            move || core2.state().effects,
+            effects_wakeup.clone(),
+            rx.clone(),
+        )));
         tasks.push(tokio::spawn(crate::store::journal_retention(store.clone(), cfg.journal.keep_days, rx.clone())));
-        core.queue_wakeup.notify_one();
         use std::io::Write;
         let _ = std::io::stdout().flush();
 

@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::ical;
-use crate::pipeline::{Delivery, Outgoing, Pipeline};
+use crate::pipeline::{Delivery, Pipeline};
 use crate::store::{self, Sled, Store};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -545,12 +545,30 @@ fn cmd_journal(args: &Args, env: &Env, io: &mut Io) -> Result<i32, CliError> {
     let limit = args.limit.unwrap_or(100);
     let lines = env
         .store
-        .journal_matching(&filter, limit)
+        .journal_lines(&filter, limit)
         .map_err(|e| CliError::new(EX_IOERR, e.to_string()))?;
-    for e in lines {
-        io.outln(journal_json(&e).to_string());
+    for l in lines {
+        let j = match &l {
+            crate::store::JournalLine::Decision(e) => journal_json(e),
+            crate::store::JournalLine::Effect(e) => effect_json(e),
+        };
+        io.outln(j.to_string());
     }
     Ok(0)
+}
+
+/// One effect line as `imipd journal` prints it: {"kind":"effect","ts":..,"user":"mailto:..",
+/// "uid":..,"effect":"imip|ischedule|..","outcome":"delivered|retrying|failed","reason":..}.
+pub fn effect_json(e: &imipd_core::effects::EffectLine) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "effect",
+        "ts": e.ts,
+        "user": if e.user.is_empty() { String::new() } else { ical::mailto(&e.user) },
+        "uid": e.uid,
+        "effect": e.effect,
+        "outcome": e.outcome,
+        "reason": e.reason,
+    })
 }
 
 /// One journal line as `imipd journal` prints it: `kind` first, the user as a `mailto:` URI,
@@ -638,14 +656,7 @@ fn cmd_process(args: &Args, env: &Env, raw: Vec<u8>, io: &mut Io) -> Result<i32,
     for note in &verdict.notes {
         io.errln(format!("note: {note}"));
     }
-    send_outgoing(&env.cfg, args.outbox.as_deref(), &verdict.outgoing, io)?;
-    // merge: the effects runner's one pass over what this message committed replaces this.
-    for e in &verdict.effects {
-        if let Err(err) = env.cfg.plugin_set.run_effect(e) {
-            let err = crate::sanitize::clean(&err.to_string());
-            io.errln(format!("note: effect {:?} {}: {err}", e.kind, e.id));
-        }
-    }
+    run_effects(env, args.outbox.as_deref(), &verdict.effects, io)?;
     for o in &verdict.outcomes {
         io.outln(serde_json::to_string(o).unwrap_or_default());
         io.errln(format!(
@@ -661,21 +672,36 @@ fn cmd_process(args: &Args, env: &Env, raw: Vec<u8>, io: &mut Io) -> Result<i32,
     Ok(0)
 }
 
-/// Sends (or writes) what the pipeline produced.
-fn send_outgoing(
-    cfg: &Config,
+/// Runs the effects a command caused, once each (DESIGN.md: `process`): iMIP replies into
+/// `outbox` when given, else through `[outbound] transport`. What fails, or has no handler here
+/// (no transport configured), stays queued in the store for `imipd run`.
+fn run_effects(
+    env: &Env,
     outbox: Option<&Path>,
-    out: &[Outgoing],
+    effects: &[imipd_core::effects::Effect],
     io: &mut Io,
 ) -> Result<(), CliError> {
-    for m in out {
-        let p = match outbox {
-            Some(dir) => crate::outbound::write_eml(dir, &m.data)
-                .map_err(|e| CliError::new(EX_IOERR, format!("{}: {e}", dir.display())))?,
-            None => crate::outbound::enqueue(cfg, m).map_err(|e| CliError::new(EX_IOERR, e))?,
-        };
-        io.errln(format!("message for {} written to {}", m.to, p.display()));
+    if effects.is_empty() {
+        return Ok(());
     }
+    let registry = crate::effects::runner::Registry::for_config(&env.cfg, outbox)
+        .map_err(|e| CliError::new(EX_CONFIG, e))?;
+    let ids: Vec<String> = effects.iter().map(|e| e.id.clone()).collect();
+    let store = env.store.clone();
+    let pass = block_on(async move {
+        crate::effects::runner::run_these(store.as_ref(), &registry, &ids).await
+    })?;
+    for e in effects {
+        if let Some(m) = crate::outbound::Outgoing::from_effect(e) {
+            io.errln(format!("effect {} imip: reply to {}", e.id, m.to));
+        }
+    }
+    io.errln(format!(
+        "effects: {} delivered, {} set aside as failed, {} queued for imipd run",
+        pass.delivered,
+        pass.failed,
+        pass.retrying + pass.waiting
+    ));
     Ok(())
 }
 
@@ -858,15 +884,24 @@ fn cmd_send(args: &Args, env: &Env, raw: Vec<u8>, io: &mut Io) -> Result<i32, Cl
     env.store
         .flush()
         .map_err(|e| CliError::new(EX_TEMPFAIL, e.to_string()))?;
-    let replies: Vec<Outgoing> = report
+    // Free/busy answers to the sender: committed as effects (from [outbound] envelope_from
+    // when set), then run once like `process` does.
+    let host = env
+        .cfg
+        .authserv_id
+        .clone()
+        .unwrap_or_else(crate::proof::hostname);
+    let replies: Vec<imipd_core::effects::Effect> = report
         .replies
         .iter()
-        .map(|m| Outgoing {
-            from: m.from.clone(),
-            to: m.to.clone(),
-            data: crate::outbound::build_imip(m, None),
-        })
+        .map(|m| crate::outbound::outgoing(&env.cfg, m, None).into_effect(&sender, "", &host))
         .collect();
-    send_outgoing(&env.cfg, args.outbox.as_deref(), &replies, io)?;
+    if !replies.is_empty() {
+        env.store
+            .add_effects(&replies)
+            .and_then(|()| env.store.flush())
+            .map_err(|e| CliError::new(EX_TEMPFAIL, e.to_string()))?;
+    }
+    run_effects(env, args.outbox.as_deref(), &replies, io)?;
     Ok(0)
 }

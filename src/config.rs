@@ -137,7 +137,7 @@ pub struct Pgp {
 #[serde(deny_unknown_fields, default)]
 pub struct Outbound {
     /// `smtp://127.0.0.1:25`, `sendmail:/usr/sbin/sendmail` or `outbox:/dir`.
-    /// Default: queue under data_dir/outbox/queue and send nothing.
+    /// Default: replies wait in the store (as effects) and nothing is sent.
     pub transport: Option<String>,
     /// Envelope sender for outgoing iMIP; default the calendar user's address.
     pub envelope_from: Option<String>,

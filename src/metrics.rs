@@ -13,6 +13,10 @@
 //! - `imipd_store_commit_seconds` (histogram) and `imipd_store_commits_total{result}`: making a
 //!   message's store writes durable.
 //! - `imipd_dns_lookups_total{result}`: DKIM and DMARC TXT lookups, `cache` or `query`.
+//! - `imipd_effects_total{effect,outcome}`: attempts at effects (imip, ischedule, plugin) by
+//!   outcome: delivered, retrying, failed (set aside).
+//! - `imipd_effects_pending` and `imipd_effects_failed` (gauges): effects waiting in the store,
+//!   and effects set aside for the administrator, as the effects runner last counted them.
 //!
 //! Label values come from fixed lists: a value outside them is counted as "other", so no input
 //! can grow the number of series.
@@ -21,6 +25,7 @@ use crate::pipeline::Verdict;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::OnceLock;
@@ -45,6 +50,12 @@ struct ProofLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EffectLabels {
+    effect: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -57,6 +68,9 @@ struct Metrics {
     commits: Family<ResultLabel, Counter>,
     commit_seconds: Histogram,
     dns: Family<ResultLabel, Counter>,
+    effects: Family<EffectLabels, Counter>,
+    effects_pending: Gauge,
+    effects_failed: Gauge,
 }
 
 fn metrics() -> &'static Metrics {
@@ -68,6 +82,9 @@ fn metrics() -> &'static Metrics {
         let proof = Family::<ProofLabels, Counter>::default();
         let commits = Family::<ResultLabel, Counter>::default();
         let dns = Family::<ResultLabel, Counter>::default();
+        let effects = Family::<EffectLabels, Counter>::default();
+        let effects_pending = Gauge::default();
+        let effects_failed = Gauge::default();
         // 100 µs to about 6.5 s.
         let commit_seconds = Histogram::new(exponential_buckets(0.0001, 4.0, 9));
         registry.register(
@@ -100,6 +117,21 @@ fn metrics() -> &'static Metrics {
             "DNS TXT lookups for DKIM and DMARC: result=cache (answered from the cache) or query",
             dns.clone(),
         );
+        registry.register(
+            "imipd_effects",
+            "Attempts at effects (iMIP replies, iSchedule relays, plugin work) by outcome",
+            effects.clone(),
+        );
+        registry.register(
+            "imipd_effects_pending",
+            "Effects waiting in the store to be carried out",
+            effects_pending.clone(),
+        );
+        registry.register(
+            "imipd_effects_failed",
+            "Effects set aside after a permanent failure (kept, never retried)",
+            effects_failed.clone(),
+        );
         Metrics {
             registry,
             messages,
@@ -108,6 +140,9 @@ fn metrics() -> &'static Metrics {
             commits,
             commit_seconds,
             dns,
+            effects,
+            effects_pending,
+            effects_failed,
         }
     })
 }
@@ -215,6 +250,30 @@ pub fn message_refused(door: &str) {
             result: "rejected",
         })
         .inc();
+}
+
+/// One attempt at an effect: `effect` is its kind's name (a plugin's counts as "plugin"),
+/// `outcome` delivered, retrying or failed.
+pub fn effect(effect: &str, outcome: &str) {
+    let effect = match effect {
+        "imip" => "imip",
+        "ischedule" => "ischedule",
+        _ => "plugin",
+    };
+    metrics()
+        .effects
+        .get_or_create(&EffectLabels {
+            effect,
+            outcome: bounded(outcome, &["delivered", "retrying", "failed"]),
+        })
+        .inc();
+}
+
+/// The size of the effects queue: pending and set aside.
+pub fn effects_queue(pending: usize, failed: usize) {
+    let m = metrics();
+    m.effects_pending.set(pending as i64);
+    m.effects_failed.set(failed as i64);
 }
 
 /// Runs a store commit, recording its duration and result.

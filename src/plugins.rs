@@ -144,11 +144,13 @@ impl Plugins {
         for (name, plugin) in self.enabled.iter() {
             for payload in plugin.effects(&done) {
                 let host = host_name.get_or_insert_with(host);
-                out.effects.push(Effect {
-                    id: imipd_core::effects::new_id(now_micros(), host),
-                    kind: EffectKind::Plugin(name.to_string()),
+                out.effects.push(Effect::new(
+                    EffectKind::Plugin(name.to_string()),
+                    hook.recipient,
+                    &hook.incoming.uid,
                     payload,
-                });
+                    host,
+                ));
             }
         }
         Ok(out)
@@ -176,8 +178,6 @@ impl Plugins {
         }
     }
 }
-
-use imipd_core::clock::now_micros;
 
 #[cfg(test)]
 mod tests {
@@ -211,11 +211,13 @@ mod tests {
     fn nothing_configured_enables_nothing() {
         let p = Plugins::load(&BTreeMap::new()).expect("empty");
         assert!(p.is_empty());
-        let e = Effect {
-            id: "1".into(),
-            kind: EffectKind::Plugin("stamp".into()),
-            payload: Vec::new(),
-        };
+        let e = Effect::new(
+            EffectKind::Plugin("stamp".into()),
+            "u@example.org",
+            "1",
+            Vec::new(),
+            "h",
+        );
         assert!(!p.run_effect(&e).unwrap_err().permanent);
     }
 }

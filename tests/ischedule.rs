@@ -560,6 +560,91 @@ mt.disconnect(conn)
     );
 }
 
+/// With `relay = "also"` (the default) the milter does not wait for iSchedule: it commits the
+/// relay as an effect and accepts the message with every recipient kept; the effects runner
+/// then delivers it to b.test, records SCHEDULE-STATUS and journals the attempt.
+#[test]
+fn milter_relays_authenticated_submission_also_through_the_effects_runner() {
+    let test = "milter_relays_authenticated_submission_also_through_the_effects_runner";
+    if !tools_present(test, &["miltertest"]) {
+        return;
+    }
+    let Some(w) = world_with(
+        test,
+        "[milter]\nlisten = \"inet:127.0.0.1:0\"\n[policy]\ntrust_authenticated_submission = true\n",
+        "relay = \"also\"\n",
+    ) else {
+        return;
+    };
+    let port = w.a.imipd.milter_port.expect("milter listening line");
+    let body = event(
+        "mt-2@a.test",
+        0,
+        "alice@a.test",
+        &[("alice@a.test", "ACCEPTED"), ("bob@b.test", "NEEDS-ACTION")],
+        "",
+    )
+    .replace("\r\n", "\\r\\n");
+    let lua = format!(
+        r#"conn = mt.connect("inet:{port}@127.0.0.1")
+if conn == nil then error("cannot connect") end
+if mt.conninfo(conn, "client.a.test", "127.0.0.1") ~= nil then error("conninfo") end
+if mt.macro(conn, SMFIC_MAIL, "{{auth_authen}}", "alice", "i", "QID2") ~= nil then error("macro") end
+if mt.mailfrom(conn, "<alice@a.test>") ~= nil then error("mailfrom") end
+if mt.rcptto(conn, "<bob@b.test>") ~= nil then error("rcptto") end
+if mt.header(conn, "From", "Alice <alice@a.test>") ~= nil then error("header") end
+if mt.header(conn, "To", "bob@b.test") ~= nil then error("header") end
+if mt.header(conn, "Message-ID", "<mt-2@a.test>") ~= nil then error("header") end
+if mt.header(conn, "Content-Type", "text/calendar; method=REQUEST") ~= nil then error("header") end
+if mt.eoh(conn) ~= nil then error("eoh") end
+if mt.bodystring(conn, "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nMETHOD:REQUEST\r\n{body}END:VCALENDAR\r\n") ~= nil then error("body") end
+if mt.eom(conn) ~= nil then error("eom") end
+if mt.getreply(conn) ~= SMFIR_ACCEPT then error("not accepted") end
+if mt.eom_check(conn, MT_RCPTDELETE, "<bob@b.test>") then error("bob removed from the mail") end
+mt.disconnect(conn)
+"#
+    );
+    let script = w.a.imipd.dir.join("relay-also.lua");
+    std::fs::write(&script, lua).unwrap();
+    let out = std::process::Command::new("miltertest")
+        .arg("-s")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        w.a.imipd.log()
+    );
+    // Bounded wait for the runner.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let alice = unfold(&w.a.export("alice@a.test"));
+        let journal = w.a.cli(&["journal", "--user", "alice@a.test"]).0;
+        let relayed = journal.lines().any(|l| {
+            l.contains("\"kind\":\"effect\"")
+                && l.contains("\"effect\":\"ischedule\"")
+                && l.contains("\"outcome\":\"delivered\"")
+        });
+        if relayed
+            && alice
+                .lines()
+                .any(|l| l.contains("bob@b.test") && l.contains("SCHEDULE-STATUS=2.0"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{alice}\n{journal}\n{}",
+            w.a.imipd.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(w.b.export("bob@b.test").contains("UID:mt-2@a.test"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hand-made requests against the receiver: an independent TLS client (openssl) and requests
 // signed here, then damaged in one way each.

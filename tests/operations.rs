@@ -421,6 +421,7 @@ fn journal_through_the_binary() {
                     processed_key: None,
                     journal: &e,
                     proposal: None,
+                    effects: &[],
                 })
                 .expect("commit");
         }

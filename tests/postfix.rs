@@ -549,8 +549,8 @@ fn lmtp_hands_on_to_downstream_lmtp() {
     assert!(header(&msgs[0], "X-Imipd-Result").is_some(), "{}", msgs[0]);
 }
 
-/// RFC 5546 3.2.6 with RFC 6047: a REFRESH is answered with the current REQUEST, which leaves
-/// through the durable outbound queue over SMTP to the local MTA (here: Postfix, whose
+/// RFC 5546 3.2.6 with RFC 6047: a REFRESH is answered with the current REQUEST, committed
+/// with the decision as an effect, which the effects runner sends over SMTP to the local MTA (here: Postfix, whose
 /// virtual domain delivers it to the attendee's mailbox).
 #[test]
 fn refresh_answer_leaves_over_smtp_through_postfix() {
@@ -595,9 +595,9 @@ ATTENDEE:mailto:dave@remote.test\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
         msgs[0]
     );
     assert!(
-        w.imipd
-            .log()
-            .contains("outbound: bob@example.org -> dave@remote.test sent"),
+        w.imipd.log().lines().any(|l| l
+            .contains("effects: imip user=bob@example.org uid=refresh@example.org")
+            && l.contains("delivered: bob@example.org -> dave@remote.test sent via smtp://")),
         "{}",
         w.imipd.log()
     );

@@ -1,6 +1,7 @@
 //! Outgoing iMIP (RFC 6047): builds the message with mail-builder and hands it to a transport.
 
 use crate::itip::OutMessage;
+use imipd_core::effects::{Effect, EffectError, EffectKind};
 use mail_builder::headers::content_type::ContentType;
 use mail_builder::mime::MimePart;
 use mail_builder::MessageBuilder;
@@ -118,6 +119,15 @@ impl Transport {
             "unknown transport {s:?}; use smtp://HOST:PORT, sendmail:/PATH or outbox:/DIR"
         ))
     }
+
+    /// The transport as the config names it, for logs and journal lines.
+    pub fn describe(&self) -> String {
+        match self {
+            Transport::Outbox(d) => format!("outbox:{}", d.display()),
+            Transport::Sendmail(b) => format!("sendmail:{}", b.display()),
+            Transport::Smtp(hp) => format!("smtp://{hp}"),
+        }
+    }
 }
 
 /// Writes `data` into `dir` as a new .eml file, durably (tmp file, fsync, rename).
@@ -134,36 +144,167 @@ pub fn write_eml(dir: &Path, data: &[u8]) -> std::io::Result<PathBuf> {
     Ok(dst)
 }
 
-/// The durable queue of outgoing messages under the data dir.
+/// One message to send: the envelope and the RFC 5322 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub from: String,
+    pub to: String,
+    pub data: Vec<u8>,
+}
+
+/// The reply `m` as mail: built with [`build_imip`], from `[outbound] envelope_from` when set
+/// (else the calendar user's address).
+pub fn outgoing(
+    cfg: &crate::config::Config,
+    m: &OutMessage,
+    in_reply_to: Option<&str>,
+) -> Outgoing {
+    Outgoing {
+        from: cfg
+            .outbound
+            .envelope_from
+            .clone()
+            .unwrap_or_else(|| m.from.clone()),
+        to: m.to.clone(),
+        data: build_imip(m, in_reply_to),
+    }
+}
+
+impl Outgoing {
+    /// The message as an [`EffectKind::Imip`] effect of `user`'s object `uid`. Payload:
+    /// `from length u16 | from | to length u16 | to | message`.
+    pub fn into_effect(self, user: &str, uid: &str, host: &str) -> Effect {
+        let mut payload = Vec::with_capacity(self.from.len() + self.to.len() + 4 + self.data.len());
+        for a in [&self.from, &self.to] {
+            let a = &a.as_bytes()[..a.len().min(u16::MAX as usize)];
+            payload.extend_from_slice(&(a.len() as u16).to_be_bytes());
+            payload.extend_from_slice(a);
+        }
+        payload.extend_from_slice(&self.data);
+        Effect::new(EffectKind::Imip, user, uid, payload, host)
+    }
+
+    /// The message an `Imip` effect carries; None for another kind or a damaged payload.
+    pub fn from_effect(e: &Effect) -> Option<Outgoing> {
+        if e.kind != EffectKind::Imip {
+            return None;
+        }
+        let b = &e.payload;
+        let mut at = 0usize;
+        let mut addr = || {
+            let n = u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]) as usize;
+            let s = std::str::from_utf8(b.get(at + 2..at + 2 + n)?)
+                .ok()?
+                .to_string();
+            at += 2 + n;
+            Some(s)
+        };
+        let from = addr()?;
+        let to = addr()?;
+        Some(Outgoing {
+            from,
+            to,
+            data: b[at..].to_vec(),
+        })
+    }
+}
+
+/// The effect handler for iMIP: sends each message over the transport it was built with.
+pub struct Handler {
+    pub transport: Transport,
+}
+
+impl crate::effects::runner::Handler for Handler {
+    fn attempt(&self, effect: Effect) -> crate::effects::runner::Attempt {
+        let transport = self.transport.clone();
+        Box::pin(async move {
+            let Some(m) = Outgoing::from_effect(&effect) else {
+                return Err(EffectError {
+                    message: "not an iMIP message (damaged effect)".into(),
+                    permanent: true,
+                });
+            };
+            send(&transport, &m.from, &m.to, &m.data)
+                .await
+                .map(|()| format!("{} -> {} sent via {}", m.from, m.to, transport.describe()))
+                .map_err(|e| EffectError {
+                    message: format!("{} -> {}: {}", m.from, m.to, e.message),
+                    permanent: e.permanent,
+                })
+        })
+    }
+}
+
+/// The queue directory of versions that kept replies as `.eml` + `.env` files under the data
+/// dir (replaced by effects in the store; see [`migrate_queue`]).
 pub fn queue_dir(cfg: &crate::config::Config) -> PathBuf {
     cfg.data_dir.join("outbox").join("queue")
 }
 
-/// Hands one outgoing message to the configured transport. Outbox transports write at once;
-/// everything else is queued durably (message + envelope) and sent by the daemon's queue runner,
-/// so that no reply is lost when the MTA is down.
-pub fn enqueue(
+/// Moves the messages an older version left in [`queue_dir`] into the store as effects, once:
+/// they are committed and made durable before the files are removed, so a crash in between
+/// sends a message twice rather than never. A message without its envelope file (a crash
+/// between the two writes) takes its envelope from its From and To headers. The `failed`
+/// subdirectory (messages refused for good) is left to the administrator.
+pub fn migrate_queue(
     cfg: &crate::config::Config,
-    m: &crate::pipeline::Outgoing,
-) -> Result<PathBuf, String> {
-    let transport = match &cfg.outbound.transport {
-        Some(t) => Transport::parse(t)?,
-        None => Transport::Outbox(queue_dir(cfg)),
+    store: &dyn crate::store::Store,
+    host: &str,
+) -> Result<usize, String> {
+    let dir = queue_dir(cfg);
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Ok(0);
     };
-    match transport {
-        Transport::Outbox(dir) if cfg.outbound.transport.is_some() => {
-            write_eml(&dir, &m.data).map_err(|e| format!("{}: {e}", dir.display()))
+    let mut items: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "eml"))
+        .collect();
+    // Named by creation time: the old order is kept.
+    items.sort();
+    let mut effects = Vec::new();
+    for eml in &items {
+        let data = std::fs::read(eml).map_err(|e| format!("{}: {e}", eml.display()))?;
+        let env: serde_json::Value = std::fs::read_to_string(eml.with_extension("env"))
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default();
+        let header = |name: &str| {
+            crate::proof::header_values(&data, name)
+                .first()
+                .map(|v| {
+                    let v = v.trim();
+                    match (v.find('<'), v.rfind('>')) {
+                        (Some(a), Some(b)) if b > a => v[a + 1..b].to_string(),
+                        _ => v.to_string(),
+                    }
+                })
+                .unwrap_or_default()
+        };
+        let from = env["from"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| header("From"));
+        let to = env["to"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| header("To"));
+        if to.is_empty() {
+            continue;
         }
-        _ => {
-            let dir = queue_dir(cfg);
-            let envelope = serde_json::json!({"from": m.from, "to": m.to}).to_string();
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let p = write_eml(&dir, &m.data).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let env = p.with_extension("env");
-            std::fs::write(&env, envelope).map_err(|e| format!("{}: {e}", env.display()))?;
-            Ok(p)
-        }
+        let user = crate::ical::norm_addr(&header("From"));
+        effects.push(Outgoing { from, to, data }.into_effect(&user, "", host));
     }
+    if effects.is_empty() {
+        return Ok(0);
+    }
+    store.add_effects(&effects).map_err(|e| e.to_string())?;
+    store.flush().map_err(|e| e.to_string())?;
+    for eml in &items {
+        let _ = std::fs::remove_file(eml.with_extension("env"));
+        let _ = std::fs::remove_file(eml);
+    }
+    Ok(effects.len())
 }
 
 /// Why sending failed, and whether trying again can help.
@@ -258,5 +399,41 @@ pub async fn send(
                     message: e.to_string(),
                 })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ical::Component;
+    use crate::itip::Method;
+
+    fn reply() -> OutMessage {
+        let mut cal = Component::new("VCALENDAR");
+        cal.props.push(crate::ical::Prop::new("METHOD", "REPLY"));
+        OutMessage {
+            from: "bob@example.org".into(),
+            to: "alice@example.com".into(),
+            method: Method::Reply,
+            calendar: cal,
+            summary: "Review".into(),
+        }
+    }
+
+    #[test]
+    fn envelope_from_is_honoured_and_survives_the_effect_payload() {
+        let mut cfg = crate::config::Config::default();
+        let plain = outgoing(&cfg, &reply(), Some("<m@x>"));
+        assert_eq!(plain.from, "bob@example.org");
+        cfg.outbound.envelope_from = Some("bounces@example.org".into());
+        let m = outgoing(&cfg, &reply(), Some("<m@x>"));
+        assert_eq!(m.from, "bounces@example.org");
+        assert!(String::from_utf8_lossy(&m.data).contains("In-Reply-To: <m@x>"));
+        let e = m.clone().into_effect("bob@example.org", "u1", "host");
+        assert_eq!(e.kind, EffectKind::Imip);
+        assert_eq!(Outgoing::from_effect(&e), Some(m));
+        let mut damaged = e.clone();
+        damaged.payload.truncate(3);
+        assert_eq!(Outgoing::from_effect(&damaged), None);
     }
 }

@@ -99,6 +99,7 @@ impl Pipeline {
         }
         let verdict = self.process_objects(&local, ex, true)?;
         crate::metrics::commit(|| self.store.flush())?;
+        self.wake_runner(&verdict);
         Ok(IscheduleOutcome::Done {
             verdict: Box::new(verdict),
             kind,

@@ -11,6 +11,7 @@ use crate::message::Parsed;
 use crate::proof::Proof;
 use crate::store::{Change, Commit, JournalEntry, Store, StoreError};
 use extract::Extracted;
+use imipd_core::effects::Effect;
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -59,33 +60,25 @@ pub struct FreeBusyAnswer {
 #[derive(Debug, Default)]
 pub struct Verdict {
     pub outcomes: Vec<ObjectOutcome>,
-    /// Free/busy answers kept for the front door (iSchedule) instead of `outgoing` mail.
+    /// Free/busy answers kept for the front door (iSchedule) instead of mailed replies.
     pub freebusy: Vec<FreeBusyAnswer>,
     /// Set by the front door: answer free/busy requests synchronously.
     sync_freebusy: bool,
     /// Some object was rejected for want of proof (a typed fact, not a reason text).
     rejected_for_proof: bool,
     pub notes: Vec<String>,
-    /// Messages to send (already built as RFC 5322 bytes), with their envelope.
-    pub outgoing: Vec<Outgoing>,
+    /// The effects committed with the decisions (iMIP replies, plugin effects), for the log and
+    /// for a one-off command that runs them at once; the effects runner carries them out.
+    pub effects: Vec<Effect>,
     pub message_id: Option<String>,
     pub had_calendar: bool,
     /// The sender proof the message was judged by (empty for iSchedule bodies).
     pub proof: Proof,
     /// The local recipients whose calendars were looked at.
     pub recipients: Vec<String>,
-    /// Plugin effects of the committed decisions, in order.
-    // merge: into Commit.effects (committed with their decision, drained by the effects
-    // runner); until then `imipd process` runs them once before it exits.
-    pub effects: Vec<imipd_core::effects::Effect>,
 }
 
-#[derive(Debug, Clone)]
-pub struct Outgoing {
-    pub from: String,
-    pub to: String,
-    pub data: Vec<u8>,
-}
+pub use crate::effects::imip::Outgoing;
 
 impl Verdict {
     /// A one-line summary for a header: `user: METHOD uid outcome (reason); ...`, cleaned of
@@ -212,6 +205,9 @@ fn user_lock(user: &str) -> std::sync::MutexGuard<'static, ()> {
 pub struct Pipeline {
     pub store: Arc<dyn Store>,
     pub config: Arc<Config>,
+    /// Woken when a commit left effects for the effects runner (the daemon's; none for a
+    /// one-off command, which runs its effects itself).
+    effects_wakeup: Option<Arc<tokio::sync::Notify>>,
 }
 
 use imipd_core::clock::now;
@@ -267,7 +263,24 @@ fn object_fingerprint(obj: &StoredObject, user: &str) -> String {
 
 impl Pipeline {
     pub fn new(store: Arc<dyn Store>, config: Arc<Config>) -> Self {
-        Pipeline { store, config }
+        Pipeline {
+            store,
+            config,
+            effects_wakeup: None,
+        }
+    }
+
+    /// Wakes `runner` whenever a commit leaves effects.
+    pub fn waking(mut self, runner: Arc<tokio::sync::Notify>) -> Self {
+        self.effects_wakeup = Some(runner);
+        self
+    }
+
+    /// Tells the effects runner (if any) that `v` committed effects.
+    fn wake_runner(&self, v: &Verdict) {
+        if let (Some(w), false) = (&self.effects_wakeup, v.effects.is_empty()) {
+            w.notify_one();
+        }
     }
 
     /// Runs one message through the pipeline: one MIME parse, the sender proof on that tree,
@@ -403,6 +416,7 @@ impl Pipeline {
                         count: r.count,
                     },
                     proposal: None,
+                    effects: &[],
                 })?;
             }
         }
@@ -495,8 +509,6 @@ impl Pipeline {
             let host = || (self.config.authserv_id.clone()).unwrap_or_else(crate::proof::hostname);
             hooked = self.config.plugin_set.before_commit(hook, &host)?;
         }
-        // merge: each commit below carries `effects: &hooked.effects`, and goes against the
-        // calendar's version when `hooked.calendar_read`.
         out.outcome = decision.outcome().into();
         out.reason = decision.reason();
         let entry = journal(&out.outcome, &out.reason);
@@ -531,6 +543,8 @@ impl Pipeline {
                     (None, true) => Change::Delete,
                     _ => Change::Keep,
                 };
+                let mut effects = self.reply_effects(rcpt, &inc.uid, &replies, message_id);
+                effects.append(&mut hooked.effects);
                 self.store.commit(&Commit {
                     user: rcpt,
                     uid: &inc.uid,
@@ -538,12 +552,13 @@ impl Pipeline {
                     processed_key: Some(&pkey),
                     journal: &entry,
                     proposal: proposal.as_ref(),
+                    effects: &effects,
                 })?;
-                for r in replies {
-                    v.outgoing.push(self.build(&r, message_id));
-                }
+                v.effects.extend(effects);
             }
             Decision::IgnoredWithReply(_, replies) => {
+                let mut effects = self.reply_effects(rcpt, &inc.uid, &replies, message_id);
+                effects.append(&mut hooked.effects);
                 self.store.commit(&Commit {
                     user: rcpt,
                     uid: &inc.uid,
@@ -551,10 +566,9 @@ impl Pipeline {
                     processed_key: Some(&pkey),
                     journal: &entry,
                     proposal: None,
+                    effects: &effects,
                 })?;
-                for r in replies {
-                    v.outgoing.push(self.build(&r, message_id));
-                }
+                v.effects.extend(effects);
             }
             Decision::Ignored(_) => {
                 self.store.commit(&Commit {
@@ -564,11 +578,12 @@ impl Pipeline {
                     processed_key: None,
                     journal: &entry,
                     proposal: None,
+                    effects: &hooked.effects,
                 })?;
+                v.effects.append(&mut hooked.effects);
             }
             Decision::Rejected(reason) => rejected = Some(reason),
         }
-        v.effects.append(&mut hooked.effects);
         Ok((out, rejected))
     }
 
@@ -597,6 +612,13 @@ impl Pipeline {
                 if v.sync_freebusy {
                     out.reason = format!("free/busy answered with {} busy period(s)", busy.len());
                 }
+                // A synchronous door answers in its response; mail gets an iMIP reply, committed
+                // with the decision.
+                let effects = if v.sync_freebusy {
+                    Vec::new()
+                } else {
+                    self.reply_effects(rcpt, &inc.uid, std::slice::from_ref(&reply), message_id)
+                };
                 self.store.commit(&Commit {
                     user: rcpt,
                     uid: &inc.uid,
@@ -604,15 +626,15 @@ impl Pipeline {
                     processed_key: Some(pkey),
                     journal: &journal(&out.outcome, &out.reason),
                     proposal: None,
+                    effects: &effects,
                 })?;
                 if v.sync_freebusy {
                     v.freebusy.push(FreeBusyAnswer {
                         recipient: rcpt.to_string(),
                         calendar: reply.calendar.to_ical(),
                     });
-                } else {
-                    v.outgoing.push(self.build(&reply, message_id));
                 }
+                v.effects.extend(effects);
             }
             Err(r) => {
                 out.outcome = "rejected".into();
@@ -679,17 +701,29 @@ impl Pipeline {
         }
     }
 
-    fn build(&self, m: &OutMessage, in_reply_to: Option<&str>) -> Outgoing {
-        Outgoing {
-            from: self
-                .config
-                .outbound
-                .envelope_from
-                .clone()
-                .unwrap_or_else(|| m.from.clone()),
-            to: m.to.clone(),
-            data: crate::outbound::build_imip(m, in_reply_to),
+    /// The iMIP replies of one decision as effects of `rcpt`'s object `uid`.
+    fn reply_effects(
+        &self,
+        rcpt: &str,
+        uid: &str,
+        replies: &[OutMessage],
+        in_reply_to: Option<&str>,
+    ) -> Vec<Effect> {
+        if replies.is_empty() {
+            return Vec::new();
         }
+        let host = self
+            .config
+            .authserv_id
+            .clone()
+            .unwrap_or_else(crate::proof::hostname);
+        replies
+            .iter()
+            .map(|m| {
+                crate::outbound::outgoing(&self.config, m, in_reply_to)
+                    .into_effect(rcpt, uid, &host)
+            })
+            .collect()
     }
 
     /// Records iTIP that a local user sent (authenticated submission) in their own calendar.
@@ -747,6 +781,7 @@ impl Pipeline {
                 processed_key: None,
                 journal: &entry,
                 proposal: None,
+                effects: &[],
             })?;
             outs.push(o);
         }
@@ -805,6 +840,7 @@ impl Pipeline {
             processed_key: None,
             journal: &entry,
             proposal: None,
+            effects: &[],
         })?;
         Ok(true)
     }
@@ -867,6 +903,7 @@ impl Pipeline {
                         processed_key: None,
                         journal: &entry,
                         proposal: None,
+                        effects: &[],
                     })
                     .map_err(|e| e.to_string())?;
                 uids.push(obj.uid.clone());

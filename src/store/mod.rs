@@ -5,6 +5,7 @@ mod sled_store;
 pub use imipd_core::store::*;
 pub use sled_store::Sled;
 
+use imipd_core::effects::{Effect, EffectLine, PendingEffect};
 use imipd_core::itip::{Busy, StoredObject};
 
 /// `[journal] keep_days`: prunes older journal lines now and then every hour until `shutdown`.
@@ -85,6 +86,38 @@ impl Store for Faulty {
     }
     fn prune_journal(&self, before: i64) -> Result<usize> {
         self.inner.prune_journal(before)
+    }
+    fn journal_lines(&self, filter: &JournalFilter, limit: usize) -> Result<Vec<JournalLine>> {
+        self.inner.journal_lines(filter, limit)
+    }
+    fn add_effects(&self, effects: &[Effect]) -> Result<()> {
+        self.inner.add_effects(effects)
+    }
+    fn due_effects(
+        &self,
+        now: i64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<PendingEffect>> {
+        self.inner.due_effects(now, after, limit)
+    }
+    fn pending_effects(&self, limit: usize) -> Result<Vec<PendingEffect>> {
+        self.inner.pending_effects(limit)
+    }
+    fn effect_done(&self, id: &str, line: &EffectLine) -> Result<()> {
+        self.inner.effect_done(id, line)
+    }
+    fn defer_effect(&self, id: &str, now: i64, line: &EffectLine) -> Result<()> {
+        self.inner.defer_effect(id, now, line)
+    }
+    fn fail_effect(&self, id: &str, line: &EffectLine) -> Result<()> {
+        self.inner.fail_effect(id, line)
+    }
+    fn failed_effects(&self, limit: usize) -> Result<Vec<PendingEffect>> {
+        self.inner.failed_effects(limit)
+    }
+    fn effect_counts(&self) -> Result<(usize, usize)> {
+        self.inner.effect_counts()
     }
     fn flush(&self) -> Result<()> {
         self.inner.flush()

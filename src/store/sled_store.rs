@@ -7,11 +7,17 @@
 //! - `j` id(8) -> JournalEntry (JSON)
 //! - `c` user \0 uid \0 id(8) -> COUNTER/DECLINECOUNTER calendar text
 //! - `r` message id key -> remembered until (8), iSchedule replay refusal
+//! - `e` effect id -> pending effect (see [`encode_effect`]); ids sort by creation
+//! - `f` effect id -> effect set aside after a permanent failure (same encoding)
+//!
+//! Journal lines of effect attempts share the `j` keys with decisions (JSON with
+//! `"kind":"effect"`), so that both read back in one order.
 //!
 //! Isolation (read, decide, write of one user's objects) is the caller's: the pipeline holds a
 //! per-user lock around it. This type only guarantees that each commit is all or nothing.
 
-use super::{Change, Commit, JournalEntry, JournalFilter, Result, Store, StoreError};
+use super::{Change, Commit, JournalEntry, JournalFilter, JournalLine, Result, Store, StoreError};
+use imipd_core::effects::{self, Effect, EffectLine, PendingEffect};
 use imipd_core::ical;
 use imipd_core::itip::{Busy, StoredObject};
 use imipd_core::store::object_to_ical;
@@ -230,6 +236,9 @@ impl Store for Sled {
             k.extend_from_slice(&journal_id);
             batch.insert(k, p.calendar.to_ical().into_bytes());
         }
+        for e in c.effects {
+            batch.insert(effect_key(b'e', &e.id), encode_effect(&pending(e))?);
+        }
         self.t.apply_batch(batch).map_err(io)
     }
 
@@ -297,6 +306,107 @@ impl Store for Sled {
         Ok(out)
     }
 
+    fn journal_lines(&self, filter: &JournalFilter, limit: usize) -> Result<Vec<JournalLine>> {
+        let mut out = Vec::new();
+        for kv in self.t.scan_prefix(b"j").rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, v) = kv.map_err(io)?;
+            if let Some(l) = decode_journal_line(&v) {
+                if filter.matches_line(&l) {
+                    out.push(l);
+                }
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    fn add_effects(&self, list: &[Effect]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for e in list {
+            batch.insert(effect_key(b'e', &e.id), encode_effect(&pending(e))?);
+        }
+        self.t.apply_batch(batch).map_err(io)
+    }
+
+    fn due_effects(
+        &self,
+        now: i64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<PendingEffect>> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(id) => Bound::Excluded(effect_key(b'e', id)),
+            None => Bound::Included(vec![b'e']),
+        };
+        let mut out = Vec::new();
+        for kv in self
+            .t
+            .range::<Vec<u8>, _>((start, Bound::Excluded(vec![b'e' + 1])))
+        {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = kv.map_err(io)?;
+            let p = decode_effect(&k[1..], &v)?;
+            if p.not_before <= now {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    fn pending_effects(&self, limit: usize) -> Result<Vec<PendingEffect>> {
+        self.effects_under(b'e', limit)
+    }
+
+    fn effect_done(&self, id: &str, line: &EffectLine) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        batch.remove(effect_key(b'e', id));
+        self.journal_effect(&mut batch, line)?;
+        self.t.apply_batch(batch).map_err(io)
+    }
+
+    fn defer_effect(&self, id: &str, now: i64, line: &EffectLine) -> Result<()> {
+        let k = effect_key(b'e', id);
+        let mut batch = sled::Batch::default();
+        if let Some(v) = self.t.get(&k).map_err(io)? {
+            let mut p = decode_effect(id.as_bytes(), &v)?;
+            p.not_before = now.saturating_add(effects::backoff_secs(p.attempts));
+            p.attempts = p.attempts.saturating_add(1);
+            p.last_error = line.reason.clone();
+            batch.insert(k, encode_effect(&p)?);
+        }
+        self.journal_effect(&mut batch, line)?;
+        self.t.apply_batch(batch).map_err(io)
+    }
+
+    fn fail_effect(&self, id: &str, line: &EffectLine) -> Result<()> {
+        let k = effect_key(b'e', id);
+        let mut batch = sled::Batch::default();
+        if let Some(v) = self.t.get(&k).map_err(io)? {
+            let mut p = decode_effect(id.as_bytes(), &v)?;
+            p.attempts = p.attempts.saturating_add(1);
+            p.last_error = line.reason.clone();
+            batch.remove(k);
+            batch.insert(effect_key(b'f', id), encode_effect(&p)?);
+        }
+        self.journal_effect(&mut batch, line)?;
+        self.t.apply_batch(batch).map_err(io)
+    }
+
+    fn failed_effects(&self, limit: usize) -> Result<Vec<PendingEffect>> {
+        self.effects_under(b'f', limit)
+    }
+
+    fn effect_counts(&self) -> Result<(usize, usize)> {
+        let n = |p: u8| self.t.scan_prefix([p]).keys().filter(|k| k.is_ok()).count();
+        Ok((n(b'e'), n(b'f')))
+    }
+
     fn prune_journal(&self, before: i64) -> Result<usize> {
         // Journal ids grow with time: stop at the first line young enough to keep, but step
         // over a few younger ones in case clocks went back.
@@ -360,6 +470,27 @@ impl Store for Sled {
 }
 
 impl Sled {
+    fn effects_under(&self, prefix: u8, limit: usize) -> Result<Vec<PendingEffect>> {
+        let mut out = Vec::new();
+        for kv in self.t.scan_prefix([prefix]).take(limit) {
+            let (k, v) = kv.map_err(io)?;
+            out.push(decode_effect(&k[1..], &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Adds an effect's journal line to `batch` under a new journal id.
+    fn journal_effect(&self, batch: &mut sled::Batch, line: &EffectLine) -> Result<()> {
+        let mut jk = vec![b'j'];
+        jk.extend_from_slice(&self.db.generate_id().map_err(io)?.to_be_bytes());
+        let mut v = serde_json::to_value(line).map_err(io)?;
+        if let serde_json::Value::Object(m) = &mut v {
+            m.insert("kind".into(), "effect".into());
+        }
+        batch.insert(jk, serde_json::to_vec(&v).map_err(io)?);
+        Ok(())
+    }
+
     fn forget_expired_ids(&self, now: i64) -> Result<()> {
         for kv in self.t.scan_prefix(b"r") {
             let (k, v) = kv.map_err(io)?;
@@ -368,6 +499,85 @@ impl Sled {
             }
         }
         Ok(())
+    }
+}
+
+fn effect_key(prefix: u8, id: &str) -> Vec<u8> {
+    let mut k = vec![prefix];
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn pending(e: &Effect) -> PendingEffect {
+    PendingEffect {
+        effect: e.clone(),
+        attempts: 0,
+        not_before: 0,
+        last_error: String::new(),
+    }
+}
+
+/// An effect's metadata as stored; the payload follows it unencoded.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct EffectHead {
+    kind: effects::EffectKind,
+    user: String,
+    uid: String,
+    attempts: u32,
+    not_before: i64,
+    #[serde(default)]
+    last_error: String,
+}
+
+/// `1 | head length u32 | head (JSON) | payload`: the payload (a whole message, often) is
+/// kept as bytes rather than as a JSON array of numbers.
+fn encode_effect(p: &PendingEffect) -> Result<Vec<u8>> {
+    let head = serde_json::to_vec(&EffectHead {
+        kind: p.effect.kind.clone(),
+        user: p.effect.user.clone(),
+        uid: p.effect.uid.clone(),
+        attempts: p.attempts,
+        not_before: p.not_before,
+        last_error: p.last_error.clone(),
+    })
+    .map_err(io)?;
+    let mut out = Vec::with_capacity(5 + head.len() + p.effect.payload.len());
+    out.push(1);
+    out.extend_from_slice(&(head.len() as u32).to_be_bytes());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&p.effect.payload);
+    Ok(out)
+}
+
+fn decode_effect(id: &[u8], b: &[u8]) -> Result<PendingEffect> {
+    let mut r = Reader { b, at: 0 };
+    if r.u8()? != 1 {
+        return Err(StoreError::Corrupt("unknown effect version".into()));
+    }
+    let n = r.u32()? as usize;
+    let head: EffectHead =
+        serde_json::from_slice(r.take(n)?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(PendingEffect {
+        effect: Effect {
+            id: String::from_utf8_lossy(id).into_owned(),
+            kind: head.kind,
+            user: head.user,
+            uid: head.uid,
+            payload: b[r.at..].to_vec(),
+        },
+        attempts: head.attempts,
+        not_before: head.not_before,
+        last_error: head.last_error,
+    })
+}
+
+/// A journal value: an effect line (`"kind":"effect"`) or a decision.
+fn decode_journal_line(v: &[u8]) -> Option<JournalLine> {
+    let j: serde_json::Value = serde_json::from_slice(v).ok()?;
+    if j.get("kind").and_then(serde_json::Value::as_str) == Some("effect") {
+        serde_json::from_value(j).ok().map(JournalLine::Effect)
+    } else {
+        serde_json::from_value(j).ok().map(JournalLine::Decision)
     }
 }
 
@@ -532,5 +742,132 @@ impl Record {
             }
         }
         Ok(obj)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imipd_core::effects::EffectKind;
+
+    fn entry(uid: &str) -> JournalEntry {
+        JournalEntry {
+            ts: 100,
+            user: "bob@example.org".into(),
+            message_id: "m@x".into(),
+            method: "REFRESH".into(),
+            component: "VEVENT".into(),
+            uid: uid.into(),
+            outcome: "applied".into(),
+            reason: "answered".into(),
+            count: 1,
+        }
+    }
+
+    fn effect(n: u8) -> Effect {
+        Effect::new(
+            EffectKind::Imip,
+            "bob@example.org",
+            "u1",
+            vec![n, 0, 255],
+            "host",
+        )
+    }
+
+    /// Effects come with the commit that carries them (same batch), survive a reopen, and
+    /// leave through done / defer / fail with one journal line each.
+    #[test]
+    fn effects_commit_with_the_object_and_leave_through_the_runner_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (effect(1), effect(2), effect(3));
+        {
+            let s = Sled::open(dir.path()).unwrap();
+            let obj = StoredObject {
+                uid: "u1".into(),
+                kind: "VEVENT".into(),
+                ..Default::default()
+            };
+            let effects = vec![a.clone(), b.clone(), c.clone()];
+            s.commit(&Commit {
+                user: "bob@example.org",
+                uid: "u1",
+                change: Change::Put(&obj, &[]),
+                processed_key: Some("pk"),
+                journal: &entry("u1"),
+                proposal: None,
+                effects: &effects,
+            })
+            .unwrap();
+            s.flush().unwrap();
+        }
+        let s = Sled::open(dir.path()).unwrap();
+        assert!(s.get("bob@example.org", "u1").unwrap().is_some());
+        let due = s.due_effects(0, None, 10).unwrap();
+        assert_eq!(
+            due.iter().map(|p| p.effect.clone()).collect::<Vec<_>>(),
+            vec![a.clone(), b.clone(), c.clone()],
+            "in id order, payload intact"
+        );
+        assert!(due.iter().all(|p| p.attempts == 0));
+        let page = s.due_effects(0, Some(&a.id), 1).unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].effect.id, b.id, "paging starts after the id given");
+
+        let line = |e: &Effect, o: &str| EffectLine::new(e, 200, o, "why");
+        s.effect_done(&a.id, &line(&a, "delivered")).unwrap();
+        s.defer_effect(&b.id, 200, &line(&b, "retrying")).unwrap();
+        s.fail_effect(&c.id, &line(&c, "failed")).unwrap();
+
+        assert!(s.due_effects(200, None, 10).unwrap().is_empty(), "b waits");
+        let later = s
+            .due_effects(200 + effects::backoff_secs(0), None, 10)
+            .unwrap();
+        assert_eq!(later.len(), 1);
+        assert_eq!(later[0].effect.id, b.id);
+        assert_eq!(later[0].attempts, 1);
+        assert_eq!(later[0].last_error, "why");
+        let failed = s.failed_effects(10).unwrap();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].effect.id, c.id);
+        assert_eq!(s.effect_counts().unwrap(), (1, 1));
+
+        let lines = s.journal_lines(&JournalFilter::default(), 10).unwrap();
+        let outcomes: Vec<String> = lines
+            .iter()
+            .map(|l| match l {
+                JournalLine::Decision(d) => format!("decision {}", d.outcome),
+                JournalLine::Effect(e) => format!("{} {}", e.effect, e.outcome),
+            })
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                "decision applied",
+                "imip delivered",
+                "imip retrying",
+                "imip failed"
+            ]
+        );
+        // Decisions alone for the readers that know only them.
+        assert_eq!(s.journal(10).unwrap().len(), 1);
+        let by_mid = JournalFilter {
+            message_id: Some("m@x".into()),
+            ..Default::default()
+        };
+        assert_eq!(s.journal_lines(&by_mid, 10).unwrap().len(), 1);
+    }
+
+    /// Effects added without a decision (a relay, a migrated queue file) are pending until done.
+    #[test]
+    fn effects_added_alone_are_listed_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Sled::open(dir.path()).unwrap();
+        let e = effect(9);
+        s.add_effects(std::slice::from_ref(&e)).unwrap();
+        assert_eq!(s.pending_effects(10).unwrap().len(), 1);
+        s.effect_done(&e.id, &EffectLine::new(&e, 1, "delivered", ""))
+            .unwrap();
+        assert!(s.pending_effects(10).unwrap().is_empty());
+        assert_eq!(s.effect_counts().unwrap(), (0, 0));
     }
 }

@@ -11,6 +11,11 @@ pub struct Effect {
     /// Unique and ordered by creation (the store keys effects by it).
     pub id: String,
     pub kind: EffectKind,
+    /// The calendar user and object it follows from, for its journal lines (may be empty).
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub uid: String,
     /// The kind's own serialized form (for `Imip`: the envelope and the RFC 5322 bytes).
     pub payload: Vec<u8>,
 }
@@ -25,6 +30,62 @@ pub enum EffectKind {
     Plugin(String),
 }
 
+impl Effect {
+    /// A new effect with a fresh id (see [`new_id`]).
+    pub fn new(kind: EffectKind, user: &str, uid: &str, payload: Vec<u8>, host: &str) -> Effect {
+        Effect {
+            id: new_id(crate::clock::now_micros(), host),
+            kind,
+            user: user.to_string(),
+            uid: uid.to_string(),
+            payload,
+        }
+    }
+}
+
+impl EffectKind {
+    /// The name journal lines and handler registries use: `imip`, `ischedule`, or the
+    /// plugin's name.
+    pub fn name(&self) -> &str {
+        match self {
+            EffectKind::Imip => "imip",
+            EffectKind::Ischedule => "ischedule",
+            EffectKind::Plugin(name) => name,
+        }
+    }
+}
+
+/// The journal line of one attempt at an effect (`imipd journal` prints it with
+/// `"kind":"effect"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EffectLine {
+    pub ts: i64,
+    pub user: String,
+    pub uid: String,
+    /// [`EffectKind::name`].
+    pub effect: String,
+    /// `delivered`, `retrying` or `failed`.
+    pub outcome: String,
+    pub reason: String,
+}
+
+impl EffectLine {
+    pub fn new(e: &Effect, ts: i64, outcome: &str, reason: &str) -> EffectLine {
+        EffectLine {
+            ts,
+            user: e.user.clone(),
+            uid: e.uid.clone(),
+            effect: e.kind.name().to_string(),
+            outcome: outcome.to_string(),
+            reason: crate::sanitize::clean(reason),
+        }
+    }
+}
+
+/// Attempts after which an effect that keeps failing is set aside (about a week at the
+/// longest backoff).
+pub const MAX_ATTEMPTS: u32 = 200;
+
 /// An effect waiting in the store, with its delivery attempts so far.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingEffect {
@@ -32,6 +93,9 @@ pub struct PendingEffect {
     pub attempts: u32,
     /// UNIX seconds before which it is not tried again.
     pub not_before: i64,
+    /// Why the last attempt failed (empty before the first attempt).
+    #[serde(default)]
+    pub last_error: String,
 }
 
 /// Why an effect could not be carried out.

@@ -375,6 +375,54 @@ mod tests {
         fn remember_message_id(&self, _: &str, _: i64, _: i64) -> crate::store::Result<bool> {
             Ok(true)
         }
+        // The effect queue: not read by hooks (this store holds none).
+        fn journal_lines(
+            &self,
+            _: &crate::store::JournalFilter,
+            _: usize,
+        ) -> crate::store::Result<Vec<crate::store::JournalLine>> {
+            Ok(Vec::new())
+        }
+        fn add_effects(&self, _: &[crate::effects::Effect]) -> crate::store::Result<()> {
+            Ok(())
+        }
+        fn due_effects(
+            &self,
+            _: i64,
+            _: Option<&str>,
+            _: usize,
+        ) -> crate::store::Result<Vec<crate::effects::PendingEffect>> {
+            Ok(Vec::new())
+        }
+        fn pending_effects(
+            &self,
+            _: usize,
+        ) -> crate::store::Result<Vec<crate::effects::PendingEffect>> {
+            Ok(Vec::new())
+        }
+        fn effect_done(&self, _: &str, _: &crate::effects::EffectLine) -> crate::store::Result<()> {
+            Ok(())
+        }
+        fn defer_effect(
+            &self,
+            _: &str,
+            _: i64,
+            _: &crate::effects::EffectLine,
+        ) -> crate::store::Result<()> {
+            Ok(())
+        }
+        fn fail_effect(&self, _: &str, _: &crate::effects::EffectLine) -> crate::store::Result<()> {
+            Ok(())
+        }
+        fn failed_effects(
+            &self,
+            _: usize,
+        ) -> crate::store::Result<Vec<crate::effects::PendingEffect>> {
+            Ok(Vec::new())
+        }
+        fn effect_counts(&self) -> crate::store::Result<(usize, usize)> {
+            Ok((0, 0))
+        }
     }
 
     fn incoming() -> Incoming {

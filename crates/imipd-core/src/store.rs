@@ -1,6 +1,7 @@
 //! Calendar storage behind a trait, so that a networked backend can replace the embedded one
 //! without touching the engine.
 
+use crate::effects::{Effect, EffectLine, PendingEffect};
 use crate::ical::{self, Component};
 use crate::itip::{Busy, Proposal, StoredObject};
 use serde::{Deserialize, Serialize};
@@ -99,6 +100,31 @@ pub struct Commit<'a> {
     pub processed_key: Option<&'a str>,
     pub journal: &'a JournalEntry,
     pub proposal: Option<&'a Proposal>,
+    /// Work the decision leaves to be done (replies to mail, relays), durable with the rest.
+    pub effects: &'a [Effect],
+}
+
+/// One line of the audit journal: a decision, or an attempt at an effect.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JournalLine {
+    Decision(JournalEntry),
+    Effect(EffectLine),
+}
+
+impl JournalFilter {
+    /// Effect lines carry no Message-ID: a filter on one matches decisions only.
+    pub fn matches_line(&self, l: &JournalLine) -> bool {
+        match l {
+            JournalLine::Decision(e) => self.matches(e),
+            JournalLine::Effect(e) => {
+                self.message_id.is_none()
+                    && self
+                        .user
+                        .as_deref()
+                        .is_none_or(|u| ical::norm_addr(&e.user) == u)
+            }
+        }
+    }
 }
 
 pub trait Store: Send + Sync {
@@ -122,6 +148,34 @@ pub trait Store: Send + Sync {
         v.drain(..skip);
         Ok(v)
     }
+    /// The newest `limit` journal lines of both kinds that match `filter` (oldest first).
+    fn journal_lines(&self, filter: &JournalFilter, limit: usize) -> Result<Vec<JournalLine>>;
+    /// Effects added without a decision (a relay the milter hands over, replies found in an
+    /// older version's queue directory), durable once this returns and the store is flushed.
+    fn add_effects(&self, effects: &[Effect]) -> Result<()>;
+    /// Up to `limit` pending effects whose `not_before` has come (`now`, UNIX seconds), oldest
+    /// first, starting after the effect id `after` (paging; None: from the oldest).
+    fn due_effects(
+        &self,
+        now: i64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<PendingEffect>>;
+    /// Every pending effect, due or not (oldest first, at most `limit`).
+    fn pending_effects(&self, limit: usize) -> Result<Vec<PendingEffect>>;
+    /// The effect is done: removes it and writes `line`, in one batch. An unknown id (done
+    /// by another runner meanwhile) only writes the line.
+    fn effect_done(&self, id: &str, line: &EffectLine) -> Result<()>;
+    /// The attempt failed but may succeed later: attempts + 1, `not_before` = now +
+    /// [`crate::effects::backoff_secs`], and `line`, in one batch.
+    fn defer_effect(&self, id: &str, now: i64, line: &EffectLine) -> Result<()>;
+    /// Sets the effect aside for good (kept for the administrator, listed by
+    /// [`Store::failed_effects`], never retried) and writes `line`, in one batch.
+    fn fail_effect(&self, id: &str, line: &EffectLine) -> Result<()>;
+    /// The effects set aside (oldest first, at most `limit`).
+    fn failed_effects(&self, limit: usize) -> Result<Vec<PendingEffect>>;
+    /// How many effects are pending and how many set aside (for the metrics).
+    fn effect_counts(&self) -> Result<(usize, usize)>;
     /// Removes the journal lines written before `before` (UNIX seconds); returns how many.
     fn prune_journal(&self, before: i64) -> Result<usize> {
         let _ = before;
