@@ -28,6 +28,7 @@ pub struct Config {
     pub log: Log,
     pub journal: Journal,
     pub metrics: Metrics,
+    pub store: StoreConfig,
 }
 
 impl Default for Config {
@@ -49,6 +50,7 @@ impl Default for Config {
             log: Log::default(),
             journal: Journal::default(),
             metrics: Metrics::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -340,6 +342,17 @@ pub struct Metrics {
     pub listen: Option<String>,
 }
 
+/// `[store]`: where the calendar store lives.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `postgresql://` or `postgres://` URL of a shared store; unset: the embedded sled store
+    /// under `data_dir`.
+    pub url: Option<String>,
+    /// A file whose first line is the database password (instead of one in the URL).
+    pub password_file: Option<PathBuf>,
+}
+
 /// A configuration error: which file, key and line, and what is wrong.
 #[derive(Debug)]
 pub struct ConfigError {
@@ -590,6 +603,7 @@ impl Config {
                 )
             })?;
         }
+        crate::store::location(self).map_err(|m| err("store.url", m))?;
         if !matches!(self.log.level.as_str(), "info" | "debug") {
             return Err(err("log.level", "must be info or debug".into()));
         }

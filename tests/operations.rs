@@ -395,7 +395,7 @@ fn check_config_names_table_keys() {
 /// user and Message-ID; `[journal] keep_days` retention applied by `imipd run`.
 #[test]
 fn journal_through_the_binary() {
-    use imipd::store::{Change, Commit, JournalEntry, Sled, Store};
+    use imipd::store::{Change, Commit, Expect, JournalEntry, Sled, Store};
     let tmp = TempDir::new().expect("tempdir");
     let data = tmp.path().join("data");
     // Two lines from long ago, written as an older run would have.
@@ -418,6 +418,8 @@ fn journal_through_the_binary() {
                     user: "bob@example.org",
                     uid: &e.uid,
                     change: Change::Keep,
+                    expect: Expect::Any,
+                    expect_calendar: None,
                     processed_key: None,
                     journal: &e,
                     proposal: None,
