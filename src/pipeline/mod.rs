@@ -1048,3 +1048,46 @@ impl Pipeline {
         Ok(uids)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflicts_are_decided_again_a_bounded_number_of_times() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(crate::store::Sled::open(dir.path()).expect("store"));
+        let p = Pipeline::new(store, Arc::new(Config::default()));
+        let (mut attempts, mut retries) = (0, 0);
+        let r: Result<(), _> = p.retrying("bob@example.org", "u\r\n1", &mut retries, || {
+            attempts += 1;
+            Err(StoreError::Conflict(
+                "object version 1 expected, 2 stored".into(),
+            ))
+        });
+        assert_eq!(attempts, MAX_COMMIT_ATTEMPTS);
+        assert_eq!(retries, MAX_COMMIT_ATTEMPTS - 1);
+        match r {
+            Err(StoreError::Conflict(m)) => assert!(m.contains("after 16 attempts"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // A conflict that clears is retried once; other errors are not retried.
+        let (mut attempts, mut retries) = (0, 0);
+        let r = p.retrying("bob@example.org", "u", &mut retries, || {
+            attempts += 1;
+            if attempts == 1 {
+                Err(StoreError::Conflict("x".into()))
+            } else {
+                Ok(attempts)
+            }
+        });
+        assert_eq!((r.ok(), retries), (Some(2), 1));
+        let mut attempts = 0;
+        let r: Result<(), _> = p.retrying("bob@example.org", "u", &mut retries, || {
+            attempts += 1;
+            Err(StoreError::Io("disk".into()))
+        });
+        assert!(matches!(r, Err(StoreError::Io(_))));
+        assert_eq!(attempts, 1);
+    }
+}

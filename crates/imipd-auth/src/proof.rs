@@ -117,7 +117,7 @@ impl Prover {
     pub fn new(ac: &crate::AuthConfig) -> Result<Prover, String> {
         Ok(Prover {
             authserv_id: ac.authserv_id.clone(),
-            auth: crate::Authenticator::new(&ac).map_err(|e| e.to_string())?,
+            auth: crate::Authenticator::new(ac).map_err(|e| e.to_string())?,
         })
     }
 
