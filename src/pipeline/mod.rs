@@ -216,6 +216,10 @@ pub const MAX_COMMIT_ATTEMPTS: u32 = 16;
 struct UserLocks([std::sync::Mutex<()>; 64]);
 
 impl UserLocks {
+    fn new() -> Box<UserLocks> {
+        Box::new(UserLocks([const { std::sync::Mutex::new(()) }; 64]))
+    }
+
     fn lock(&self, user: &str) -> std::sync::MutexGuard<'_, ()> {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in user.bytes() {
@@ -304,20 +308,17 @@ impl Pipeline {
         Pipeline {
             store,
             config,
-            user_locks: Some(Box::new(UserLocks(
-                [const { std::sync::Mutex::new(()) }; 64],
-            ))),
+            user_locks: Some(UserLocks::new()),
         }
     }
 
     /// With `false`, writes for one user are not serialized in this process (the store's
     /// versions alone keep updates from being lost; conflicts are then retried more often).
     pub fn with_user_locks(mut self, on: bool) -> Self {
-        if !on {
-            self.user_locks = None;
-        } else if self.user_locks.is_none() {
-            self = Pipeline::new(self.store, self.config);
-        }
+        self.user_locks = match (on, self.user_locks.take()) {
+            (false, _) => None,
+            (true, locks) => Some(locks.unwrap_or_else(UserLocks::new)),
+        };
         self
     }
 
@@ -680,8 +681,8 @@ impl Pipeline {
                     user: rcpt,
                     uid: &inc.uid,
                     change: Change::Keep,
-                    // Ignored for what the object was: had it changed meanwhile, the message
-                    // is decided again rather than dropped.
+                    // Ignored because of what the object was: had it changed meanwhile, the
+                    // message is decided again rather than dropped.
                     expect,
                     expect_calendar,
                     processed_key: None,

@@ -228,13 +228,23 @@ impl Store for Sled {
         // Held from the version checks to the batch, and over the reads of the old record and
         // the longest busy period that the batch is computed from.
         let _stripe = self.stripe(c.user);
-        let version = self.version_at(&vkey)?;
+        // Versions are read when checked or bumped (a journal-only commit needs neither).
+        let keep = matches!(c.change, Change::Keep);
+        let version = match c.expect {
+            Expect::Version(_) => self.version_at(&vkey)?,
+            Expect::Any if !keep => self.version_at(&vkey)?,
+            Expect::Any => 0,
+        };
         if let Expect::Version(n) = c.expect {
             if n != version {
                 return Err(conflict("object", n, version));
             }
         }
-        let calendar = self.version_at(&ckey)?;
+        let calendar = if c.expect_calendar.is_some() || !keep {
+            self.version_at(&ckey)?
+        } else {
+            0
+        };
         if let Some(n) = c.expect_calendar {
             if n != calendar {
                 return Err(conflict("calendar", n, calendar));
@@ -247,7 +257,7 @@ impl Store for Sled {
             }
         }
         let mut batch = sled::Batch::default();
-        if !matches!(c.change, Change::Keep) {
+        if !keep {
             let bump = |v: u64| {
                 v.checked_add(1)
                     .map(u64::to_be_bytes)
