@@ -131,7 +131,8 @@ pub trait Store: Send + Sync {
     /// or deletes it (so a deleted object keeps a version above 0).
     fn get_versioned(&self, user: &str, uid: &str) -> Result<(Option<StoredObject>, u64)>;
     /// The version of the user's calendar: 0 at first, bumped by every commit that puts or
-    /// deletes any of its objects.
+    /// deletes any of its objects. A decision reads it before the objects it looks at, so that
+    /// a change made after that read fails its commit.
     fn calendar_version(&self, user: &str) -> Result<u64>;
     /// Every object of a user's calendar.
     fn list(&self, user: &str) -> Result<Vec<StoredObject>>;
