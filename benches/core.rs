@@ -11,7 +11,7 @@ use imipd::extract::{self, Extracted, Found};
 use imipd::ical::{self, Component};
 use imipd::itip::{self, Incoming, Method, StoredObject};
 use imipd::pipeline::Pipeline;
-use imipd::store::{Change, Commit, JournalEntry, Sled, Store};
+use imipd::store::{Change, Commit, Expect, JournalEntry, Sled, Store};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -106,6 +106,8 @@ fn populate(store: &Sled, n: usize) {
                 user: &u,
                 uid: &uid,
                 change: Change::Put(&obj, &busy),
+                expect: Expect::Any,
+                expect_calendar: None,
                 processed_key: None,
                 journal: &entry,
                 proposal: None,

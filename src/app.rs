@@ -9,7 +9,7 @@ use crate::ical;
 use crate::milter::{self, Envelope, EomActions, Verdict as MilterVerdict};
 use crate::pipeline::{Delivery, Pipeline, Verdict};
 use crate::proof::{Facts, Proof, Prover};
-use crate::store::{Sled, Store};
+use crate::store::Store;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -953,6 +953,24 @@ async fn control_server(core: Arc<Core>, l: UnixListener, mut shutdown: watch::R
     }
 }
 
+/// Test builds only: `IMIPD_TEST_STORE_FAILURES=n` makes the first n commits fail.
+#[cfg(feature = "fault-injection")]
+fn inject_store_failures(store: Arc<dyn Store>) -> Arc<dyn Store> {
+    let Some(n) = std::env::var("IMIPD_TEST_STORE_FAILURES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
+        return store;
+    };
+    log(format!(
+        "IMIPD_TEST_STORE_FAILURES={n}: the first {n} store commits will fail"
+    ));
+    Arc::new(crate::store::Faulty {
+        inner: store,
+        remaining: AtomicUsize::new(n),
+    })
+}
+
 pub fn run(args: &Args) -> Result<i32, CliError> {
     let cfg = load_config(args)?;
     raise_fd_limit();
@@ -974,20 +992,12 @@ pub fn run(args: &Args) -> Result<i32, CliError> {
         let p = std::path::PathBuf::from(crate::cli::DEFAULT_CONFIG);
         p.exists().then_some(p)
     });
-    let mut store: Arc<dyn Store> =
-        Arc::new(Sled::open(&cfg.data_dir).map_err(|e| CliError::new(EX_TEMPFAIL, e.to_string()))?);
-    if let Some(n) = std::env::var("IMIPD_TEST_STORE_FAILURES")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        log(format!(
-            "IMIPD_TEST_STORE_FAILURES={n}: the first {n} store commits will fail"
-        ));
-        store = Arc::new(crate::store::Faulty {
-            inner: store,
-            remaining: AtomicUsize::new(n),
-        });
-    }
+    let store = crate::store::open(&cfg).map_err(|e| match e {
+        crate::store::OpenError::Config(_) => CliError::new(EX_CONFIG, e.to_string()),
+        crate::store::OpenError::Store(e) => CliError::new(EX_TEMPFAIL, e.to_string()),
+    })?;
+    #[cfg(feature = "fault-injection")]
+    let store = inject_store_failures(store);
     let data_dir = cfg.data_dir.clone();
     let effects_wakeup = Arc::new(Notify::new());
     let state = Core::build_state(store.clone(), cfg.clone(), &effects_wakeup)

@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::ical;
 use crate::pipeline::{Delivery, Pipeline};
-use crate::store::{self, Sled, Store};
+use crate::store::{self, Store};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -267,10 +267,13 @@ pub fn load_config(args: &Args) -> Result<Config, CliError> {
     Ok(cfg)
 }
 
+/// Opens the store `cfg` names ([`store::open`]): a store this build cannot open is a config
+/// error, one that will not open an I/O error with its cause.
 pub fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, CliError> {
-    Sled::open(&cfg.data_dir)
-        .map(|s| Arc::new(s) as Arc<dyn Store>)
-        .map_err(|e| CliError::new(EX_TEMPFAIL, e.to_string()))
+    store::open(cfg).map_err(|e| match e {
+        store::OpenError::Config(_) => CliError::new(EX_CONFIG, e.to_string()),
+        store::OpenError::Store(_) => CliError::new(EX_IOERR, e.to_string()),
+    })
 }
 
 fn need_user(args: &Args) -> Result<String, CliError> {
@@ -434,7 +437,10 @@ fn admin_local_or_remote(argv: &[String], args: &Args, reads: bool) -> Result<i3
             .user
             .as_deref()
             .is_some_and(|u| !cfg.is_local(&ical::norm_addr(u)));
-    if reads && !remote_freebusy && !Sled::exists(&data_dir) && !sock.exists() {
+    // The daemon runs on this data dir if its control socket takes a connection (a socket file
+    // left behind by a daemon that died refuses it).
+    let daemon = std::os::unix::net::UnixStream::connect(&sock);
+    if daemon.is_err() && reads && !remote_freebusy && !store::exists(&cfg) {
         return Err(CliError::new(
             EX_NOINPUT,
             format!(
@@ -446,20 +452,29 @@ fn admin_local_or_remote(argv: &[String], args: &Args, reads: bool) -> Result<i3
     }
     let mut io = Io::default();
     io.errln(format!("store {} ({origin})", data_dir.display()));
-    let code = match Sled::open(&data_dir) {
-        Ok(store) => {
+    let code = match daemon {
+        Err(not_running) => {
+            let store = open_store(&cfg).map_err(|mut e| {
+                e.message = format!("{} ({origin})", e.message);
+                // A socket that is there but not ours to use is worth naming too.
+                if sock.exists() && not_running.kind() != std::io::ErrorKind::ConnectionRefused {
+                    e.message = format!(
+                        "{}; control socket {}: {not_running}",
+                        e.message,
+                        sock.display()
+                    );
+                }
+                e
+            })?;
             let env = Env {
                 cfg: cfg.clone(),
-                store: Arc::new(store),
+                store,
                 prover: None,
                 bridge: None,
             };
             run_admin(args, &env, input, &mut io)
         }
-        Err(e) => {
-            if !sock.exists() {
-                return Err(CliError::new(EX_TEMPFAIL, format!("{e} ({origin})")));
-            }
+        Ok(conn) => {
             let mut argv = argv.to_vec();
             // The daemon runs elsewhere: make the outbox path absolute.
             if let Some(pos) = argv.iter().position(|a| a == "--outbox") {
@@ -470,7 +485,7 @@ fn admin_local_or_remote(argv: &[String], args: &Args, reads: bool) -> Result<i3
                     argv[pos + 1] = abs.display().to_string();
                 }
             }
-            crate::control::call(&sock, &argv, input.as_deref(), &mut io).map_err(|e| {
+            crate::control::call_on(conn, &argv, input.as_deref(), &mut io).map_err(|e| {
                 CliError::new(
                     EX_TEMPFAIL,
                     format!("control socket {}: {e}", sock.display()),

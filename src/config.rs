@@ -34,6 +34,7 @@ pub struct Config {
     /// and the effects runner call.
     #[serde(skip)]
     pub plugin_set: crate::plugins::Plugins,
+    pub store: StoreConfig,
 }
 
 impl Default for Config {
@@ -57,6 +58,7 @@ impl Default for Config {
             metrics: Metrics::default(),
             plugins: BTreeMap::new(),
             plugin_set: Default::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -348,6 +350,17 @@ pub struct Metrics {
     pub listen: Option<String>,
 }
 
+/// `[store]`: where the calendar store lives.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `postgresql://` or `postgres://` URL of a shared store; unset: the embedded sled store
+    /// under `data_dir`.
+    pub url: Option<String>,
+    /// A file whose first line is the database password (instead of one in the URL).
+    pub password_file: Option<PathBuf>,
+}
+
 /// A configuration error: which file, key and line, and what is wrong.
 #[derive(Debug)]
 pub struct ConfigError {
@@ -618,6 +631,7 @@ impl Config {
                 )
             })?;
         }
+        crate::store::location(self).map_err(|m| err("store.url", m))?;
         if !matches!(self.log.level.as_str(), "info" | "debug") {
             return Err(err("log.level", "must be info or debug".into()));
         }

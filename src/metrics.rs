@@ -12,6 +12,8 @@
 //!   (dkim, dmarc, smime, pgp, ...), by result (pass, fail, none, ...).
 //! - `imipd_store_commit_seconds` (histogram) and `imipd_store_commits_total{result}`: making a
 //!   message's store writes durable.
+//! - `imipd_store_conflicts_total`: commits that found the object or calendar changed since
+//!   the decision read it (another writer came first), each followed by a re-read and re-decide.
 //! - `imipd_dns_lookups_total{result}`: DKIM and DMARC TXT lookups, `cache` or `query`.
 //! - `imipd_effects_total{effect,outcome}`: attempts at effects (imip, ischedule, plugin) by
 //!   outcome: delivered, retrying, failed (set aside).
@@ -67,6 +69,7 @@ struct Metrics {
     proof: Family<ProofLabels, Counter>,
     commits: Family<ResultLabel, Counter>,
     commit_seconds: Histogram,
+    conflicts: Counter,
     dns: Family<ResultLabel, Counter>,
     effects: Family<EffectLabels, Counter>,
     effects_pending: Gauge,
@@ -85,6 +88,7 @@ fn metrics() -> &'static Metrics {
         let effects = Family::<EffectLabels, Counter>::default();
         let effects_pending = Gauge::default();
         let effects_failed = Gauge::default();
+        let conflicts = Counter::default();
         // 100 µs to about 6.5 s.
         let commit_seconds = Histogram::new(exponential_buckets(0.0001, 4.0, 9));
         registry.register(
@@ -113,6 +117,11 @@ fn metrics() -> &'static Metrics {
             commit_seconds.clone(),
         );
         registry.register(
+            "imipd_store_conflicts",
+            "Commits that found the object or calendar changed since it was read, then re-decided",
+            conflicts.clone(),
+        );
+        registry.register(
             "imipd_dns_lookups",
             "DNS TXT lookups for DKIM and DMARC: result=cache (answered from the cache) or query",
             dns.clone(),
@@ -139,6 +148,7 @@ fn metrics() -> &'static Metrics {
             proof,
             commits,
             commit_seconds,
+            conflicts,
             dns,
             effects,
             effects_pending,
@@ -288,6 +298,11 @@ pub fn commit<T, E>(f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
         })
         .inc();
     r
+}
+
+/// A commit failed with a version conflict and is decided again.
+pub fn store_conflict() {
+    metrics().conflicts.inc();
 }
 
 /// The `method=result` items of an Authentication-Results value after its authserv-id,

@@ -50,9 +50,9 @@ impl std::fmt::Debug for Plugins {
 pub struct Hooked {
     /// To be committed with the decision.
     pub effects: Vec<Effect>,
-    /// Some plugin read the calendar: commit against the calendar's version, not only the
-    /// object's.
-    pub calendar_read: bool,
+    /// The calendar's version when some plugin first read it: the commit then goes against
+    /// the calendar's version, not only the object's (`None`: no plugin read it).
+    pub calendar_read: Option<u64>,
 }
 
 impl Plugins {
@@ -122,7 +122,7 @@ impl Plugins {
             })?;
         }
         let mut out = Hooked {
-            calendar_read: hook.calendar.was_read(),
+            calendar_read: hook.calendar.read_version(),
             ..Default::default()
         };
         let decision = &*hook.decision;

@@ -360,7 +360,7 @@ fn check_config_validates_metrics_listen() {
 #[test]
 fn metrics_count_tempfail_no_calendar_and_ischedule_refusals() {
     let test = "metrics_count_tempfail_no_calendar_and_ischedule_refusals";
-    if !mta::have(test, &["openssl"]) {
+    if !mta::fault_injection(test) || !mta::have(test, &["openssl"]) {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");

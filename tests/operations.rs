@@ -395,7 +395,7 @@ fn check_config_names_table_keys() {
 /// user and Message-ID; `[journal] keep_days` retention applied by `imipd run`.
 #[test]
 fn journal_through_the_binary() {
-    use imipd::store::{Change, Commit, JournalEntry, Sled, Store};
+    use imipd::store::{Change, Commit, Expect, JournalEntry, Sled, Store};
     let tmp = TempDir::new().expect("tempdir");
     let data = tmp.path().join("data");
     // Two lines from long ago, written as an older run would have.
@@ -418,6 +418,8 @@ fn journal_through_the_binary() {
                     user: "bob@example.org",
                     uid: &e.uid,
                     change: Change::Keep,
+                    expect: Expect::Any,
+                    expect_calendar: None,
                     processed_key: None,
                     journal: &e,
                     proposal: None,
@@ -626,4 +628,137 @@ Content-Type: text/calendar; method=REQUEST\r\n\r\n{}--b--\r\n",
     assert_eq!(lines[0]["uid"], "*");
     assert_eq!(lines[0]["count"], 2);
     assert_eq!(lines[0]["outcome"], "rejected");
+}
+
+/// Runs the binary and waits at most `limit`; kills it and fails the test past that.
+fn imipd_limited(args: &[&str], limit: std::time::Duration) -> (String, i32) {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imipd"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("imipd");
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("imipd {args:?} still running after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    (err, status.code().unwrap_or(-1))
+}
+
+/// DESIGN "Config contract", `[store] url`: this build has no PostgreSQL store, so such a URL is
+/// a config error of check-config and run (naming the key, never showing the URL, which may
+/// hold a password), not a quiet fall-back to the embedded store; another scheme names its line.
+#[test]
+fn store_url_without_a_backend_is_a_config_error() {
+    let tmp = TempDir::new().expect("tempdir");
+    let data = tmp.path().join("data");
+    for scheme in ["postgresql", "postgres"] {
+        let p = write_config(
+            tmp.path(),
+            &format!(
+                "data_dir = \"{}\"\n[milter]\nlisten = \"inet:127.0.0.1:0\"\n[lmtp]\n\
+                 listen = \"inet:127.0.0.1:0\"\n[store]\n\
+                 url = \"{scheme}://imipd:s3cret@db.example.org/imipd\"\n\
+                 password_file = \"/nonexistent/db.secret\"\n",
+                data.display()
+            ),
+        );
+        let c = p.to_str().expect("path");
+        for args in [
+            &["--config", c, "check-config"][..],
+            &["--config", c, "run"],
+        ] {
+            let (err, code) = imipd_limited(args, std::time::Duration::from_secs(20));
+            assert_eq!(code, 78, "{args:?}: {err}");
+            assert!(
+                err.contains(":7: key `store.url`")
+                    && err.contains("the PostgreSQL store is not available in this build"),
+                "{args:?}: {err}"
+            );
+            assert!(!err.contains("s3cret"), "{err}");
+        }
+        assert!(
+            !data.join("store").exists(),
+            "an embedded store was created"
+        );
+    }
+    let p = write_config(
+        tmp.path(),
+        "[log]\nlevel = \"info\"\n[store]\nurl = \"mysql://imipd:s3cret@db/imipd\"\n",
+    );
+    let (_, err, code) = imipd(&["--config", p.to_str().expect("path"), "check-config"]);
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains(":4: key `store.url`") && err.contains("\"mysql\""),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+    // password_file alone is accepted (it only matters with a URL).
+    let p = write_config(tmp.path(), "[store]\npassword_file = \"/x/db.secret\"\n");
+    let (_, err, code) = imipd(&["--config", p.to_str().expect("path"), "check-config"]);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// Admin commands go to the daemon only when its control socket takes a connection: a socket
+/// file left by a daemon that died is not a running daemon, and a store that will not open for
+/// another reason is an I/O error (EX_IOERR) that says why.
+#[test]
+fn admin_commands_ask_the_socket_whether_the_daemon_runs() {
+    let tmp = TempDir::new().expect("tempdir");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    // A socket nobody listens on any more.
+    drop(std::os::unix::net::UnixListener::bind(data.join("control.sock")).expect("bind"));
+    assert!(data.join("control.sock").exists());
+    let ics = tmp.path().join("e.ics");
+    std::fs::write(
+        &ics,
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nBEGIN:VEVENT\r\nUID:sock-1\r\n\
+         DTSTAMP:20300101T000000Z\r\nDTSTART:20300101T100000Z\r\nSUMMARY:x\r\nEND:VEVENT\r\n\
+         END:VCALENDAR\r\n",
+    )
+    .expect("ics");
+    let d = data.to_str().expect("path");
+    let (_, err, code) = imipd(&[
+        "--data-dir",
+        d,
+        "import",
+        "--user",
+        "bob@example.org",
+        ics.to_str().expect("path"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (out, err, code) = imipd(&["--data-dir", d, "export", "--user", "bob@example.org"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("UID:sock-1"), "{out}");
+    // A store that cannot be opened (its directory is a file), beside the same dead socket.
+    let broken = tmp.path().join("broken");
+    std::fs::create_dir_all(&broken).expect("dir");
+    std::fs::write(broken.join("store"), "not a store").expect("file");
+    drop(std::os::unix::net::UnixListener::bind(broken.join("control.sock")).expect("bind"));
+    let (_, err, code) = imipd(&[
+        "--data-dir",
+        broken.to_str().expect("path"),
+        "import",
+        "--user",
+        "bob@example.org",
+        ics.to_str().expect("path"),
+    ]);
+    assert_eq!(code, 74, "{err}");
+    assert!(err.contains("broken"), "{err}");
+    assert!(!err.contains("control socket"), "{err}");
 }

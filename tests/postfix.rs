@@ -352,7 +352,9 @@ fn forged_sender_refused_after_reload_to_reject() {
 /// applied exactly once.
 #[test]
 fn store_unavailable_tempfails_then_retry_applies_once() {
-    if !have("store_unavailable_tempfails", TOOLS) {
+    if !mta::fault_injection("store_unavailable_tempfails")
+        || !have("store_unavailable_tempfails", TOOLS)
+    {
         return;
     }
     let w = world(Mode::Lmtp, "", &[("IMIPD_TEST_STORE_FAILURES", "1")]);

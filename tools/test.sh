@@ -33,4 +33,6 @@ if ! ls "$cyrus"/cyrus-caldav_*.deb >/dev/null 2>&1 && command -v apt-get >/dev/
     || echo "NOTICE: apt-get download of the Cyrus packages failed; the Cyrus interop test will skip"
 fi
 
-cargo test --workspace
+# fault-injection: lets the tests of the tempfail path make the store fail (never in a release
+# build).
+cargo test --workspace --features imipd/fault-injection

@@ -20,7 +20,21 @@ pub fn call(
     input: Option<&[u8]>,
     io: &mut Io,
 ) -> std::io::Result<i32> {
-    let mut s = std::os::unix::net::UnixStream::connect(sock)?;
+    call_on(
+        std::os::unix::net::UnixStream::connect(sock)?,
+        argv,
+        input,
+        io,
+    )
+}
+
+/// [`call`] on a connection already made.
+pub fn call_on(
+    mut s: std::os::unix::net::UnixStream,
+    argv: &[String],
+    input: Option<&[u8]>,
+    io: &mut Io,
+) -> std::io::Result<i32> {
     s.set_read_timeout(Some(std::time::Duration::from_secs(300)))?;
     let req = serde_json::json!({"argv": argv, "input": input.map(base64_encode)});
     s.write_all(req.to_string().as_bytes())?;

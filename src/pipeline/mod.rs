@@ -9,7 +9,7 @@ use crate::ical::{self, Component};
 use crate::itip::{self, Context, Decision, Incoming, Method, OutMessage, Reason, StoredObject};
 use crate::message::Parsed;
 use crate::proof::Proof;
-use crate::store::{Change, Commit, JournalEntry, Store, StoreError};
+use crate::store::{Change, Commit, Expect, JournalEntry, Store, StoreError};
 use extract::Extracted;
 use imipd_core::effects::Effect;
 use serde::Serialize;
@@ -76,6 +76,9 @@ pub struct Verdict {
     pub proof: Proof,
     /// The local recipients whose calendars were looked at.
     pub recipients: Vec<String>,
+    /// Decisions made again because their commit met a version conflict (another writer
+    /// changed the object or calendar after it was read).
+    pub store_retries: u32,
 }
 
 pub use crate::effects::imip::Outgoing;
@@ -188,18 +191,29 @@ impl Rejections {
     }
 }
 
-/// Writes for one calendar user are serialized (read, decide, commit), so that two messages
-/// for the same user never overwrite each other's update; different users run in parallel.
-static USER_LOCKS: [std::sync::Mutex<()>; 64] = [const { std::sync::Mutex::new(()) }; 64];
+/// How many times one object is read, decided and committed before a run of version
+/// conflicts is given up (the message then tempfails and its sender retries).
+pub const MAX_COMMIT_ATTEMPTS: u32 = 16;
 
-fn user_lock(user: &str) -> std::sync::MutexGuard<'static, ()> {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in user.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+/// Per-user locks of one pipeline: its writes for one calendar user take turns (read, decide,
+/// commit), so that they seldom conflict. They are an optimisation only: every commit carries
+/// the versions its decision read, and the store refuses a stale one.
+struct UserLocks([std::sync::Mutex<()>; 64]);
+
+impl UserLocks {
+    fn new() -> Box<UserLocks> {
+        Box::new(UserLocks([const { std::sync::Mutex::new(()) }; 64]))
     }
-    USER_LOCKS[(h % 64) as usize]
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+
+    fn lock(&self, user: &str) -> std::sync::MutexGuard<'_, ()> {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in user.bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0[(h % 64) as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 pub struct Pipeline {
@@ -208,6 +222,17 @@ pub struct Pipeline {
     /// Woken when a commit left effects for the effects runner (the daemon's; none for a
     /// one-off command, which runs its effects itself).
     effects_wakeup: Option<Arc<tokio::sync::Notify>>,
+    user_locks: Option<Box<UserLocks>>,
+}
+
+/// A short, growing, jittered pause before deciding again, so that writers that keep meeting
+/// each other drift apart.
+fn backoff(attempt: u32) {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(attempt);
+    let cap_us = 50u64 << attempt.min(8);
+    std::thread::sleep(std::time::Duration::from_micros(h.finish() % cap_us));
 }
 
 use imipd_core::clock::now;
@@ -267,6 +292,7 @@ impl Pipeline {
             store,
             config,
             effects_wakeup: None,
+            user_locks: Some(UserLocks::new()),
         }
     }
 
@@ -280,6 +306,57 @@ impl Pipeline {
     fn wake_runner(&self, v: &Verdict) {
         if let (Some(w), false) = (&self.effects_wakeup, v.effects.is_empty()) {
             w.notify_one();
+        }
+    }
+
+    /// With `false`, writes for one user are not serialized in this process (the store's
+    /// versions alone keep updates from being lost; conflicts are then retried more often).
+    pub fn with_user_locks(mut self, on: bool) -> Self {
+        self.user_locks = match (on, self.user_locks.take()) {
+            (false, _) => None,
+            (true, locks) => Some(locks.unwrap_or_else(UserLocks::new)),
+        };
+        self
+    }
+
+    fn user_lock(&self, user: &str) -> Option<std::sync::MutexGuard<'_, ()>> {
+        self.user_locks.as_ref().map(|l| l.lock(user))
+    }
+
+    /// Runs `attempt` (read, decide, commit) again while its commit meets a version conflict,
+    /// at most [`MAX_COMMIT_ATTEMPTS`] times; `retries` counts the attempts made again.
+    fn retrying<T>(
+        &self,
+        user: &str,
+        uid: &str,
+        retries: &mut u32,
+        mut attempt: impl FnMut() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut n = 1;
+        loop {
+            match attempt() {
+                Err(StoreError::Conflict(why)) => {
+                    crate::metrics::store_conflict();
+                    if n >= MAX_COMMIT_ATTEMPTS {
+                        return Err(StoreError::Conflict(format!(
+                            "{uid} in {user}'s calendar: still changed by other writers after \
+                             {MAX_COMMIT_ATTEMPTS} attempts ({why})"
+                        )));
+                    }
+                    eprintln!(
+                        "imipd: {}",
+                        crate::sanitize::clean(&format!(
+                            "store: {uid} in {user}'s calendar changed meanwhile ({why}); \
+                             deciding again (attempt {} of {MAX_COMMIT_ATTEMPTS})",
+                            n + 1
+                        ))
+                    );
+                    *retries += 1;
+                    backoff(n);
+                    n += 1;
+                }
+                r => return r,
+            }
         }
     }
 
@@ -403,6 +480,9 @@ impl Pipeline {
                     user: rcpt,
                     uid: &uid,
                     change: Change::Keep,
+                    // A journal line only: no object is written, none was relied on.
+                    expect: Expect::Any,
+                    expect_calendar: None,
                     processed_key: None,
                     journal: &JournalEntry {
                         ts: now(),
@@ -436,7 +516,30 @@ impl Pipeline {
     ) -> Result<(ObjectOutcome, Option<Reason>), StoreError> {
         let ts = now();
         let pkey = processed_key(message_id, inc);
-        let _guard = user_lock(rcpt);
+        let _guard = self.user_lock(rcpt);
+        let mut retries = 0;
+        let r = self.retrying(rcpt, &inc.uid, &mut retries, || {
+            self.decide_and_commit(rcpt, inc, proven, message_id, message_id_s, &pkey, ts, v)
+        });
+        v.store_retries += retries;
+        r
+    }
+
+    /// One attempt of [`Pipeline::apply_one`]: reads the object (and what else the decision
+    /// needs) with its version, decides, commits against that version. Nothing reaches `v`
+    /// unless the commit succeeds.
+    #[allow(clippy::too_many_arguments)]
+    fn decide_and_commit(
+        &self,
+        rcpt: &str,
+        inc: &Incoming,
+        proven: &[String],
+        message_id: Option<&str>,
+        message_id_s: &str,
+        pkey: &str,
+        ts: i64,
+        v: &mut Verdict,
+    ) -> Result<(ObjectOutcome, Option<Reason>), StoreError> {
         let mut out = ObjectOutcome {
             recipient: ical::mailto(rcpt),
             method: inc.method.as_str().into(),
@@ -456,7 +559,7 @@ impl Pipeline {
             reason: reason.into(),
             count: 1,
         };
-        if self.store.is_processed(rcpt, &pkey)? {
+        if self.store.is_processed(rcpt, pkey)? {
             out.outcome = "ignored".into();
             out.reason = Reason::Duplicate.to_string();
             return Ok((out, None));
@@ -469,14 +572,18 @@ impl Pipeline {
             now: ts,
         };
         if inc.kind == "VFREEBUSY" && inc.method == Method::Request {
-            return self.freebusy_request(rcpt, inc, &ctx, message_id, &pkey, out, v, journal);
+            return self.freebusy_request(rcpt, inc, &ctx, message_id, pkey, out, v, journal);
         }
         let mut rejected = None;
-        let stored = if inc.uid.is_empty() {
-            None
+        let (stored, version) = if inc.uid.is_empty() {
+            (None, 0)
         } else {
-            self.store.get(rcpt, &inc.uid)?
+            self.store.get_versioned(rcpt, &inc.uid)?
         };
+        // Every commit below is against the version the decision read.
+        let expect = Expect::Version(version);
+        // Set when the decision read other objects of the calendar too.
+        let mut expect_calendar = None;
         let mut decision = itip::decide(stored.as_ref(), inc, &ctx);
         if let Decision::Applied {
             object: Some(_),
@@ -485,8 +592,9 @@ impl Pipeline {
         } = &decision
         {
             if stored.is_none() {
-                if let Err(r) = self.may_create(rcpt, inc, proven) {
-                    decision = Decision::Rejected(r);
+                match self.may_create(rcpt, inc, proven) {
+                    Ok(read_calendar) => expect_calendar = read_calendar,
+                    Err(r) => decision = Decision::Rejected(r),
                 }
             }
         }
@@ -508,6 +616,11 @@ impl Pipeline {
             };
             let host = || (self.config.authserv_id.clone()).unwrap_or_else(crate::proof::hostname);
             hooked = self.config.plugin_set.before_commit(hook, &host)?;
+            // The earliest read of the calendar is what the commit must still find.
+            expect_calendar = match (expect_calendar, hooked.calendar_read) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         }
         out.outcome = decision.outcome().into();
         out.reason = decision.reason();
@@ -549,7 +662,9 @@ impl Pipeline {
                     user: rcpt,
                     uid: &inc.uid,
                     change,
-                    processed_key: Some(&pkey),
+                    expect,
+                    expect_calendar,
+                    processed_key: Some(pkey),
                     journal: &entry,
                     proposal: proposal.as_ref(),
                     effects: &effects,
@@ -563,7 +678,9 @@ impl Pipeline {
                     user: rcpt,
                     uid: &inc.uid,
                     change: Change::Keep,
-                    processed_key: Some(&pkey),
+                    expect,
+                    expect_calendar,
+                    processed_key: Some(pkey),
                     journal: &entry,
                     proposal: None,
                     effects: &effects,
@@ -575,6 +692,10 @@ impl Pipeline {
                     user: rcpt,
                     uid: &inc.uid,
                     change: Change::Keep,
+                    // Ignored because of what the object was: had it changed meanwhile, the
+                    // message is decided again rather than dropped.
+                    expect,
+                    expect_calendar,
                     processed_key: None,
                     journal: &entry,
                     proposal: None,
@@ -623,6 +744,10 @@ impl Pipeline {
                     user: rcpt,
                     uid: &inc.uid,
                     change: Change::Keep,
+                    // The reply tells the busy time as it was read; it writes no object, and
+                    // a second copy of the request is still caught by its processed key.
+                    expect: Expect::Any,
+                    expect_calendar: None,
                     processed_key: Some(pkey),
                     journal: &journal(&out.outcome, &out.reason),
                     proposal: None,
@@ -645,8 +770,15 @@ impl Pipeline {
         Ok((out, None))
     }
 
-    /// Site policy: who may put a new object into `rcpt`'s calendar.
-    fn may_create(&self, rcpt: &str, inc: &Incoming, proven: &[String]) -> Result<(), Reason> {
+    /// Site policy: who may put a new object into `rcpt`'s calendar. Ok carries the calendar
+    /// version when the answer was read from the calendar's other objects (policy "known"), for
+    /// the commit to expect.
+    fn may_create(
+        &self,
+        rcpt: &str,
+        inc: &Incoming,
+        proven: &[String],
+    ) -> Result<Option<u64>, Reason> {
         let p = &self.config.policy;
         let domain = rcpt.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
         let mode = p
@@ -664,6 +796,7 @@ impl Pipeline {
                 }
             })
         });
+        let mut read_calendar = None;
         let ok = match mode {
             "everyone" => true,
             "nobody" => false,
@@ -675,15 +808,18 @@ impl Pipeline {
             }
             "known" => {
                 allowed_by_list || {
-                    let known = self.store.list(rcpt).map(|objs| {
-                        objs.iter().any(|o| {
+                    // The version before the objects: a change after it is seen at commit.
+                    let known = self.store.calendar_version(rcpt).and_then(|cv| {
+                        let objs = self.store.list(rcpt)?;
+                        read_calendar = Some(cv);
+                        Ok(objs.iter().any(|o| {
                             o.components.iter().any(|c| {
                                 c.props
                                     .iter()
                                     .filter(|p| p.name == "ORGANIZER" || p.name == "ATTENDEE")
                                     .any(|p| proven.contains(&ical::norm_addr(&p.value)))
                             })
-                        })
+                        }))
                     });
                     known.unwrap_or(false)
                 }
@@ -691,7 +827,7 @@ impl Pipeline {
             _ => true,
         };
         if ok {
-            Ok(())
+            Ok(read_calendar)
         } else {
             Err(Reason::Policy(format!(
                 "{} may not create objects in {rcpt}'s calendar (policy \"{mode}\"); {} was not stored",
@@ -740,52 +876,69 @@ impl Pipeline {
             if inc.uid.is_empty() {
                 continue;
             }
-            let _guard = user_lock(sender);
-            let stored = self.store.get(sender, &inc.uid)?;
-            let d = itip::record_sent(stored.as_ref(), inc, sender, recipients);
-            let o = ObjectOutcome {
-                recipient: ical::mailto(sender),
-                method: inc.method.as_str().into(),
-                component: inc.kind.clone(),
-                uid: inc.uid.clone(),
-                outcome: d.outcome().into(),
-                reason: format!("outgoing: {}", d.reason()),
-            };
-            let entry = JournalEntry {
-                ts: now(),
-                user: sender.to_string(),
-                message_id: message_id.clone(),
-                method: o.method.clone(),
-                component: o.component.clone(),
-                uid: o.uid.clone(),
-                outcome: o.outcome.clone(),
-                reason: o.reason.clone(),
-                count: 1,
-            };
-            let busy;
-            let change = match &d {
-                Decision::Applied {
-                    object: Some(obj),
-                    changed: true,
-                    ..
-                } => {
-                    busy = itip::busy_periods(obj, sender, self.config.itip.max_instances);
-                    Change::Put(obj, &busy)
-                }
-                _ => Change::Keep,
-            };
-            self.store.commit(&Commit {
-                user: sender,
-                uid: &inc.uid,
-                change,
-                processed_key: None,
-                journal: &entry,
-                proposal: None,
-                effects: &[],
+            let _guard = self.user_lock(sender);
+            let mut retries = 0;
+            let o = self.retrying(sender, &inc.uid, &mut retries, || {
+                self.record_one_sent(inc, sender, recipients, &message_id)
             })?;
             outs.push(o);
         }
         Ok(outs)
+    }
+
+    /// One attempt of [`Pipeline::record_outgoing`] for one object.
+    fn record_one_sent(
+        &self,
+        inc: &Incoming,
+        sender: &str,
+        recipients: &[String],
+        message_id: &str,
+    ) -> Result<ObjectOutcome, StoreError> {
+        let (stored, version) = self.store.get_versioned(sender, &inc.uid)?;
+        let d = itip::record_sent(stored.as_ref(), inc, sender, recipients);
+        let o = ObjectOutcome {
+            recipient: ical::mailto(sender),
+            method: inc.method.as_str().into(),
+            component: inc.kind.clone(),
+            uid: inc.uid.clone(),
+            outcome: d.outcome().into(),
+            reason: format!("outgoing: {}", d.reason()),
+        };
+        let entry = JournalEntry {
+            ts: now(),
+            user: sender.to_string(),
+            message_id: message_id.to_string(),
+            method: o.method.clone(),
+            component: o.component.clone(),
+            uid: o.uid.clone(),
+            outcome: o.outcome.clone(),
+            reason: o.reason.clone(),
+            count: 1,
+        };
+        let busy;
+        let change = match &d {
+            Decision::Applied {
+                object: Some(obj),
+                changed: true,
+                ..
+            } => {
+                busy = itip::busy_periods(obj, sender, self.config.itip.max_instances);
+                Change::Put(obj, &busy)
+            }
+            _ => Change::Keep,
+        };
+        self.store.commit(&Commit {
+            user: sender,
+            uid: &inc.uid,
+            change,
+            expect: Expect::Version(version),
+            expect_calendar: None,
+            processed_key: None,
+            journal: &entry,
+            proposal: None,
+            effects: &[],
+        })?;
+        Ok(o)
     }
 
     /// Records the per-recipient delivery status of something `user` sent (RFC 6638 3.2.9
@@ -797,7 +950,21 @@ impl Pipeline {
         uid: &str,
         statuses: &[(String, String)],
     ) -> Result<bool, StoreError> {
-        let Some(mut obj) = self.store.get(user, uid)? else {
+        let _guard = self.user_lock(user);
+        let mut retries = 0;
+        self.retrying(user, uid, &mut retries, || {
+            self.schedule_status_once(user, uid, statuses)
+        })
+    }
+
+    /// One attempt of [`Pipeline::record_schedule_status`].
+    fn schedule_status_once(
+        &self,
+        user: &str,
+        uid: &str,
+        statuses: &[(String, String)],
+    ) -> Result<bool, StoreError> {
+        let (Some(mut obj), version) = self.store.get_versioned(user, uid)? else {
             return Ok(false);
         };
         let mut changed = false;
@@ -837,6 +1004,8 @@ impl Pipeline {
             user,
             uid,
             change: Change::PutKeepBusy(&obj),
+            expect: Expect::Version(version),
+            expect_calendar: None,
             processed_key: None,
             journal: &entry,
             proposal: None,
@@ -883,7 +1052,7 @@ impl Pipeline {
                     .cloned()
                     .collect();
                 let busy = itip::busy_periods(&obj, user, self.config.itip.max_instances);
-                let _guard = user_lock(user);
+                let _guard = self.user_lock(user);
                 let entry = JournalEntry {
                     ts: now(),
                     user: user.to_string(),
@@ -900,6 +1069,9 @@ impl Pipeline {
                         user,
                         uid: &obj.uid,
                         change: Change::Put(&obj, &busy),
+                        // An import replaces whatever is stored, whatever that is.
+                        expect: Expect::Any,
+                        expect_calendar: None,
                         processed_key: None,
                         journal: &entry,
                         proposal: None,
@@ -910,5 +1082,48 @@ impl Pipeline {
             }
         }
         Ok(uids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflicts_are_decided_again_a_bounded_number_of_times() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(crate::store::Sled::open(dir.path()).expect("store"));
+        let p = Pipeline::new(store, Arc::new(Config::default()));
+        let (mut attempts, mut retries) = (0, 0);
+        let r: Result<(), _> = p.retrying("bob@example.org", "u\r\n1", &mut retries, || {
+            attempts += 1;
+            Err(StoreError::Conflict(
+                "object version 1 expected, 2 stored".into(),
+            ))
+        });
+        assert_eq!(attempts, MAX_COMMIT_ATTEMPTS);
+        assert_eq!(retries, MAX_COMMIT_ATTEMPTS - 1);
+        match r {
+            Err(StoreError::Conflict(m)) => assert!(m.contains("after 16 attempts"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // A conflict that clears is retried once; other errors are not retried.
+        let (mut attempts, mut retries) = (0, 0);
+        let r = p.retrying("bob@example.org", "u", &mut retries, || {
+            attempts += 1;
+            if attempts == 1 {
+                Err(StoreError::Conflict("x".into()))
+            } else {
+                Ok(attempts)
+            }
+        });
+        assert_eq!((r.ok(), retries), (Some(2), 1));
+        let mut attempts = 0;
+        let r: Result<(), _> = p.retrying("bob@example.org", "u", &mut retries, || {
+            attempts += 1;
+            Err(StoreError::Io("disk".into()))
+        });
+        assert!(matches!(r, Err(StoreError::Io(_))));
+        assert_eq!(attempts, 1);
     }
 }

@@ -6,7 +6,76 @@ pub use imipd_core::store::*;
 pub use sled_store::Sled;
 
 use imipd_core::effects::{Effect, EffectLine, PendingEffect};
+#[cfg(feature = "fault-injection")]
 use imipd_core::itip::{Busy, StoredObject};
+use std::sync::Arc;
+
+/// Where the calendar store lives, from `[store] url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// The embedded sled store under this data dir (no `[store] url`).
+    Sled(std::path::PathBuf),
+}
+
+/// Why a store could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// `[store]` names a store this build cannot open; the message is about `[store] url`.
+    Config(String),
+    /// The store is there but would not open: the cause.
+    Store(StoreError),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Config(m) => write!(f, "[store] url: {m}"),
+            OpenError::Store(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// The store `[store]` names. The error is about `[store] url`; it shows the URL's scheme,
+/// never the URL (which may hold a password).
+pub fn location(cfg: &crate::config::Config) -> std::result::Result<Location, String> {
+    let Some(url) = cfg.store.url.as_deref() else {
+        return Ok(Location::Sled(cfg.data_dir.clone()));
+    };
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("postgresql" | "postgres") => {
+            Err("the PostgreSQL store is not available in this build".into())
+        }
+        Some(s) => Err(format!(
+            "{:?} is not a store URL scheme (postgresql:// or postgres://; leave url out for \
+             the embedded store under data_dir)",
+            imipd_core::sanitize::clean(s)
+        )),
+        None => Err(
+            "not a URL (postgresql://...; leave url out for the embedded store under data_dir)"
+                .into(),
+        ),
+    }
+}
+
+/// Opens (creating) the store `cfg` names: the one way the daemon and the command line open it.
+pub fn open(cfg: &crate::config::Config) -> std::result::Result<Arc<dyn Store>, OpenError> {
+    match location(cfg).map_err(OpenError::Config)? {
+        Location::Sled(dir) => Sled::open(&dir)
+            .map(|s| Arc::new(s) as Arc<dyn Store>)
+            .map_err(OpenError::Store),
+    }
+}
+
+/// Whether the store `cfg` names was ever created (read-only commands create none).
+pub fn exists(cfg: &crate::config::Config) -> bool {
+    match location(cfg) {
+        Ok(Location::Sled(dir)) => Sled::exists(&dir),
+        Err(_) => false,
+    }
+}
 
 /// `[journal] keep_days`: prunes older journal lines now and then every hour until `shutdown`.
 /// `keep_days = 0` keeps everything.
@@ -37,12 +106,15 @@ pub async fn journal_retention(
 }
 
 /// A store whose first `n` commits fail, for exercising the tempfail path end to end (set by
-/// the `IMIPD_TEST_STORE_FAILURES` environment variable; never set in production).
+/// the `IMIPD_TEST_STORE_FAILURES` environment variable in builds with the `fault-injection`
+/// feature, which release builds do not have).
+#[cfg(feature = "fault-injection")]
 pub struct Faulty {
     pub inner: std::sync::Arc<dyn Store>,
     pub remaining: std::sync::atomic::AtomicUsize,
 }
 
+#[cfg(feature = "fault-injection")]
 impl Faulty {
     fn fail(&self) -> Result<()> {
         use std::sync::atomic::Ordering;
@@ -61,9 +133,16 @@ impl Faulty {
     }
 }
 
+#[cfg(feature = "fault-injection")]
 impl Store for Faulty {
     fn get(&self, user: &str, uid: &str) -> Result<Option<StoredObject>> {
         self.inner.get(user, uid)
+    }
+    fn get_versioned(&self, user: &str, uid: &str) -> Result<(Option<StoredObject>, u64)> {
+        self.inner.get_versioned(user, uid)
+    }
+    fn calendar_version(&self, user: &str) -> Result<u64> {
+        self.inner.calendar_version(user)
     }
     fn list(&self, user: &str) -> Result<Vec<StoredObject>> {
         self.inner.list(user)

@@ -12,11 +12,16 @@
 //!
 //! Journal lines of effect attempts share the `j` keys with decisions (JSON with
 //! `"kind":"effect"`), so that both read back in one order.
+//! - `v` user \0 uid -> object version (u64), kept after a delete
+//! - `V` user -> calendar version (u64)
 //!
-//! Isolation (read, decide, write of one user's objects) is the caller's: the pipeline holds a
-//! per-user lock around it. This type only guarantees that each commit is all or nothing.
+//! Isolation is optimistic: a commit carries the versions its decision read, and checking them
+//! and applying the batch happen under a lock of the user's stripe (sled admits one process, so
+//! an in-process lock is enough; versions are written in the same batch as the object).
 
-use super::{Change, Commit, JournalEntry, JournalFilter, JournalLine, Result, Store, StoreError};
+use super::{
+    Change, Commit, Expect, JournalEntry, JournalFilter, JournalLine, Result, Store, StoreError,
+};
 use imipd_core::effects::{self, Effect, EffectLine, PendingEffect};
 use imipd_core::ical;
 use imipd_core::itip::{Busy, StoredObject};
@@ -28,7 +33,11 @@ pub struct Sled {
     t: sled::Tree,
     group: GroupFlush,
     ids_added: std::sync::atomic::AtomicU64,
+    /// Commits of users of one stripe check versions and apply their batch one at a time.
+    stripes: [std::sync::Mutex<()>; STRIPES],
 }
+
+const STRIPES: usize = 64;
 
 /// Group commit: callers that ask for durability while a flush is running wait for the next
 /// one, which covers all of them, instead of each paying its own fsync.
@@ -115,6 +124,18 @@ fn max_key(user: &str) -> Vec<u8> {
     k
 }
 
+fn calendar_key(user: &str) -> Vec<u8> {
+    let mut k = vec![b'V'];
+    k.extend_from_slice(user.as_bytes());
+    k
+}
+
+fn conflict(what: &str, expected: u64, stored: u64) -> StoreError {
+    StoreError::Conflict(format!(
+        "{what} version {expected} expected, {stored} stored"
+    ))
+}
+
 impl Sled {
     /// Opens (creating) the store under `dir`. The data dir is made 0750 (at most), the store's
     /// directories 0700 and its files 0600 whatever the umask (the imipd binary also runs with
@@ -141,6 +162,30 @@ impl Sled {
             db,
             group: GroupFlush::default(),
             ids_added: std::sync::atomic::AtomicU64::new(0),
+            stripes: [const { std::sync::Mutex::new(()) }; STRIPES],
+        })
+    }
+
+    fn stripe(&self, user: &str) -> std::sync::MutexGuard<'_, ()> {
+        // FNV-1a: any stable spread will do.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in user.bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.stripes[(h % STRIPES as u64) as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn version_at(&self, k: &[u8]) -> Result<u64> {
+        Ok(match self.t.get(k).map_err(io)? {
+            Some(v) if v.len() == 8 => {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(&v);
+                u64::from_be_bytes(a)
+            }
+            Some(_) => return Err(StoreError::Corrupt("version record".into())),
+            None => 0,
         })
     }
 }
@@ -160,6 +205,18 @@ impl Store for Sled {
         }
     }
 
+    fn get_versioned(&self, user: &str, uid: &str) -> Result<(Option<StoredObject>, u64)> {
+        // The version first: a commit landing between the two reads then makes the object
+        // newer than its version, and committing against that version fails (safe), never the
+        // other way round.
+        let version = self.version_at(&key(b'v', user, uid))?;
+        Ok((self.get(user, uid)?, version))
+    }
+
+    fn calendar_version(&self, user: &str) -> Result<u64> {
+        self.version_at(&calendar_key(user))
+    }
+
     fn list(&self, user: &str) -> Result<Vec<StoredObject>> {
         let prefix = key(b'o', user, "");
         let mut out = Vec::new();
@@ -173,8 +230,50 @@ impl Store for Sled {
 
     fn commit(&self, c: &Commit) -> Result<()> {
         let okey = key(b'o', c.user, c.uid);
+        let vkey = key(b'v', c.user, c.uid);
+        let ckey = calendar_key(c.user);
         let journal_id = self.db.generate_id().map_err(io)?.to_be_bytes();
+        // Held from the version checks to the batch, and over the reads of the old record and
+        // the longest busy period that the batch is computed from.
+        let _stripe = self.stripe(c.user);
+        // Versions are read when checked or bumped (a journal-only commit needs neither).
+        let keep = matches!(c.change, Change::Keep);
+        let version = match c.expect {
+            Expect::Version(_) => self.version_at(&vkey)?,
+            Expect::Any if !keep => self.version_at(&vkey)?,
+            Expect::Any => 0,
+        };
+        if let Expect::Version(n) = c.expect {
+            if n != version {
+                return Err(conflict("object", n, version));
+            }
+        }
+        let calendar = if c.expect_calendar.is_some() || !keep {
+            self.version_at(&ckey)?
+        } else {
+            0
+        };
+        if let Some(n) = c.expect_calendar {
+            if n != calendar {
+                return Err(conflict("calendar", n, calendar));
+            }
+        }
+        if let Some(pk) = c.processed_key {
+            // The same message was committed for this user meanwhile.
+            if self.t.contains_key(key(b'p', c.user, pk)).map_err(io)? {
+                return Err(StoreError::Conflict("message already processed".into()));
+            }
+        }
         let mut batch = sled::Batch::default();
+        if !keep {
+            let bump = |v: u64| {
+                v.checked_add(1)
+                    .map(u64::to_be_bytes)
+                    .ok_or_else(|| StoreError::Corrupt("version out of range".into()))
+            };
+            batch.insert(vkey.as_slice(), &bump(version)?);
+            batch.insert(ckey.as_slice(), &bump(calendar)?);
+        }
         let old = match c.change {
             Change::Keep => None,
             _ => self.t.get(&okey).map_err(io)?,
@@ -750,7 +849,7 @@ mod tests {
     use super::*;
     use imipd_core::effects::EffectKind;
 
-    fn entry(uid: &str) -> JournalEntry {
+    fn refresh_entry(uid: &str) -> JournalEntry {
         JournalEntry {
             ts: 100,
             user: "bob@example.org".into(),
@@ -760,6 +859,33 @@ mod tests {
             uid: uid.into(),
             outcome: "applied".into(),
             reason: "answered".into(),
+            count: 1,
+        }
+    }
+
+    fn object(uid: &str, summary: &str) -> StoredObject {
+        let mut c = ical::Component::new("VEVENT");
+        c.props.push(ical::Prop::new("UID", uid));
+        c.props.push(ical::Prop::new("SUMMARY", summary));
+        c.props.push(ical::Prop::new("DTSTART", "20300101T100000Z"));
+        StoredObject {
+            uid: uid.into(),
+            kind: "VEVENT".into(),
+            components: vec![c],
+            ..Default::default()
+        }
+    }
+
+    fn entry(uid: &str) -> JournalEntry {
+        JournalEntry {
+            ts: 1,
+            user: "bob@example.org".into(),
+            message_id: String::new(),
+            method: "REQUEST".into(),
+            component: "VEVENT".into(),
+            uid: uid.into(),
+            outcome: "applied".into(),
+            reason: "test".into(),
             count: 1,
         }
     }
@@ -792,8 +918,10 @@ mod tests {
                 user: "bob@example.org",
                 uid: "u1",
                 change: Change::Put(&obj, &[]),
+                expect: Expect::Any,
+                expect_calendar: None,
                 processed_key: Some("pk"),
-                journal: &entry("u1"),
+                journal: &refresh_entry("u1"),
                 proposal: None,
                 effects: &effects,
             })
@@ -869,5 +997,155 @@ mod tests {
             .unwrap();
         assert!(s.pending_effects(10).unwrap().is_empty());
         assert_eq!(s.effect_counts().unwrap(), (0, 0));
+    }
+
+    fn put<'a>(
+        uid: &'a str,
+        obj: &'a StoredObject,
+        expect: Expect,
+        expect_calendar: Option<u64>,
+        journal: &'a JournalEntry,
+    ) -> Commit<'a> {
+        Commit {
+            user: "bob@example.org",
+            uid,
+            change: Change::Put(obj, &[]),
+            expect,
+            expect_calendar,
+            processed_key: Some("msg"),
+            journal,
+            proposal: None,
+            effects: &[],
+        }
+    }
+
+    fn summary(s: &Sled, uid: &str) -> Option<String> {
+        s.get("bob@example.org", uid)
+            .expect("get")
+            .map(|o| o.components[0].value("SUMMARY").unwrap_or("").to_string())
+    }
+
+    #[test]
+    fn versions_count_puts_and_deletes_of_the_object_and_calendar() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let s = Sled::open(dir.path()).expect("open");
+        let user = "bob@example.org";
+        assert_eq!(s.get_versioned(user, "a").expect("get").1, 0);
+        assert_eq!(s.calendar_version(user).expect("cal"), 0);
+        let (a, e) = (object("a", "one"), entry("a"));
+        let mut c = put("a", &a, Expect::Version(0), Some(0), &e);
+        c.processed_key = None;
+        s.commit(&c).expect("first");
+        let (obj, v) = s.get_versioned(user, "a").expect("get");
+        assert_eq!((obj.is_some(), v), (true, 1));
+        s.commit(&Commit {
+            change: Change::Delete,
+            expect: Expect::Version(1),
+            expect_calendar: None,
+            ..c
+        })
+        .expect("delete");
+        // A deleted object keeps counting: an absent object is not "version 0" again.
+        let (obj, v) = s.get_versioned(user, "a").expect("get");
+        assert_eq!((obj.is_none(), v), (true, 2));
+        assert_eq!(s.calendar_version(user).expect("cal"), 2);
+        // Journal-only commits change no version.
+        s.commit(&Commit {
+            change: Change::Keep,
+            expect: Expect::Version(2),
+            expect_calendar: Some(2),
+            ..c
+        })
+        .expect("keep");
+        assert_eq!(s.get_versioned(user, "a").expect("get").1, 2);
+        assert_eq!(s.calendar_version(user).expect("cal"), 2);
+        assert_eq!(s.calendar_version("carol@example.org").expect("cal"), 0);
+    }
+
+    #[test]
+    fn a_stale_object_version_conflicts_and_writes_nothing() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let s = Sled::open(dir.path()).expect("open");
+        let user = "bob@example.org";
+        let (first, e1) = (object("a", "first"), entry("a"));
+        let mut c = put("a", &first, Expect::Version(0), None, &e1);
+        c.processed_key = Some("m1");
+        s.commit(&c).expect("first");
+        let journal_before = s.journal(100).expect("journal").len();
+        // A writer that read the object before the first commit (version 0).
+        let (late, e2) = (object("a", "late"), entry("a"));
+        let mut stale = put("a", &late, Expect::Version(0), None, &e2);
+        stale.processed_key = Some("m2");
+        match s.commit(&stale) {
+            Err(StoreError::Conflict(why)) => assert!(why.contains("object"), "{why}"),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        assert_eq!(summary(&s, "a").as_deref(), Some("first"));
+        assert_eq!(s.get_versioned(user, "a").expect("get").1, 1);
+        assert_eq!(s.calendar_version(user).expect("cal"), 1);
+        assert!(!s.is_processed(user, "m2").expect("processed"));
+        assert_eq!(s.journal(100).expect("journal").len(), journal_before);
+        // A stale delete fails the same way.
+        let del = Commit {
+            change: Change::Delete,
+            ..put("a", &late, Expect::Version(0), None, &e2)
+        };
+        assert!(matches!(s.commit(&del), Err(StoreError::Conflict(_))));
+        assert_eq!(summary(&s, "a").as_deref(), Some("first"));
+        // Against the version it read, the same write goes through.
+        stale.expect = Expect::Version(1);
+        s.commit(&stale).expect("current");
+        assert_eq!(summary(&s, "a").as_deref(), Some("late"));
+        assert!(s.is_processed(user, "m2").expect("processed"));
+    }
+
+    #[test]
+    fn a_message_committed_meanwhile_conflicts() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let s = Sled::open(dir.path()).expect("open");
+        let (a, e) = (object("a", "one"), entry("a"));
+        s.commit(&Commit {
+            change: Change::Keep,
+            ..put("a", &a, Expect::Any, None, &e)
+        })
+        .expect("first copy");
+        // A second copy of the message decided before the first was committed.
+        assert!(matches!(
+            s.commit(&put("a", &a, Expect::Any, None, &e)),
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(summary(&s, "a"), None);
+    }
+
+    /// Two decisions that each read the whole calendar (say: "bob is free at 10:00") and write
+    /// different objects: without the calendar version both would win (write skew).
+    #[test]
+    fn the_calendar_version_catches_write_skew_between_two_objects() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let s = Sled::open(dir.path()).expect("open");
+        let user = "bob@example.org";
+        let cal = s.calendar_version(user).expect("cal");
+        let (va, vb) = (
+            s.get_versioned(user, "a").expect("a").1,
+            s.get_versioned(user, "b").expect("b").1,
+        );
+        let (a, ea) = (object("a", "booking a"), entry("a"));
+        let (b, eb) = (object("b", "booking b"), entry("b"));
+        let mut ca = put("a", &a, Expect::Version(va), Some(cal), &ea);
+        ca.processed_key = Some("ma");
+        let mut cb = put("b", &b, Expect::Version(vb), Some(cal), &eb);
+        cb.processed_key = Some("mb");
+        s.commit(&ca).expect("first booking");
+        match s.commit(&cb) {
+            Err(StoreError::Conflict(why)) => assert!(why.contains("calendar"), "{why}"),
+            other => panic!("expected a calendar conflict, got {other:?}"),
+        }
+        assert_eq!(summary(&s, "b"), None);
+        assert!(!s.is_processed(user, "mb").expect("processed"));
+        assert_eq!(s.calendar_version(user).expect("cal"), cal + 1);
+        // The same object versions without the calendar check: no conflict (b is untouched).
+        cb.expect_calendar = None;
+        s.commit(&cb).expect("object version only");
+        assert_eq!(summary(&s, "b").as_deref(), Some("booking b"));
     }
 }

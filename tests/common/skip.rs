@@ -56,3 +56,18 @@ pub fn require(test: &str, tools: &[&str]) -> bool {
     skip(test, &format!("missing {}", missing.join(", ")));
     false
 }
+
+/// Whether the crate under test was built with the `fault-injection` feature, which lets a
+/// test make the binary's store commits fail (`IMIPD_TEST_STORE_FAILURES`); tools/test.sh
+/// builds with it. Otherwise [`skip`]s.
+pub fn fault_injection(test: &str) -> bool {
+    if cfg!(feature = "fault-injection") {
+        return true;
+    }
+    skip(
+        test,
+        "imipd was built without the fault-injection feature (cargo test --features \
+         fault-injection, as tools/test.sh runs it)",
+    );
+    false
+}

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 #[path = "../common/skip.rs"]
 mod skip;
 #[allow(unused_imports)]
-pub use skip::{in_ci, is_root, skip};
+pub use skip::{fault_injection, in_ci, is_root, skip};
 
 /// Whether every tool is installed (and root, for a private Postfix); otherwise skips (a
 /// failure under `CI=true`, a NOTICE elsewhere).

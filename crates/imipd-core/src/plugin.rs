@@ -141,7 +141,9 @@ impl std::fmt::Display for ConfigIssue {
 pub struct Calendar<'a> {
     store: &'a dyn Store,
     user: &'a str,
-    read: Cell<bool>,
+    /// The calendar's version as of the first read (read before the data, so that any write
+    /// after it makes the commit conflict).
+    read: Cell<Option<u64>>,
 }
 
 impl<'a> Calendar<'a> {
@@ -150,8 +152,16 @@ impl<'a> Calendar<'a> {
         Calendar {
             store,
             user,
-            read: Cell::new(false),
+            read: Cell::new(None),
         }
+    }
+
+    /// Notes the calendar's version before the first read.
+    fn reading(&self) -> Result<(), StoreError> {
+        if self.read.get().is_none() {
+            self.read.set(Some(self.store.calendar_version(self.user)?));
+        }
+        Ok(())
     }
 
     /// The calendar user (normalized address, no `mailto:`).
@@ -162,25 +172,31 @@ impl<'a> Calendar<'a> {
     /// Busy periods of the calendar overlapping [from, to) (UNIX seconds), as the free/busy
     /// index holds them (only what the user accepted or tentatively accepted).
     pub fn busy(&self, from: i64, to: i64) -> Result<Vec<Busy>, StoreError> {
-        self.read.set(true);
+        self.reading()?;
         self.store.busy(self.user, from, to)
     }
 
     /// Another stored object of the calendar.
     pub fn get(&self, uid: &str) -> Result<Option<StoredObject>, StoreError> {
-        self.read.set(true);
+        self.reading()?;
         self.store.get(self.user, uid)
     }
 
     /// Every object of the calendar.
     pub fn list(&self) -> Result<Vec<StoredObject>, StoreError> {
-        self.read.set(true);
+        self.reading()?;
         self.store.list(self.user)
     }
 
     /// Whether any plugin read the calendar: the pipeline then commits against the calendar's
     /// version.
     pub fn was_read(&self) -> bool {
+        self.read.get().is_some()
+    }
+
+    /// The calendar's version when a plugin first read it (`None`: not read), which the
+    /// commit then expects.
+    pub fn read_version(&self) -> Option<u64> {
         self.read.get()
     }
 }
@@ -342,8 +358,15 @@ mod tests {
     }
 
     impl Store for OneBusy {
-        fn get(&self, _: &str, _: &str) -> crate::store::Result<Option<StoredObject>> {
-            Ok(None)
+        fn get_versioned(
+            &self,
+            _: &str,
+            _: &str,
+        ) -> crate::store::Result<(Option<StoredObject>, u64)> {
+            Ok((None, 0))
+        }
+        fn calendar_version(&self, _: &str) -> crate::store::Result<u64> {
+            Ok(7)
         }
         fn list(&self, _: &str) -> crate::store::Result<Vec<StoredObject>> {
             Ok(Vec::new())

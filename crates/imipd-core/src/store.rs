@@ -12,6 +12,9 @@ pub enum StoreError {
     Io(String),
     /// A stored record could not be decoded.
     Corrupt(String),
+    /// The commit expected another version of the object or calendar than the stored one
+    /// (another writer came first): nothing was written. The caller re-reads and re-decides.
+    Conflict(String),
 }
 
 impl std::fmt::Display for StoreError {
@@ -19,6 +22,7 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::Io(s) => write!(f, "store I/O error: {s}"),
             StoreError::Corrupt(s) => write!(f, "store record corrupt: {s}"),
+            StoreError::Conflict(s) => write!(f, "store write conflict: {s}"),
         }
     }
 }
@@ -91,11 +95,29 @@ pub enum Change<'a> {
     Keep,
 }
 
+/// The object version a commit was decided on (optimistic concurrency).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Whatever is stored: for writes that do not depend on the stored object (an admin
+    /// import replaces it; a journal-only line changes none). Each use says why.
+    Any,
+    /// The version [`Store::get_versioned`] returned (0: the object was never stored).
+    Version(u64),
+}
+
 /// One atomic write: object, free/busy index, idempotency marker, journal line, proposal.
+/// The versions it expects are checked in the same atomic step: on a mismatch, or when
+/// `processed_key` was recorded meanwhile, it fails with [`StoreError::Conflict`] and writes
+/// nothing.
 pub struct Commit<'a> {
     pub user: &'a str,
     pub uid: &'a str,
     pub change: Change<'a>,
+    /// The version of `uid` the decision read.
+    pub expect: Expect,
+    /// The calendar version ([`Store::calendar_version`]) when the decision read other objects
+    /// of the user's calendar (the creation policy "known", busy time); None: not checked.
+    pub expect_calendar: Option<u64>,
     /// Marks this message+object as processed for the user.
     pub processed_key: Option<&'a str>,
     pub journal: &'a JournalEntry,
@@ -128,7 +150,16 @@ impl JournalFilter {
 }
 
 pub trait Store: Send + Sync {
-    fn get(&self, user: &str, uid: &str) -> Result<Option<StoredObject>>;
+    fn get(&self, user: &str, uid: &str) -> Result<Option<StoredObject>> {
+        Ok(self.get_versioned(user, uid)?.0)
+    }
+    /// The object and its version: 0 if it was never stored, bumped by every commit that puts
+    /// or deletes it (so a deleted object keeps a version above 0).
+    fn get_versioned(&self, user: &str, uid: &str) -> Result<(Option<StoredObject>, u64)>;
+    /// The version of the user's calendar: 0 at first, bumped by every commit that puts or
+    /// deletes any of its objects. A decision reads it before the objects it looks at, so that
+    /// a change made after that read fails its commit.
+    fn calendar_version(&self, user: &str) -> Result<u64>;
     /// Every object of a user's calendar.
     fn list(&self, user: &str) -> Result<Vec<StoredObject>>;
     fn commit(&self, c: &Commit) -> Result<()>;
