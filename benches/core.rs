@@ -199,7 +199,12 @@ fn bench_store(c: &mut Criterion) {
                 },
                 |(u, ex)| {
                     let v = pipeline.process_extracted(&[u], ex).expect("process");
-                    assert_eq!(v.outcomes[0].outcome, "applied", "{:?}", v.outcomes);
+                    assert_eq!(
+                        v.outcomes[0].outcome.as_str(),
+                        "applied",
+                        "{:?}",
+                        v.outcomes
+                    );
                 },
                 BatchSize::SmallInput,
             )
@@ -236,7 +241,12 @@ fn bench_store(c: &mut Criterion) {
                 },
                 |(u, ex)| {
                     let v = pipeline.process_extracted(&[u], ex).expect("process");
-                    assert_eq!(v.outcomes[0].outcome, "applied", "{:?}", v.outcomes);
+                    assert_eq!(
+                        v.outcomes[0].outcome.as_str(),
+                        "applied",
+                        "{:?}",
+                        v.outcomes
+                    );
                 },
                 BatchSize::SmallInput,
             )

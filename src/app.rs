@@ -6,6 +6,7 @@
 use crate::cli::{load_config, Args, CliError, Env, EX_CONFIG, EX_IOERR, EX_TEMPFAIL};
 use crate::config::{parse_listen, Config, Deliver, Listen};
 use crate::ical;
+use crate::itip::Outcome;
 use crate::milter::{self, Envelope, EomActions, Verdict as MilterVerdict};
 use crate::pipeline::{Delivery, Pipeline, Verdict};
 use crate::proof::{Facts, Proof, Prover};
@@ -214,14 +215,14 @@ fn verdict_log_lines(door: &str, queue_id: Option<&str>, v: &Verdict) -> Vec<Str
         .get(MAX_LOGGED_OUTCOMES..)
         .filter(|r| !r.is_empty())
     {
-        let count = |what: &str| rest.iter().filter(|o| o.outcome == what).count();
+        let count = |what: Outcome| rest.iter().filter(|o| o.outcome == what).count();
         lines.push(format!(
             "{door}: queue_id={queue_id} msgid={msgid} {} more objects not logged one by one: \
              {} applied, {} ignored, {} rejected (see imipd journal)",
             rest.len(),
-            count("applied"),
-            count("ignored"),
-            count("rejected")
+            count(Outcome::Applied),
+            count(Outcome::Ignored),
+            count(Outcome::Rejected)
         ));
     }
     lines
@@ -1166,17 +1167,26 @@ mod tests {
 
     #[test]
     fn a_message_with_many_outcomes_logs_a_bounded_number_of_lines() {
-        let outcome = |i: usize, what: &str| ObjectOutcome {
+        let outcome = |i: usize, what: Outcome| ObjectOutcome {
             recipient: format!("mailto:u{i}@example.org"),
             method: "REQUEST".into(),
             component: "VEVENT".into(),
             uid: format!("w{i}"),
-            outcome: what.into(),
+            outcome: what,
             reason: "r".into(),
         };
         let mut v = Verdict::default();
         v.outcomes = (0..64_000)
-            .map(|i| outcome(i, if i % 2 == 0 { "applied" } else { "rejected" }))
+            .map(|i| {
+                outcome(
+                    i,
+                    if i % 2 == 0 {
+                        Outcome::Applied
+                    } else {
+                        Outcome::Rejected
+                    },
+                )
+            })
             .collect();
         let lines = verdict_log_lines("lmtp", Some("Q1"), &v);
         assert_eq!(lines.len(), MAX_LOGGED_OUTCOMES + 1);

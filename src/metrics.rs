@@ -203,7 +203,7 @@ fn bounded(v: &str, known: &[&'static str]) -> &'static str {
 
 /// The message-level result of a verdict (see the module documentation for the order).
 pub fn message_result(v: &Verdict) -> &'static str {
-    let has = |o: &str| v.outcomes.iter().any(|x| x.outcome == o);
+    let has = |o: &str| v.outcomes.iter().any(|x| x.outcome.as_str() == o);
     if has("applied") {
         "applied"
     } else if has("rejected") {
@@ -241,7 +241,7 @@ pub fn message<E>(door: &str, verdict: Result<&Verdict, E>) {
         m.decisions
             .get_or_create(&DecisionLabels {
                 method: bounded(&o.method, &METHODS),
-                outcome: bounded(&o.outcome, &OUTCOMES),
+                outcome: bounded(o.outcome.as_str(), &OUTCOMES),
             })
             .inc();
     }
@@ -423,7 +423,11 @@ mod tests {
             method: "REQUEST".into(),
             component: "VEVENT".into(),
             uid: "u".into(),
-            outcome: outcome.into(),
+            outcome: match outcome {
+                "applied" => crate::itip::Outcome::Applied,
+                "ignored" => crate::itip::Outcome::Ignored,
+                _ => crate::itip::Outcome::Rejected,
+            },
             reason: String::new(),
         };
         let mut v = Verdict::default();

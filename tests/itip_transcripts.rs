@@ -174,7 +174,12 @@ impl Runner {
                     .last
                     .as_ref()
                     .unwrap_or_else(|| panic!("{at}: no deliver yet"));
-                assert_eq!(d.outcome(), args[0], "{at}: reason: {}", d.reason());
+                assert_eq!(
+                    d.outcome().as_str(),
+                    args[0],
+                    "{at}: reason: {}",
+                    d.reason()
+                );
                 let text = rest.splitn(3, ' ').nth(2).unwrap_or("").trim();
                 assert!(
                     d.reason().contains(text),

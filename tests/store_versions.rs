@@ -99,7 +99,12 @@ fn replies_at_once(store: &Arc<dyn Store>, pipeline: &Pipeline, uid: &str) -> u3
                             panic!("refused: {done:?}");
                         };
                         assert_eq!(v.outcomes.len(), 1, "{:?}", v.outcomes);
-                        assert_eq!(v.outcomes[0].outcome, "applied", "{:?}", v.outcomes);
+                        assert_eq!(
+                            v.outcomes[0].outcome.as_str(),
+                            "applied",
+                            "{:?}",
+                            v.outcomes
+                        );
                         retries += v.store_retries;
                     }
                     retries

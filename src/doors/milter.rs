@@ -570,7 +570,8 @@ mod tests {
         let block = b"Subject: x\r\nContent-Type: multipart/mixed;\r\n\tboundary=b\r\n\r\nbody";
         assert_eq!(
             header_values(block, "content-type"),
-            vec!["multipart/mixed; boundary=b".to_string()]
+            // RFC 5322 §2.2.3: unfolding removes the line break and keeps the white space.
+            vec!["multipart/mixed;\tboundary=b".to_string()]
         );
     }
 

@@ -6,7 +6,9 @@ pub mod ischedule;
 
 use crate::config::Config;
 use crate::ical::{self, Component};
-use crate::itip::{self, Context, Decision, Incoming, Method, OutMessage, Reason, StoredObject};
+use crate::itip::{
+    self, Context, Decision, Incoming, Method, OutMessage, Outcome, Reason, StoredObject,
+};
 use crate::message::Parsed;
 use crate::proof::Proof;
 use crate::store::{Change, Commit, Expect, JournalEntry, Store, StoreError};
@@ -44,7 +46,7 @@ pub struct ObjectOutcome {
     pub method: String,
     pub component: String,
     pub uid: String,
-    pub outcome: String,
+    pub outcome: Outcome,
     pub reason: String,
 }
 
@@ -436,7 +438,7 @@ impl Pipeline {
                     method: r.method.clone(),
                     component: r.component.clone(),
                     uid: r.uid.clone(),
-                    outcome: "rejected".into(),
+                    outcome: Outcome::Rejected,
                     reason: r.reason.clone(),
                 });
                 Rejections::add(&mut rejected, None, v.outcomes.last());
@@ -449,7 +451,7 @@ impl Pipeline {
                         method: found.method.as_str().into(),
                         component: found.kind.clone(),
                         uid: found.uid.clone(),
-                        outcome: "rejected".into(),
+                        outcome: Outcome::Rejected,
                         reason: format!(
                             "the message asks for more than {} MiB of calendar updates; \
                              the rest were not looked at",
@@ -545,7 +547,7 @@ impl Pipeline {
             method: inc.method.as_str().into(),
             component: inc.kind.clone(),
             uid: inc.uid.clone(),
-            outcome: String::new(),
+            outcome: Outcome::Ignored,
             reason: String::new(),
         };
         let journal = |outcome: &str, reason: &str| JournalEntry {
@@ -560,7 +562,7 @@ impl Pipeline {
             count: 1,
         };
         if self.store.is_processed(rcpt, pkey)? {
-            out.outcome = "ignored".into();
+            out.outcome = Outcome::Ignored;
             out.reason = Reason::Duplicate.to_string();
             return Ok((out, None));
         }
@@ -624,7 +626,7 @@ impl Pipeline {
         }
         out.outcome = decision.outcome().into();
         out.reason = decision.reason();
-        let entry = journal(&out.outcome, &out.reason);
+        let entry = journal(out.outcome.as_str(), &out.reason);
         match decision {
             Decision::Applied {
                 object,
@@ -724,7 +726,7 @@ impl Pipeline {
             Ok((from, to, org)) => {
                 let busy = itip::merge_busy(self.store.busy(rcpt, from, to)?, from, to);
                 let reply = itip::freebusy_reply(inc, ctx, &org, from, to, &busy);
-                out.outcome = "applied".into();
+                out.outcome = Outcome::Applied;
                 out.reason = format!(
                     "free/busy reply with {} busy period(s) sent to {}",
                     busy.len(),
@@ -749,7 +751,7 @@ impl Pipeline {
                     expect: Expect::Any,
                     expect_calendar: None,
                     processed_key: Some(pkey),
-                    journal: &journal(&out.outcome, &out.reason),
+                    journal: &journal(out.outcome.as_str(), &out.reason),
                     proposal: None,
                     effects: &effects,
                 })?;
@@ -762,7 +764,7 @@ impl Pipeline {
                 v.effects.extend(effects);
             }
             Err(r) => {
-                out.outcome = "rejected".into();
+                out.outcome = Outcome::Rejected;
                 out.reason = r.to_string();
                 return Ok((out, Some(r)));
             }
@@ -911,7 +913,7 @@ impl Pipeline {
             method: o.method.clone(),
             component: o.component.clone(),
             uid: o.uid.clone(),
-            outcome: o.outcome.clone(),
+            outcome: o.outcome.to_string(),
             reason: o.reason.clone(),
             count: 1,
         };

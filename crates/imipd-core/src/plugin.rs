@@ -314,7 +314,7 @@ pub struct Committed<'a> {
     /// The iTIP method received (`REQUEST`, `REPLY`, ...).
     pub method: &'a str,
     /// `applied` or `ignored`, as in the journal and `imipd process` output.
-    pub outcome: &'a str,
+    pub outcome: crate::itip::Outcome,
     /// The reason text, as in the journal.
     pub reason: &'a str,
     pub change: ObjectChange<'a>,
@@ -588,7 +588,7 @@ mod tests {
             recipient: "room@example.org",
             uid: "u1",
             method: "REQUEST",
-            outcome: "ignored",
+            outcome: crate::itip::Outcome::Ignored,
             reason: "",
             change: Committed::change_of(&d),
             message_id: None,

@@ -113,7 +113,7 @@ impl Stamp {
         Some(format!(
             "{}\t{}\t{change}\t{}\n",
             clean(done.uid),
-            clean(done.outcome),
+            clean(done.outcome.as_str()),
             clean(&ical::mailto(done.recipient))
         ))
     }

@@ -382,7 +382,10 @@ fn status_of(v: &Verdict, rcpt: &str) -> (&'static str, String) {
     // One status for every refusal, whatever the reason: a different code for "not an
     // attendee of the stored event" and "no such event" would tell an outsider which UIDs
     // exist here.
-    match mine.iter().find(|o| o.outcome == "rejected") {
+    match mine
+        .iter()
+        .find(|o| o.outcome == imipd_core::itip::Outcome::Rejected)
+    {
         None if mine.is_empty() => (CANNOT_HANDLE, "nothing to deliver".into()),
         None => (DELIVERED, reason),
         Some(_) => (CANNOT_HANDLE, reason),

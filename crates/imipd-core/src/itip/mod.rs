@@ -141,12 +141,37 @@ pub enum Decision {
     Rejected(Reason),
 }
 
-impl Decision {
-    pub fn outcome(&self) -> &'static str {
+/// What became of one object for one recipient; typed until the edge (JSON, headers, logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Applied,
+    Ignored,
+    Rejected,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
         match self {
-            Decision::Applied { .. } => "applied",
-            Decision::Ignored(_) | Decision::IgnoredWithReply(..) => "ignored",
-            Decision::Rejected(_) => "rejected",
+            Outcome::Applied => "applied",
+            Outcome::Ignored => "ignored",
+            Outcome::Rejected => "rejected",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Decision {
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Decision::Applied { .. } => Outcome::Applied,
+            Decision::Ignored(_) | Decision::IgnoredWithReply(..) => Outcome::Ignored,
+            Decision::Rejected(_) => Outcome::Rejected,
         }
     }
 
