@@ -624,7 +624,7 @@ impl Pipeline {
                 (a, b) => a.or(b),
             };
         }
-        out.outcome = decision.outcome().into();
+        out.outcome = decision.outcome();
         out.reason = decision.reason();
         let entry = journal(out.outcome.as_str(), &out.reason);
         match decision {
@@ -903,7 +903,7 @@ impl Pipeline {
             method: inc.method.as_str().into(),
             component: inc.kind.clone(),
             uid: inc.uid.clone(),
-            outcome: d.outcome().into(),
+            outcome: d.outcome(),
             reason: format!("outgoing: {}", d.reason()),
         };
         let entry = JournalEntry {
