@@ -79,16 +79,15 @@ fn debian_package() {
     }
     let tmp = tempfile::tempdir().expect("tempdir");
     let deb = tmp.path().join("imipd.deb");
-    let build = Command::new(cargo())
-        .args([
-            "deb",
-            "--profile",
-            "dev",
-            "--no-strip",
-            "--fast",
-            "--quiet",
-            "-o",
-        ])
+    let mut build = Command::new(cargo());
+    build.args(["deb", "--profile", "dev", "--no-strip", "--fast", "--quiet"]);
+    // The same features as this test build: cargo deb writes target/debug/imipd, which the
+    // other integration tests of this run execute, so it must stay the binary they expect.
+    if cfg!(feature = "fault-injection") {
+        build.args(["--features", "fault-injection"]);
+    }
+    let build = build
+        .arg("-o")
         .arg(&deb)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
