@@ -98,3 +98,38 @@ pub fn answer(line: &str, env: &Env) -> String {
 fn decode_b64(s: &str) -> Vec<u8> {
     decode_base64_lenient(s.as_bytes())
 }
+
+/// The daemon side: answers admin commands on the control socket until `shutdown`.
+pub async fn serve(
+    core: std::sync::Arc<crate::app::Core>,
+    l: tokio::net::UnixListener,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let s = tokio::select! {
+            r = l.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+            _ = shutdown.changed() => return,
+        };
+        let core = core.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+            let (r, mut w) = s.into_split();
+            let mut line = String::new();
+            if BufReader::new(r).read_line(&mut line).await.is_err() {
+                return;
+            }
+            let st = core.state();
+            let env = crate::cli::Env {
+                cfg: st.cfg.clone(),
+                store: core.store.clone(),
+                prover: Some(st.prover.clone()),
+                bridge: st.bridge.clone(),
+            };
+            let answer = tokio::task::spawn_blocking(move || crate::control::answer(&line, &env))
+                .await
+                .unwrap_or_default();
+            let _ = w.write_all(answer.as_bytes()).await;
+            let _ = w.write_all(b"\n").await;
+        });
+    }
+}

@@ -6,3 +6,4 @@ pub mod ischedule;
 pub mod lmtp;
 pub mod maildir;
 pub mod milter;
+pub mod report;

@@ -7,6 +7,8 @@
 //! stage answered before end of message: a message whose top-level Content-Type cannot hold a
 //! calendar is accepted there, and the MTA sends neither its body nor its end of message.
 
+pub mod adapter;
+
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};

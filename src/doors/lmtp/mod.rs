@@ -9,6 +9,8 @@
 //! closed), and DATA ends only at CRLF "." CRLF: a "." after a bare LF is message content, so
 //! a second message cannot be smuggled behind the first.
 
+pub mod adapter;
+
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 

@@ -1,0 +1,276 @@
+//! The milter door's side of the daemon: what end of message does with the pipeline's
+//! verdict (header changes, the result header, on_forged), authenticated submission (the
+//! sender's own copy, iSchedule relays).
+
+use crate::app::{log, Core, State};
+use crate::doors::report::{result_header, strip_angle, visible_recipients, RESULT_HEADER};
+use crate::milter::{self, Envelope, EomActions, Verdict as MilterVerdict};
+use crate::proof::Facts;
+use imipd_core::addr::norm_addr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+impl milter::Handler for Arc<Core> {
+    /// The body is wanted when the top-level Content-Type may hold a calendar, or when an
+    /// Authentication-Results header claims our authserv-id (it must be removed).
+    fn wants_body(&self, env: &Envelope) -> bool {
+        if milter::may_hold_calendar(&milter::header_values(&env.message, "Content-Type")) {
+            return true;
+        }
+        let ours = self
+            .state()
+            .cfg
+            .authserv_id
+            .clone()
+            .unwrap_or_else(crate::proof::hostname);
+        milter::header_values(&env.message, "Authentication-Results")
+            .iter()
+            .any(|v| {
+                v.split(';')
+                    .next()
+                    .and_then(|id| id.split_whitespace().next())
+                    .is_some_and(|id| id.eq_ignore_ascii_case(&ours))
+            })
+    }
+
+    async fn end_of_message(&self, env: Envelope) -> EomActions {
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+        let a = self.milter_eom(env).await;
+        self.inflight.fetch_sub(1, Ordering::SeqCst);
+        a
+    }
+}
+
+impl Core {
+    pub(crate) async fn milter_eom(&self, env: Envelope) -> EomActions {
+        let st = self.state();
+        let facts = Facts {
+            client_ip: env.client_ip,
+            auth_authen: env.auth_authen.clone(),
+        };
+        let mut actions = EomActions::default();
+        let all_rcpts: Vec<String> = env.rcpt_to.iter().map(|r| strip_angle(r)).collect();
+        let local: Vec<String> = all_rcpts
+            .iter()
+            .filter(|r| st.cfg.is_local(r))
+            .cloned()
+            .collect();
+        let message = Arc::new(env.message.clone());
+        let verdict = match self
+            .run_pipeline(
+                &st,
+                message.clone(),
+                local,
+                facts.clone(),
+                env.queue_id.clone(),
+            )
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                crate::metrics::message("milter", Err(&e));
+                log(format!(
+                    "milter: queue_id={} store unavailable, tempfail: {e}",
+                    env.queue_id.as_deref().unwrap_or("-")
+                ));
+                actions.verdict = MilterVerdict::Tempfail(
+                    "Calendar store temporarily unavailable, try again later".into(),
+                );
+                return actions;
+            }
+        };
+        crate::metrics::message("milter", Ok::<_, ()>(&verdict));
+        let proof = &verdict.proof;
+        for i in &proof.remove_results {
+            actions
+                .delete_headers
+                .push(("Authentication-Results".into(), *i as u32 + 1));
+        }
+        let raw: Vec<u8> = proof.inner.clone().unwrap_or_else(|| env.message.clone());
+        // Outgoing iTIP from a local user on authenticated submission: keep their copy, and
+        // relay it. Only when the site trusts authenticated submission, and only for the
+        // login's own address: a login sending with someone else's From changes nothing.
+        let submitter = env
+            .auth_authen
+            .as_deref()
+            .filter(|_| st.cfg.policy.trust_authenticated_submission)
+            .and_then(|login| {
+                proof
+                    .from
+                    .clone()
+                    .filter(|f| st.cfg.is_local(f) && !st.cfg.local_domains.is_empty())
+                    .filter(|f| st.prover.login_addresses(login).contains(f))
+            });
+        if env.auth_authen.is_some() && submitter.is_none() {
+            log(format!(
+                "milter: queue_id={} authenticated submission not recorded: {}",
+                env.queue_id.as_deref().unwrap_or("-"),
+                if st.cfg.policy.trust_authenticated_submission {
+                    "From is not one of the login's addresses"
+                } else {
+                    "policy.trust_authenticated_submission is off"
+                }
+            ));
+        }
+        if let Some(from) = submitter {
+            {
+                let from_addr = from.clone();
+                let pipeline = st.pipeline.clone();
+                let store = self.store.clone();
+                let raw2 = raw.clone();
+                let rc = all_rcpts.clone();
+                let res = tokio::task::spawn_blocking(move || {
+                    let r = pipeline.record_outgoing(&raw2, &from, &rc);
+                    if matches!(&r, Ok(v) if !v.is_empty()) {
+                        let _ = store.flush();
+                    }
+                    r
+                })
+                .await;
+                if let Ok(Ok(outs)) = res {
+                    for o in outs {
+                        log(format!(
+                            "milter: queue_id={} sender={} uid={} method={} outcome={} reason={}",
+                            env.queue_id.as_deref().unwrap_or("-"),
+                            norm_addr(&o.recipient),
+                            o.uid,
+                            o.method,
+                            o.outcome,
+                            o.reason
+                        ));
+                    }
+                }
+                if let Some(bridge) = st
+                    .bridge
+                    .clone()
+                    .filter(|_| st.cfg.ischedule.relay != "off")
+                {
+                    let delivered = self
+                        .relay(
+                            &st,
+                            &bridge,
+                            &raw,
+                            &from_addr,
+                            &all_rcpts,
+                            env.queue_id.as_deref(),
+                        )
+                        .await;
+                    if st.cfg.ischedule.relay == "instead" {
+                        for (orig, norm) in env.rcpt_to.iter().zip(&all_rcpts) {
+                            if delivered.contains(norm) {
+                                actions.delete_recipients.push(orig.clone());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Core::log_verdict("milter", env.queue_id.as_deref(), &verdict);
+        Core::log_verdict_debug(&st, "milter", &verdict, proof);
+        self.effects_committed("milter", env.queue_id.as_deref(), &verdict);
+        if !proof.results.is_empty() {
+            actions
+                .insert_headers
+                .push(("Authentication-Results".into(), proof.results.clone()));
+        }
+        if verdict.had_calendar {
+            actions.add_headers.push((
+                RESULT_HEADER.into(),
+                result_header(&verdict, &visible_recipients(&env.message)),
+            ));
+            if verdict.any_rejected_for_proof() {
+                match st.cfg.milter.on_forged.as_str() {
+                    "reject" => {
+                        actions.verdict = MilterVerdict::Reject(
+                            "Calendar message from an unproven sender refused".into(),
+                        )
+                    }
+                    "quarantine" => {
+                        actions.quarantine =
+                            Some("imipd: calendar message from an unproven sender".into())
+                    }
+                    _ => {}
+                }
+            }
+        }
+        actions
+    }
+}
+
+impl Core {
+    /// Relays what a local user sent to recipients in iSchedule-capable domains.
+    /// `relay = "also"`: committed as an effect for the runner, the milter does not wait.
+    /// `relay = "instead"`: done inline, because end-of-message must say which recipients
+    /// iSchedule took (they are removed from mail delivery); bounded by the iSchedule request
+    /// timeout. Returns those recipients (normalized): the ones that got every object.
+    async fn relay(
+        &self,
+        st: &State,
+        bridge: &crate::ischedule::Bridge,
+        raw: &[u8],
+        sender: &str,
+        recipients: &[String],
+        queue_id: Option<&str>,
+    ) -> Vec<String> {
+        if st.cfg.ischedule.relay != "instead" {
+            let host = st
+                .cfg
+                .authserv_id
+                .clone()
+                .unwrap_or_else(crate::proof::hostname);
+            let store = self.store.clone();
+            let (raw, sender2, rcpts) = (raw.to_vec(), sender.to_string(), recipients.to_vec());
+            let qid = queue_id.map(str::to_string);
+            // Off the async workers: building the effect reads the message's calendar (its UID).
+            let res = tokio::task::spawn_blocking(move || {
+                let e =
+                    crate::effects::relay::effect(&raw, &sender2, &rcpts, qid.as_deref(), &host);
+                store.add_effects(std::slice::from_ref(&e))?;
+                store.flush().map(|()| e.id)
+            })
+            .await;
+            match res {
+                Ok(Ok(id)) => {
+                    log(format!(
+                        "milter: queue_id={} effect=ischedule id={id} user={sender} committed",
+                        queue_id.unwrap_or("-")
+                    ));
+                    self.effects_wakeup.notify_one();
+                }
+                // The mail still goes: iSchedule is the faster path next to it.
+                _ => log(format!(
+                    "milter: queue_id={} cannot queue the iSchedule relay; the mail goes as usual",
+                    queue_id.unwrap_or("-")
+                )),
+            }
+            return Vec::new();
+        }
+        let (report, added) = crate::effects::relay::relay_and_record(
+            bridge,
+            &st.pipeline,
+            raw,
+            sender,
+            recipients,
+            queue_id,
+        )
+        .await;
+        if added {
+            self.effects_wakeup.notify_one();
+        }
+        let mut delivered: Vec<String> = report
+            .relayed
+            .iter()
+            .filter(|r| r.delivered())
+            .map(|r| r.recipient.clone())
+            .collect();
+        delivered.retain(|r| {
+            report
+                .relayed
+                .iter()
+                .filter(|x| &x.recipient == r)
+                .all(|x| x.delivered())
+        });
+        delivered.dedup();
+        delivered
+    }
+}
