@@ -6,8 +6,11 @@
 #   tools/ischedule-load.sh [TARGET_DIR]     (default: target/release)
 #
 # Environment: REQUESTS (default 10000), CONNECTIONS (default 8), NEW_REQUESTS (default 400),
-# FB_REQUESTS (default 500). Every run is bounded by its count and by --timeout; the daemon is
-# stopped by its PID at the end; everything is written under a temporary directory.
+# FB_REQUESTS (default 500); PERF_DATA=FILE records the daemon with `perf record` during the
+# kept-alive POST load (PERF_ARGS: its options, default -g); PERF_STAT=1 counts the daemon's
+# flush syscalls and context switches during that load instead. Every run is bounded by its
+# count and by --timeout; the daemon is stopped by its PID at the end; everything is written
+# under a temporary directory.
 set -eu
 bin=${1:-target/release}
 REQUESTS=${REQUESTS:-10000}
@@ -47,6 +50,8 @@ nameservers = ["127.0.0.1:9"]
 timeout_secs = 1
 [outbound]
 transport = "outbox:$dir/outbox"
+[metrics]
+listen = "127.0.0.1:0"
 [ischedule]
 listen = "127.0.0.1:0"
 tls_cert = "$dir/server.pem"
@@ -68,6 +73,11 @@ while ! grep -q '"control"' daemon.out 2>/dev/null; do
 done
 target=$(grep '"ischedule"' daemon.out | sed -n 's/.*"address":"\(inet:\)\{0,1\}\([^"]*\)".*/\2/p')
 [ -n "$target" ] || { echo "no ischedule listening line" >&2; cat daemon.out >&2; exit 1; }
+metrics=$(grep '"metrics"' daemon.out | sed -n 's/.*"address":"\(inet:\)\{0,1\}\([^"]*\)".*/\2/p')
+commits() {
+    # Store commits (flush waits) so far: count and total seconds, from /metrics.
+    curl -s "http://$metrics/metrics" | awk '/^imipd_store_commit_seconds_(count|sum)/ {printf "%s=%s ", $1, $2} END {print ""}'
+}
 echo "# daemon pid $pid at $target; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 load() {
     "$OLDPWD/$bin/imipd-load" ischedule --target "$target" --host cal.b.test --ca ca.pem \
@@ -76,9 +86,24 @@ load() {
 }
 # Free/busy first, against an empty calendar, then again after the POST load.
 load --kind freebusy --requests 50 --connections 1 >/dev/null  # warm-up
+echo "# commits before the POST load: $(commits)"
 load --kind freebusy --requests "$FB_REQUESTS" --connections 1
 load --kind freebusy --requests "$NEW_REQUESTS" --connections 1 --new-connection
+perf_pid=
+if [ -n "${PERF_STAT:-}" ]; then
+    perf stat -e syscalls:sys_enter_sync_file_range,syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync,syscalls:sys_enter_pwrite64,context-switches,task-clock \
+        -p "$pid" -o perf-stat.txt >/dev/null 2>&1 &
+    perf_pid=$!
+    sleep 1
+elif [ -n "${PERF_DATA:-}" ]; then
+    perf record ${PERF_ARGS:--g} -p "$pid" -o "$PERF_DATA" >/dev/null 2>&1 &
+    perf_pid=$!
+    sleep 1
+fi
 load --kind request --requests "$REQUESTS" --connections "$CONNECTIONS"
+if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
+[ -f perf-stat.txt ] && grep -E "syscalls|context|task-clock|elapsed" perf-stat.txt | sed 's/^/# /'
+echo "# commits after the POST load: $(commits)"
 echo "# load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 load --kind request --requests "$NEW_REQUESTS" --connections 1 --new-connection
 load --kind request --requests "$NEW_REQUESTS" --connections "$CONNECTIONS" --new-connection
