@@ -950,3 +950,65 @@ fn main() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A canned server on loopback: answers each request (read up to its blank line and
+    /// Content-Length body) with the next of `answers`, on one kept-alive connection.
+    fn serve(answers: Vec<&'static str>) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut w = s;
+            for a in answers {
+                let mut len = 0;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).unwrap();
+                w.write_all(a.as_bytes()).unwrap();
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn keep_alive_exchange_reads_length_and_chunked_bodies() {
+        let addr = serve(vec![
+            "HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n2.0;Success",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n2.0;\r\n7\r\nSuccess\r\n0\r\n\r\n",
+            "HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Length: 2\r\n\r\nno",
+        ]);
+        let mut c = is_connect(&addr, "localhost", &None).unwrap();
+        let req = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(
+            is_exchange(&mut c, req).unwrap(),
+            (200, true, b"2.0;Success".to_vec())
+        );
+        assert_eq!(
+            is_exchange(&mut c, req).unwrap(),
+            (200, true, b"2.0;Success".to_vec())
+        );
+        assert_eq!(
+            is_exchange(&mut c, req).unwrap(),
+            (403, false, b"no".to_vec())
+        );
+        // The server is gone: an error, not a hang or a panic.
+        assert!(is_exchange(&mut c, req).is_err());
+    }
+}
