@@ -7,6 +7,13 @@
 //!       injects messages over SMTP
 //!   imipd-load lmtp-sink --listen 127.0.0.1:PORT --expect N [--timeout SECS]
 //!       accepts and discards LMTP deliveries; exits after N messages
+//!   imipd-load ischedule --target 127.0.0.1:PORT --key SIGNER.pem --domain D [--selector S]
+//!       [--host NAME] [--path /.well-known/ischedule] [--ca CA.pem | --plain]
+//!       [--originator ADDR] [--recipient ADDR] [--kind request|freebusy]
+//!       [--requests N] [--connections C] [--new-connection]
+//!       signed iSchedule POSTs over C kept-alive HTTPS connections (or one connection per
+//!       request); every request is distinct (UID, iSchedule-Message-ID) and signed before
+//!       the clock starts
 //!
 //! Each prints one JSON line: messages, seconds, messages per second, latency percentiles.
 //! Every run is bounded by its message count and by --timeout (default 600 s).
@@ -27,6 +34,23 @@ struct Opts {
     file: Option<String>,
     expect: usize,
     timeout: u64,
+    is: IsOpts,
+}
+
+/// Options of the `ischedule` mode.
+#[derive(Clone, Default)]
+struct IsOpts {
+    host: String,
+    path: String,
+    ca: Option<String>,
+    plain: bool,
+    key: Option<String>,
+    domain: String,
+    selector: String,
+    originator: String,
+    recipient: String,
+    kind: String,
+    new_connection: bool,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -40,6 +64,13 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         file: None,
         expect: 0,
         timeout: 600,
+        is: IsOpts {
+            host: "localhost".into(),
+            path: "/.well-known/ischedule".into(),
+            selector: "ischedule".into(),
+            kind: "request".into(),
+            ..IsOpts::default()
+        },
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -57,6 +88,19 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--to" => o.to = val()?,
             "--expect" => o.expect = val()?.parse().map_err(|_| "bad --expect")?,
             "--timeout" => o.timeout = val()?.parse().map_err(|_| "bad --timeout")?,
+            "--requests" => o.messages = val()?.parse().map_err(|_| "bad --requests")?,
+            "--connections" => o.concurrency = val()?.parse().map_err(|_| "bad --connections")?,
+            "--host" => o.is.host = val()?,
+            "--path" => o.is.path = val()?,
+            "--ca" => o.is.ca = Some(val()?),
+            "--plain" => o.is.plain = true,
+            "--key" => o.is.key = Some(val()?),
+            "--domain" => o.is.domain = val()?,
+            "--selector" => o.is.selector = val()?,
+            "--originator" => o.is.originator = val()?,
+            "--recipient" => o.is.recipient = val()?,
+            "--kind" => o.is.kind = val()?,
+            "--new-connection" => o.is.new_connection = true,
             s if s.starts_with("--") => return Err(format!("unknown option {s}")),
             s => o.file = Some(s.to_string()),
         }
@@ -447,10 +491,383 @@ fn sink_conn(
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// iSchedule: signed POSTs over kept-alive HTTPS connections (rustls, blocking), HTTP/1.1 by
+// hand: write the request, read the status line, the header and a Content-Length (or chunked)
+// body.
+
+/// Largest answer read.
+const MAX_ANSWER: usize = 4 * 1024 * 1024;
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The iCalendar body of request `uid`: an invitation, or a free/busy query for one day.
+fn is_body(kind: &str, uid: &str, originator: &str, recipient: &str, stamp: &str) -> String {
+    let comp = if kind == "freebusy" {
+        format!(
+            "BEGIN:VFREEBUSY\r\nUID:{uid}\r\nDTSTAMP:{stamp}\r\nDTSTART:20300110T000000Z\r\n\
+             DTEND:20300111T000000Z\r\nORGANIZER:mailto:{originator}\r\n\
+             ATTENDEE:mailto:{recipient}\r\nEND:VFREEBUSY\r\n"
+        )
+    } else {
+        format!(
+            "BEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:{stamp}\r\nSEQUENCE:0\r\nSUMMARY:Load\r\n\
+             DTSTART:20300110T100000Z\r\nDTEND:20300110T110000Z\r\nORGANIZER:mailto:{originator}\r\n\
+             ATTENDEE;PARTSTAT=ACCEPTED:mailto:{originator}\r\n\
+             ATTENDEE;PARTSTAT=NEEDS-ACTION;RSVP=TRUE:mailto:{recipient}\r\nEND:VEVENT\r\n"
+        )
+    };
+    format!(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//imipd-load//EN\r\nMETHOD:REQUEST\r\n{comp}END:VCALENDAR\r\n"
+    )
+}
+
+/// Every request of the run, signed, as the bytes to write. Signing (RSA) runs on all cores
+/// before the clock starts, so that it does not compete with the receiver.
+fn is_prepare(o: &Opts) -> Result<Vec<Vec<u8>>, String> {
+    let is = &o.is;
+    let key_path = is.key.as_deref().ok_or("--key SIGNER.pem is needed")?;
+    if is.domain.is_empty() || is.recipient.is_empty() {
+        return Err("--domain and --recipient are needed".into());
+    }
+    let (component, kind) = match is.kind.as_str() {
+        "request" => ("VEVENT", "request"),
+        "freebusy" => ("VFREEBUSY", "freebusy"),
+        k => return Err(format!("--kind {k}: request or freebusy")),
+    };
+    let key = imipd::ischedule::dkim::SigningKey::load(
+        std::path::Path::new(key_path),
+        &is.domain,
+        &is.selector,
+    )?;
+    let originator = if is.originator.is_empty() {
+        format!("alice@{}", is.domain)
+    } else {
+        is.originator.clone()
+    };
+    let now = unix_now();
+    let stamp = imipd::ical::time::format_utc(now);
+    // Distinct across runs against the same store: replay IDs and UIDs are remembered.
+    let run = format!("{}-{now}", std::process::id());
+    let sign_one = |i: usize| -> Result<Vec<u8>, String> {
+        let uid = format!("load-{run}-{i}@{}", is.domain);
+        let body = is_body(kind, &uid, &originator, &is.recipient, &stamp);
+        let mut h: Vec<(String, String)> = vec![
+            ("iSchedule-Version".into(), "1.0".into()),
+            ("iSchedule-Message-ID".into(), format!("<{uid}>")),
+            ("Originator".into(), format!("mailto:{originator}")),
+            ("Recipient".into(), format!("mailto:{}", is.recipient)),
+            (
+                "Content-Type".into(),
+                format!("text/calendar; charset=utf-8; component={component}; method=REQUEST"),
+            ),
+            ("User-Agent".into(), "imipd-load".into()),
+        ];
+        let sig = key.sign(&h, body.as_bytes(), now, 3600)?;
+        h.push(("DKIM-Signature".into(), sig));
+        let mut r = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nCache-Control: no-cache, no-transform\r\n",
+            is.path, is.host
+        );
+        if is.new_connection {
+            r.push_str("Connection: close\r\n");
+        }
+        for (n, v) in &h {
+            r.push_str(&format!("{n}: {v}\r\n"));
+        }
+        r.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        Ok(r.into_bytes())
+    };
+    let n = o.messages;
+    let threads = std::thread::available_parallelism()
+        .map(|t| t.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let per = n.div_ceil(threads);
+    let parts: Vec<Result<Vec<Vec<u8>>, String>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                let sign_one = &sign_one;
+                sc.spawn(move || (t * per..((t + 1) * per).min(n)).map(sign_one).collect())
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("signer failed".into())))
+            .collect()
+    });
+    let mut out = Vec::with_capacity(n);
+    for p in parts {
+        out.extend(p?);
+    }
+    Ok(out)
+}
+
+/// The TLS client set-up: only the given CA is trusted.
+fn is_tls(is: &IsOpts) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    if is.plain {
+        return Ok(None);
+    }
+    let ca = is
+        .ca
+        .as_deref()
+        .ok_or("--ca CA.pem (or --plain) is needed")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{ca}: {e}"))? {
+        roots
+            .add(c.map_err(|e| format!("{ca}: {e}"))?)
+            .map_err(|e| format!("{ca}: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{ca}: no certificate"));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if is.new_connection {
+        // A full handshake per request, as a new peer sees it, not a resumed session.
+        cfg.resumption = rustls::client::Resumption::disabled();
+    }
+    Ok(Some(Arc::new(cfg)))
+}
+
+trait Duplex: Read + Write + Send {}
+impl<T: Read + Write + Send> Duplex for T {}
+
+/// One HTTP/1.1 connection (the TLS handshake happens on the first write).
+type Conn = BufReader<Box<dyn Duplex>>;
+
+fn is_connect(
+    target: &str,
+    host: &str,
+    tls: &Option<Arc<rustls::ClientConfig>>,
+) -> std::io::Result<Conn> {
+    let tcp = TcpStream::connect(target)?;
+    tcp.set_nodelay(true)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(60)))?;
+    tcp.set_write_timeout(Some(Duration::from_secs(60)))?;
+    let io: Box<dyn Duplex> = match tls {
+        None => Box::new(tcp),
+        Some(cfg) => {
+            let name = rustls_pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let c =
+                rustls::ClientConnection::new(cfg.clone(), name).map_err(std::io::Error::other)?;
+            Box::new(rustls::StreamOwned::new(c, tcp))
+        }
+    };
+    Ok(BufReader::new(io))
+}
+
+fn bad(msg: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg.to_string())
+}
+
+fn read_crlf_line(c: &mut Conn) -> std::io::Result<String> {
+    let mut line = String::new();
+    // A header line longer than this is not an HTTP answer we want.
+    if c.by_ref().take(64 * 1024).read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed",
+        ));
+    }
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// One answer: status, whether the connection may be used again, body.
+fn is_read_answer(c: &mut Conn) -> std::io::Result<(u16, bool, Vec<u8>)> {
+    let status_line = read_crlf_line(c)?;
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("not an HTTP status line"))?;
+    let mut length: Option<usize> = None;
+    let mut chunked = false;
+    let mut keep = status_line.starts_with("HTTP/1.1");
+    loop {
+        let line = read_crlf_line(c)?;
+        if line.is_empty() {
+            break;
+        }
+        let Some((n, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim().to_ascii_lowercase();
+        match n.trim().to_ascii_lowercase().as_str() {
+            "content-length" => length = Some(v.parse().map_err(|_| bad("bad Content-Length"))?),
+            "transfer-encoding" => chunked = v.contains("chunked"),
+            "connection" if v.contains("close") => keep = false,
+            _ => {}
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            let size = read_crlf_line(c)?;
+            let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| bad("bad chunk size"))?;
+            if body.len() + size > MAX_ANSWER {
+                return Err(bad("answer too large"));
+            }
+            let at = body.len();
+            body.resize(at + size, 0);
+            c.read_exact(&mut body[at..])?;
+            read_crlf_line(c).or_else(|e| if size == 0 { Ok(String::new()) } else { Err(e) })?;
+            if size == 0 {
+                break;
+            }
+        }
+    } else if let Some(n) = length {
+        if n > MAX_ANSWER {
+            return Err(bad("answer too large"));
+        }
+        body.resize(n, 0);
+        c.read_exact(&mut body)?;
+    } else if !(100..200).contains(&status) && status != 204 && status != 304 {
+        // No length: the body ends with the connection.
+        c.by_ref().take(MAX_ANSWER as u64).read_to_end(&mut body)?;
+        keep = false;
+    }
+    Ok((status, keep, body))
+}
+
+/// Writes one request and reads its answer.
+fn is_exchange(c: &mut Conn, request: &[u8]) -> std::io::Result<(u16, bool, Vec<u8>)> {
+    let w = c.get_mut();
+    w.write_all(request)?;
+    w.flush()?;
+    is_read_answer(c)
+}
+
+#[derive(Default)]
+struct IsTally {
+    lat: Vec<Duration>,
+    ok: usize,
+    success: usize,
+    errors: usize,
+    connections: usize,
+}
+
+/// One client connection slot: takes the next prepared request until none is left.
+fn is_lane(
+    target: &str,
+    is: &IsOpts,
+    tls: &Option<Arc<rustls::ClientConfig>>,
+    reqs: &[Vec<u8>],
+    next: &AtomicUsize,
+) -> IsTally {
+    let mut t = IsTally::default();
+    let mut conn: Option<Conn> = None;
+    let mut first_error = true;
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(req) = reqs.get(i) else { break };
+        let start = Instant::now();
+        let r = match conn.take() {
+            Some(c) => Ok(c),
+            None => {
+                t.connections += 1;
+                is_connect(target, &is.host, tls)
+            }
+        }
+        .and_then(|mut c| is_exchange(&mut c, req).map(|a| (c, a)));
+        match r {
+            Ok((c, (status, keep, body))) => {
+                t.lat.push(start.elapsed());
+                if status == 200 {
+                    t.ok += 1;
+                } else {
+                    t.errors += 1;
+                }
+                if body.windows(11).any(|w| w == b"2.0;Success") {
+                    t.success += 1;
+                }
+                if keep && !is.new_connection {
+                    conn = Some(c);
+                }
+            }
+            Err(e) => {
+                if first_error {
+                    eprintln!("imipd-load: request {i}: {e}");
+                    first_error = false;
+                }
+                t.errors += 1;
+            }
+        }
+    }
+    t
+}
+
+fn is_run(o: &Opts) -> Result<(), String> {
+    let tls = is_tls(&o.is)?;
+    let t0 = Instant::now();
+    let reqs = Arc::new(is_prepare(o)?);
+    eprintln!(
+        "imipd-load: {} requests signed in {:.1} s",
+        reqs.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..o.concurrency)
+        .map(|_| {
+            let (reqs, next, tls) = (reqs.clone(), next.clone(), tls.clone());
+            let (target, is) = (o.target.clone(), o.is.clone());
+            std::thread::spawn(move || is_lane(&target, &is, &tls, &reqs, &next))
+        })
+        .collect();
+    let mut all = IsTally::default();
+    for h in handles {
+        let t = h.join().unwrap_or_default();
+        all.lat.extend(t.lat);
+        all.ok += t.ok;
+        all.success += t.success;
+        all.errors += t.errors;
+        all.connections += t.connections;
+    }
+    let elapsed = start.elapsed();
+    all.lat.sort();
+    let lat = &all.lat;
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0
+    };
+    println!(
+        "{{\"kind\":\"ischedule-{}\",\"requests\":{},\"answered_200\":{},\"success\":{},\"errors\":{},\"connections\":{},\"new_connection\":{},\"seconds\":{:.3},\"per_second\":{:.1},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3}}}",
+        o.is.kind,
+        reqs.len(),
+        all.ok,
+        all.success,
+        all.errors,
+        all.connections,
+        o.is.new_connection,
+        elapsed.as_secs_f64(),
+        all.ok as f64 / elapsed.as_secs_f64().max(1e-9),
+        pct(0.5),
+        pct(0.9),
+        pct(0.99)
+    );
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first().cloned() else {
-        eprintln!("usage: imipd-load milter|smtp|lmtp-sink [options] [FILE]");
+        eprintln!("usage: imipd-load milter|smtp|lmtp-sink|ischedule [options] [FILE]");
         std::process::exit(64);
     };
     let o = match parse(&args[1..]) {
@@ -515,6 +932,12 @@ fn main() {
                 smtp_lane(&o2, n, &raw, &next, lat)
             });
         }
+        "ischedule" => {
+            if let Err(e) = is_run(&o) {
+                eprintln!("imipd-load: {e}");
+                std::process::exit(64);
+            }
+        }
         "lmtp-sink" => {
             if let Err(e) = lmtp_sink(&o) {
                 eprintln!("imipd-load: {e}");
@@ -525,5 +948,67 @@ fn main() {
             eprintln!("imipd-load: unknown mode {other}");
             std::process::exit(64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A canned server on loopback: answers each request (read up to its blank line and
+    /// Content-Length body) with the next of `answers`, on one kept-alive connection.
+    fn serve(answers: Vec<&'static str>) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut w = s;
+            for a in answers {
+                let mut len = 0;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).unwrap();
+                w.write_all(a.as_bytes()).unwrap();
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn keep_alive_exchange_reads_length_and_chunked_bodies() {
+        let addr = serve(vec![
+            "HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n2.0;Success",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n2.0;\r\n7\r\nSuccess\r\n0\r\n\r\n",
+            "HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Length: 2\r\n\r\nno",
+        ]);
+        let mut c = is_connect(&addr, "localhost", &None).unwrap();
+        let req = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(
+            is_exchange(&mut c, req).unwrap(),
+            (200, true, b"2.0;Success".to_vec())
+        );
+        assert_eq!(
+            is_exchange(&mut c, req).unwrap(),
+            (200, true, b"2.0;Success".to_vec())
+        );
+        assert_eq!(
+            is_exchange(&mut c, req).unwrap(),
+            (403, false, b"no".to_vec())
+        );
+        // The server is gone: an error, not a hang or a panic.
+        assert!(is_exchange(&mut c, req).is_err());
     }
 }

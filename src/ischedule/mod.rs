@@ -34,6 +34,9 @@ pub struct Bridge {
     /// Key records exchanged out of band, by (domain, selector).
     private_keys: HashMap<DomainSelector, Vec<String>>,
     http_keys: Mutex<HashMap<DomainSelector, (Vec<String>, Instant)>>,
+    /// Public keys already decoded, by their DER bytes: OpenSSL's decoding of a key costs
+    /// more than the RSA verification itself, and a peer signs every request with one key.
+    parsed_keys: Mutex<HashMap<Vec<u8>, openssl::pkey::PKey<openssl::pkey::Public>>>,
     pub serial: u64,
     pub capabilities: String,
 }
@@ -110,6 +113,7 @@ impl Bridge {
             client,
             private_keys,
             http_keys: Mutex::new(HashMap::new()),
+            parsed_keys: Mutex::new(HashMap::new()),
             serial,
             capabilities,
         })
@@ -167,7 +171,7 @@ impl Bridge {
                 }
             };
             match dkim::select_key(&records, sig.algorithm) {
-                Some(k) => return k.key(),
+                Some(k) => return self.decoded(&k),
                 None => why.push(format!(
                     "{method:?}: no usable key record for {}/{}",
                     sig.domain, sig.selector
@@ -182,6 +186,25 @@ impl Bridge {
         } else {
             why.join("; ")
         }))
+    }
+
+    /// `k`'s public key, decoded once (the cache is bounded: cleared when full).
+    fn decoded(
+        &self,
+        k: &dkim::KeyRecord,
+    ) -> Result<openssl::pkey::PKey<openssl::pkey::Public>, DkimError> {
+        const MAX_PARSED_KEYS: usize = 1024;
+        let lock = || self.parsed_keys.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = lock().get(&k.public_key) {
+            return Ok(p.clone());
+        }
+        let p = k.key()?;
+        let mut cache = lock();
+        if cache.len() >= MAX_PARSED_KEYS {
+            cache.clear();
+        }
+        cache.insert(k.public_key.clone(), p.clone());
+        Ok(p)
     }
 
     async fn http_key_records(&self, sig: &Signature) -> Result<Vec<String>, String> {
