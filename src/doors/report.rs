@@ -1,7 +1,7 @@
 //! What the doors write about a verdict: the `X-Imipd-Result` header and the log lines, the
 //! same for the milter and LMTP.
 
-use crate::itip::Outcome;
+use crate::pipeline::Outcome;
 use crate::pipeline::Verdict;
 use imipd_core::addr::norm_addr as ical_norm_addr;
 

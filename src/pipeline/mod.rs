@@ -6,9 +6,7 @@ pub mod ischedule;
 
 use crate::config::Config;
 use crate::ical::{self, Component};
-use crate::itip::{
-    self, Context, Decision, Incoming, Method, OutMessage, Outcome, Reason, StoredObject,
-};
+use crate::itip::{self, Context, Decision, Incoming, Method, OutMessage, Reason, StoredObject};
 use crate::message::Parsed;
 use crate::proof::Proof;
 use crate::store::{Change, Commit, Expect, JournalEntry, Store, StoreError};
@@ -84,6 +82,8 @@ pub struct Verdict {
 }
 
 pub use crate::effects::imip::Outgoing;
+/// What became of one object, as the doors report it.
+pub use crate::itip::Outcome;
 
 impl Verdict {
     /// A one-line summary for a header: `user: METHOD uid outcome (reason); ...`, cleaned of

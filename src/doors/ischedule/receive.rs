@@ -384,7 +384,7 @@ fn status_of(v: &Verdict, rcpt: &str) -> (&'static str, String) {
     // exist here.
     match mine
         .iter()
-        .find(|o| o.outcome == imipd_core::itip::Outcome::Rejected)
+        .find(|o| o.outcome == crate::pipeline::Outcome::Rejected)
     {
         None if mine.is_empty() => (CANNOT_HANDLE, "nothing to deliver".into()),
         None => (DELIVERED, reason),
