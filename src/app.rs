@@ -162,7 +162,7 @@ impl Core {
     }
 
     pub(crate) fn log_verdict_debug(st: &State, door: &str, v: &Verdict, proof: &Proof) {
-        if st.cfg.log.level == "debug" {
+        if st.cfg.log.level == crate::config::LogLevel::Debug {
             log(format!(
                 "{door}: msgid={} Authentication-Results: {}",
                 v.message_id.as_deref().unwrap_or("-"),

@@ -70,7 +70,7 @@ pub struct Milter {
     pub listen: String,
     /// What to do with a calendar message whose sender is not proven: "accept" (annotate only),
     /// "quarantine" or "reject".
-    pub on_forged: String,
+    pub on_forged: OnForged,
 }
 
 impl Default for Milter {
@@ -78,7 +78,7 @@ impl Default for Milter {
         Milter {
             enabled: true,
             listen: "inet:127.0.0.1:8897".into(),
-            on_forged: "accept".into(),
+            on_forged: OnForged::Accept,
         }
     }
 }
@@ -168,7 +168,7 @@ impl Default for Itip {
 pub struct Policy {
     /// Who may create a new object in a local calendar: "everyone", "known" (senders with an
     /// existing object or in `allow`), "local" (senders in local_domains) or "nobody".
-    pub create: String,
+    pub create: CreateMode,
     /// Addresses or `@domain` entries always allowed to create.
     pub allow: Vec<String>,
     /// Trust the From address of submissions the milter saw authenticated ({auth_authen}).
@@ -178,7 +178,7 @@ pub struct Policy {
     /// Trust the From address of mail relayed from these client IPs.
     pub trusted_relays: Vec<String>,
     /// Per-domain or per-user overrides of `create`: `"example.org" = "local"`.
-    pub create_for: std::collections::BTreeMap<String, String>,
+    pub create_for: std::collections::BTreeMap<String, CreateMode>,
     /// With `trust_authenticated_submission`: the addresses each SASL login may send as
     /// (default: the login itself if it is an address, else login@ each local domain).
     pub submission_logins: std::collections::HashMap<String, Vec<String>>,
@@ -211,7 +211,7 @@ impl Policy {
 impl Default for Policy {
     fn default() -> Self {
         Policy {
-            create: "everyone".into(),
+            create: CreateMode::Everyone,
             allow: Vec::new(),
             trust_authenticated_submission: false,
             trusted_authserv_ids: Vec::new(),
@@ -250,7 +250,7 @@ pub struct Ischedule {
     pub allow_http: bool,
     /// Outgoing iTIP seen by the milter on authenticated submission: "off", "also" (iSchedule
     /// and the mail) or "instead" (the mail goes only to recipients iSchedule did not reach).
-    pub relay: String,
+    pub relay: Relay,
     /// A signing domain allowed to sign for other originator domains:
     /// `"hosting.example" = ["customer.example"]` (the draft's d= binding, with exceptions).
     pub signer_domains: BTreeMap<String, Vec<String>>,
@@ -290,7 +290,7 @@ impl Default for Ischedule {
             ca_file: None,
             servers: BTreeMap::new(),
             allow_http: false,
-            relay: "also".into(),
+            relay: Relay::Also,
             signer_domains: BTreeMap::new(),
             unsigned_peers: Vec::new(),
             allow_sha1: false,
@@ -317,13 +317,13 @@ impl Ischedule {
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
     /// "info" or "debug".
-    pub level: String,
+    pub level: LogLevel,
 }
 
 impl Default for Log {
     fn default() -> Self {
         Log {
-            level: "info".into(),
+            level: LogLevel::Info,
         }
     }
 }
@@ -540,18 +540,6 @@ impl Config {
         if self.milter.enabled {
             parse_listen(&self.milter.listen).map_err(|m| err("milter.listen", m))?;
         }
-        if !matches!(
-            self.milter.on_forged.as_str(),
-            "accept" | "quarantine" | "reject"
-        ) {
-            return Err(err(
-                "milter.on_forged",
-                format!(
-                    "{:?} is not one of accept, quarantine, reject",
-                    self.milter.on_forged
-                ),
-            ));
-        }
         if self.lmtp.enabled {
             parse_listen(&self.lmtp.listen).map_err(|m| err("lmtp.listen", m))?;
             Deliver::parse(&self.lmtp.deliver).map_err(|m| err("lmtp.deliver", m))?;
@@ -570,25 +558,6 @@ impl Config {
                 if !p.exists() {
                     return Err(err(key, format!("{} does not exist", p.display())));
                 }
-            }
-        }
-        let modes = ["everyone", "known", "local", "nobody"];
-        if !modes.contains(&self.policy.create.as_str()) {
-            return Err(err(
-                "policy.create",
-                format!(
-                    "{:?} is not one of {}",
-                    self.policy.create,
-                    modes.join(", ")
-                ),
-            ));
-        }
-        for (who, mode) in &self.policy.create_for {
-            if !modes.contains(&mode.as_str()) {
-                return Err(err(
-                    &format!("policy.create_for.{who}"),
-                    format!("{mode:?} is not one of {}", modes.join(", ")),
-                ));
             }
         }
         for ip in &self.policy.trusted_relays {
@@ -632,9 +601,6 @@ impl Config {
             })?;
         }
         crate::store::location(self).map_err(|m| err("store.url", m))?;
-        if !matches!(self.log.level.as_str(), "info" | "debug") {
-            return Err(err("log.level", "must be info or debug".into()));
-        }
         Ok(())
     }
 
@@ -708,12 +674,6 @@ impl Config {
                     format!("{url:?} is not an https:// URL (http:// needs allow_http = true)"),
                 ));
             }
-        }
-        if !matches!(is.relay.as_str(), "off" | "also" | "instead") {
-            return Err(err(
-                "ischedule.relay",
-                format!("{:?} is not one of off, also, instead", is.relay),
-            ));
         }
         for ip in &is.unsigned_peers {
             ip.parse::<std::net::IpAddr>().map_err(|_| {
@@ -829,6 +789,61 @@ pub fn parse_nameserver(s: &str) -> Result<std::net::SocketAddr, String> {
         return Ok(std::net::SocketAddr::new(ip, 53));
     }
     Err(format!("{s:?} is not IP or IP:PORT"))
+}
+
+/// The config's modes are parsed once, here, into these types (a value outside them is a
+/// config error naming the key and line); the daemon never compares mode strings per message.
+///
+/// `[milter] on_forged`: what to do with a calendar message whose sender is not proven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnForged {
+    /// Deliver it, annotated (`X-Imipd-Result`).
+    Accept,
+    Quarantine,
+    Reject,
+}
+
+/// `[policy] create` and `create_for`: who may put a new object into a local calendar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CreateMode {
+    Everyone,
+    /// Senders with an object in the calendar already, or on `allow`.
+    Known,
+    /// Senders in local_domains (or on `allow`).
+    Local,
+    Nobody,
+}
+
+impl CreateMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CreateMode::Everyone => "everyone",
+            CreateMode::Known => "known",
+            CreateMode::Local => "local",
+            CreateMode::Nobody => "nobody",
+        }
+    }
+}
+
+/// `[ischedule] relay`: outgoing iTIP seen by the milter on authenticated submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Relay {
+    Off,
+    /// Over iSchedule and by mail.
+    Also,
+    /// Over iSchedule; by mail only to the recipients iSchedule did not reach.
+    Instead,
+}
+
+/// `[log] level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Info,
+    Debug,
 }
 
 /// Where the LMTP door hands each message on.

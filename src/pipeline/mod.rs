@@ -4,7 +4,7 @@
 pub mod extract;
 pub mod ischedule;
 
-use crate::config::Config;
+use crate::config::{Config, CreateMode};
 use crate::ical::{self, Component};
 use crate::itip::{self, Context, Decision, Incoming, Method, OutMessage, Reason, StoredObject};
 use crate::message::Parsed;
@@ -787,8 +787,8 @@ impl Pipeline {
             .create_for
             .get(rcpt)
             .or_else(|| p.create_for.get(domain))
-            .map(String::as_str)
-            .unwrap_or(p.create.as_str());
+            .copied()
+            .unwrap_or(p.create);
         let allowed_by_list = proven.iter().any(|a| {
             p.allow.iter().any(|e| {
                 let e = e.to_ascii_lowercase();
@@ -800,15 +800,15 @@ impl Pipeline {
         });
         let mut read_calendar = None;
         let ok = match mode {
-            "everyone" => true,
-            "nobody" => false,
-            "local" => {
+            CreateMode::Everyone => true,
+            CreateMode::Nobody => false,
+            CreateMode::Local => {
                 allowed_by_list
                     || proven
                         .iter()
                         .any(|a| !self.config.local_domains.is_empty() && self.config.is_local(a))
             }
-            "known" => {
+            CreateMode::Known => {
                 allowed_by_list || {
                     // The version before the objects: a change after it is seen at commit.
                     let known = self.store.calendar_version(rcpt).and_then(|cv| {
@@ -826,14 +826,18 @@ impl Pipeline {
                     known.unwrap_or(false)
                 }
             }
-            _ => true,
         };
         if ok {
             Ok(read_calendar)
         } else {
             Err(Reason::Policy(format!(
-                "{} may not create objects in {rcpt}'s calendar (policy \"{mode}\"); {} was not stored",
-                if proven.is_empty() { "an unproven sender".to_string() } else { proven.join(", ") },
+                "{} may not create objects in {rcpt}'s calendar (policy \"{}\"); {} was not stored",
+                if proven.is_empty() {
+                    "an unproven sender".to_string()
+                } else {
+                    proven.join(", ")
+                },
+                mode.as_str(),
                 inc.uid
             )))
         }

@@ -3,6 +3,7 @@
 //! sender's own copy, iSchedule relays).
 
 use crate::app::{log, Core, State};
+use crate::config::{OnForged, Relay};
 use crate::doors::report::{result_header, strip_angle, visible_recipients, RESULT_HEADER};
 use crate::milter::{self, Envelope, EomActions, Verdict as MilterVerdict};
 use crate::proof::Facts;
@@ -143,7 +144,7 @@ impl Core {
                 if let Some(bridge) = st
                     .bridge
                     .clone()
-                    .filter(|_| st.cfg.ischedule.relay != "off")
+                    .filter(|_| st.cfg.ischedule.relay != Relay::Off)
                 {
                     let delivered = self
                         .relay(
@@ -155,7 +156,7 @@ impl Core {
                             env.queue_id.as_deref(),
                         )
                         .await;
-                    if st.cfg.ischedule.relay == "instead" {
+                    if st.cfg.ischedule.relay == Relay::Instead {
                         for (orig, norm) in env.rcpt_to.iter().zip(&all_rcpts) {
                             if delivered.contains(norm) {
                                 actions.delete_recipients.push(orig.clone());
@@ -179,17 +180,17 @@ impl Core {
                 result_header(&verdict, &visible_recipients(&env.message)),
             ));
             if verdict.any_rejected_for_proof() {
-                match st.cfg.milter.on_forged.as_str() {
-                    "reject" => {
+                match st.cfg.milter.on_forged {
+                    OnForged::Reject => {
                         actions.verdict = MilterVerdict::Reject(
                             "Calendar message from an unproven sender refused".into(),
                         )
                     }
-                    "quarantine" => {
+                    OnForged::Quarantine => {
                         actions.quarantine =
                             Some("imipd: calendar message from an unproven sender".into())
                     }
-                    _ => {}
+                    OnForged::Accept => {}
                 }
             }
         }
@@ -212,7 +213,7 @@ impl Core {
         recipients: &[String],
         queue_id: Option<&str>,
     ) -> Vec<String> {
-        if st.cfg.ischedule.relay != "instead" {
+        if st.cfg.ischedule.relay != Relay::Instead {
             let host = st
                 .cfg
                 .authserv_id
