@@ -5,6 +5,7 @@ mod sled_store;
 pub use imipd_core::store::*;
 pub use sled_store::Sled;
 
+#[cfg(feature = "fault-injection")]
 use imipd_core::effects::{Effect, EffectLine, PendingEffect};
 #[cfg(feature = "fault-injection")]
 use imipd_core::itip::{Busy, StoredObject};
