@@ -181,6 +181,33 @@ fn dkim_setup(test: &str) -> Option<(TempDir, DkimKey, Dns)> {
 // ---------------------------------------------------------------------------------------------
 // DKIM
 
+/// A mailbox of the signing domain whose local part is a percent escape of the organizer's
+/// (`%61lice` for `alice`): the domain's DKIM signature (dkimpy) proves that mailbox, which
+/// calendar addresses must not decode into alice's. Its CANCEL is not applied.
+#[test]
+fn dkim_percent_escaped_from_does_not_speak_for_the_decoded_address() {
+    let Some((_k, key, dns)) = dkim_setup("dkim_percent_from") else {
+        return;
+    };
+    let fx = Fixture::new(&dns, "");
+    let p = fx.process(&key.sign(&single("alice@example.com", &request("")), &[]));
+    assert!(p.applied("REQUEST"), "control: {}", p.stdout);
+    let forged = key.sign(
+        format!(
+            "{}Content-Type: text/calendar; method=CANCEL; charset=utf-8\r\n\r\n{}",
+            headers("%61lice@example.com"),
+            cancel()
+        )
+        .as_bytes(),
+        &[],
+    );
+    assert!(key.dkimpy_verifies(&forged), "dkimpy itself accepts it");
+    let p = fx.process(&forged);
+    assert!(p.stderr.contains("dkim=pass"), "{}", p.stderr);
+    assert!(!p.applied("CANCEL"), "{}", p.stdout);
+    fx.stored_uncancelled();
+}
+
 /// RFC 6376 §6.1.1: a signature that does not sign From proves nothing, even though it
 /// verifies (dkimpy signs To, Subject and Content-Type only).
 #[test]

@@ -102,7 +102,7 @@ pub fn extract_parsed(parsed: &Parsed<'_>, proof: &Proof) -> Extracted {
         .from()
         .and_then(|a| a.first())
         .and_then(|a| a.address())
-        .map(ical::norm_addr);
+        .map(imipd_core::addr::mailbox_as_cal_addr);
     ex.subject = msg.subject().map(str::to_string);
     let mut seen_rcpt = HashSet::new();
     'headers: for list in [msg.to(), msg.cc()].into_iter().flatten() {
@@ -114,7 +114,7 @@ pub fn extract_parsed(parsed: &Parsed<'_>, proof: &Proof) -> Extracted {
                 break 'headers;
             }
             if let Some(addr) = a.address() {
-                let n = ical::norm_addr(addr);
+                let n = imipd_core::addr::mailbox_as_cal_addr(addr);
                 if !n.is_empty() && seen_rcpt.insert(n.clone()) {
                     ex.recipients.push(n);
                 }
@@ -229,7 +229,7 @@ pub fn from_of(parsed: &Parsed<'_>) -> Option<String> {
         .from()?
         .first()?
         .address()
-        .map(ical::norm_addr)
+        .map(imipd_core::addr::mailbox_as_cal_addr)
 }
 
 fn report(mut ex: Extracted) -> Extracted {

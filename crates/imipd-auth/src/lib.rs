@@ -30,7 +30,7 @@ mod results;
 mod smime;
 
 use crate::message::Parsed;
-use imipd_core::addr::norm_addr;
+use imipd_core::addr::norm_mailbox;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -217,13 +217,13 @@ pub struct AuthVerdict {
 impl AuthVerdict {
     /// Whether `addr` (case-insensitive, `mailto:` accepted) is proven by some method.
     pub fn proves(&self, addr: &str) -> bool {
-        let wanted = norm_addr(addr);
+        let wanted = norm_mailbox(addr);
         !wanted.is_empty() && self.proofs.iter().any(|p| p.address == wanted)
     }
 
     /// The proof for `addr`, preferring one that covers the whole message.
     pub fn proof_for(&self, addr: &str) -> Option<&Proof> {
-        let wanted = norm_addr(addr);
+        let wanted = norm_mailbox(addr);
         let mut limited = None;
         for proof in self.proofs.iter().filter(|p| p.address == wanted) {
             if matches!(proof.covers, Coverage::Message | Coverage::Transport) {
@@ -269,7 +269,7 @@ impl Authenticator {
                 .submission_logins
                 .iter()
                 .map(|(login, addrs)| {
-                    let addrs = addrs.iter().map(|a| norm_addr(a)).collect();
+                    let addrs = addrs.iter().map(|a| norm_mailbox(a)).collect();
                     (login.to_lowercase(), addrs)
                 })
                 .collect(),
@@ -287,7 +287,7 @@ impl Authenticator {
             return addrs.clone();
         }
         if login.contains('@') {
-            return vec![norm_addr(&login)];
+            return vec![norm_mailbox(&login)];
         }
         self.local_domains
             .iter()
@@ -538,6 +538,26 @@ mod tests {
         assert!(verdict.proves("alice@example.com"));
         assert!(!verdict.proves("bob@example.com"));
         assert!(!verdict.proves(""));
+        // A mailbox is never percent-decoded into another one.
+        assert!(!verdict.proves("%61lice@example.com"));
+    }
+
+    /// A SASL login whose name holds a percent escape proves its own mailbox, not the one
+    /// the escape would decode to.
+    #[test]
+    fn a_percent_login_is_not_its_decoded_neighbour() {
+        let auth = Authenticator::new(&AuthConfig {
+            local_domains: vec!["example.org".into()],
+            ..Default::default()
+        })
+        .expect("authenticator");
+        assert_eq!(
+            auth.login_addresses("%61lice@example.org"),
+            ["%61lice@example.org"]
+        );
+        assert!(!auth
+            .login_addresses("%61lice@example.org")
+            .contains(&"alice@example.org".to_string()));
     }
 
     #[test]

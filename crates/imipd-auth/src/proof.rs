@@ -138,7 +138,10 @@ impl Prover {
         };
         let v = self.auth.verify(parsed, &tf).await;
         let mut proof = Proof {
-            from: v.from.clone().map(|f| imipd_core::addr::norm_addr(&f)),
+            from: v
+                .from
+                .clone()
+                .map(|f| imipd_core::addr::mailbox_as_cal_addr(&f)),
             results: v.header_value.clone(),
             remove_results: v.remove_headers.clone(),
             inner: v
@@ -150,7 +153,7 @@ impl Prover {
         };
         for p in &v.proofs {
             proof.grants.push(Grant {
-                address: imipd_core::addr::norm_addr(&p.address),
+                address: imipd_core::addr::mailbox_as_cal_addr(&p.address),
                 covers: p.covers.clone(),
             });
         }
@@ -229,7 +232,9 @@ pub fn from_address(raw: &[u8]) -> Option<String> {
     if from.iter().count() != 1 {
         return None;
     }
-    from.first()?.address().map(imipd_core::addr::norm_addr)
+    from.first()?
+        .address()
+        .map(imipd_core::addr::mailbox_as_cal_addr)
 }
 
 /// Values of the Authentication-Results headers, in order.

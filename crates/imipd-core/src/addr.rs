@@ -47,3 +47,45 @@ fn decode_unreserved(v: &str) -> std::borrow::Cow<'_, str> {
 pub fn mailto(addr: &str) -> String {
     format!("mailto:{}", norm_addr(addr))
 }
+
+/// Normalizes a mailbox (RFC 5321/5322 addr-spec: a From address, a certificate's e-mail
+/// address, a SASL login) for comparison: surrounding space and a `mailto:` scheme dropped,
+/// case-folded, nothing decoded. `%` is an ordinary character of a local part there, so
+/// `%61lice@example.com` and `alice@example.com` are two mailboxes.
+pub fn norm_mailbox(value: &str) -> String {
+    let v = value.trim();
+    let v = match v.get(..7) {
+        Some(p) if p.eq_ignore_ascii_case("mailto:") => &v[7..],
+        _ => v,
+    };
+    v.trim().to_lowercase()
+}
+
+/// A proven mailbox as a calendar-user address, in [`norm_addr`]'s form: its `%` escaped as
+/// `%25`, so that no percent-decoding of calendar addresses can turn one mailbox into another
+/// (the owner of `%61lice@example.com` never speaks for `alice@example.com`).
+pub fn mailbox_as_cal_addr(mailbox: &str) -> String {
+    norm_mailbox(mailbox).replace('%', "%25")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mailbox_with_percent_never_becomes_another_calendar_user() {
+        assert_eq!(norm_addr("mailto:%61lice@example.com"), "alice@example.com");
+        assert_eq!(
+            norm_mailbox("MAILTO: %61lice@Example.COM "),
+            "%61lice@example.com"
+        );
+        let cal = mailbox_as_cal_addr("%61lice@example.com");
+        assert_ne!(cal, norm_addr("mailto:alice@example.com"));
+        // ...and matches the calendar address that names that very mailbox.
+        assert_eq!(cal, norm_addr("mailto:%2561lice@example.com"));
+        assert_eq!(
+            mailbox_as_cal_addr("Alice@Example.com"),
+            "alice@example.com"
+        );
+    }
+}

@@ -100,7 +100,12 @@ impl Core {
                     .from
                     .clone()
                     .filter(|f| st.cfg.is_local(f) && !st.cfg.local_domains.is_empty())
-                    .filter(|f| st.prover.login_addresses(login).contains(f))
+                    .filter(|f| {
+                        st.prover
+                            .login_addresses(login)
+                            .iter()
+                            .any(|a| imipd_core::addr::mailbox_as_cal_addr(a) == *f)
+                    })
             });
         if env.auth_authen.is_some() && submitter.is_none() {
             log(format!(
