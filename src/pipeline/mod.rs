@@ -86,34 +86,6 @@ pub use crate::effects::imip::Outgoing;
 pub use crate::itip::Outcome;
 
 impl Verdict {
-    /// A one-line summary for a header: `user: METHOD uid outcome (reason); ...`, cleaned of
-    /// control characters and bounded in length.
-    pub fn header_value(&self) -> String {
-        if self.outcomes.is_empty() {
-            return "no calendar object applied".into();
-        }
-        let mut value = self
-            .outcomes
-            .iter()
-            .map(|o| {
-                format!(
-                    "{}: {} {} {} ({})",
-                    ical::norm_addr(&o.recipient),
-                    o.method,
-                    if o.uid.is_empty() { "-" } else { &o.uid },
-                    o.outcome,
-                    o.reason
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
-        for note in self.proof_notes() {
-            value.push_str("; note: ");
-            value.push_str(note);
-        }
-        crate::sanitize::clean(&value)
-    }
-
     /// The notes that say why sender proof did not cover a calendar.
     pub fn proof_notes(&self) -> impl Iterator<Item = &String> {
         self.notes
