@@ -116,7 +116,7 @@ impl Core {
         &self,
         st: &State,
         raw: Arc<Vec<u8>>,
-        recipients: Vec<String>,
+        recipients: crate::pipeline::Recipients,
         facts: Facts,
         queue_id: Option<String>,
     ) -> Result<Verdict, String> {
@@ -131,7 +131,7 @@ impl Core {
                 trust: crate::pipeline::Trust::Verify(&prover, facts),
             };
             let v = pipeline.process(&d).map_err(|e| e.to_string())?;
-            if !v.outcomes.is_empty() {
+            if !v.outcomes.is_empty() || v.sent.is_some() || !v.effects.is_empty() {
                 crate::metrics::commit(|| store.flush()).map_err(|e| e.to_string())?;
             }
             Ok::<_, String>(v)

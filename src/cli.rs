@@ -641,7 +641,13 @@ fn cmd_process(args: &Args, env: &Env, raw: Vec<u8>, io: &mut Io) -> Result<i32,
         };
         crate::pipeline::Trust::Verify(&prover, crate::proof::Facts::default())
     };
-    let recipients: Vec<String> = args.recipients.iter().map(|r| ical::norm_addr(r)).collect();
+    let recipients = if args.recipients.is_empty() {
+        crate::pipeline::Recipients::Headers
+    } else {
+        crate::pipeline::Recipients::Listed(
+            args.recipients.iter().map(|r| ical::norm_addr(r)).collect(),
+        )
+    };
     let delivery = Delivery {
         raw: &raw,
         recipients,
@@ -866,21 +872,24 @@ fn cmd_send(args: &Args, env: &Env, raw: Vec<u8>, io: &mut Io) -> Result<i32, Cl
             "{sender} is not in local_domains: only local users send"
         )));
     }
+    // One read of the message: its recipients and calendars.
     let ex = crate::extract::extract(&raw);
     let recipients: Vec<String> = if args.recipients.is_empty() {
         ex.recipients.clone()
     } else {
         args.recipients.iter().map(|r| ical::norm_addr(r)).collect()
     };
+    let message_id = ex.message_id.clone().unwrap_or_default();
+    let objects: Vec<crate::itip::Incoming> = ex.objects.into_iter().map(|f| f.incoming).collect();
     let pipeline = Pipeline::new(env.store.clone(), env.cfg.clone());
     for o in pipeline
-        .record_outgoing(&raw, &sender, &recipients)
+        .record_sent(&sender, &objects, &recipients, &message_id, None)
         .map_err(|e| CliError::new(EX_TEMPFAIL, e.to_string()))?
     {
         io.errln(format!("uid={} {} ({})", o.uid, o.outcome, o.reason));
     }
     let bridge = env.bridge()?;
-    let report = block_on(bridge.relay_outgoing(&raw, &sender, &recipients))?;
+    let report = block_on(bridge.relay_outgoing(&objects, &sender, &recipients))?;
     let mut by_uid: std::collections::BTreeMap<String, Vec<(String, String)>> = Default::default();
     for r in &report.relayed {
         io.outln(r.json().to_string());

@@ -672,3 +672,111 @@ Shall we have lunch?\r\n";
         w.imipd.log()
     );
 }
+
+/// The milter decides a message only for its envelope's local recipients: a header To naming
+/// a local user who is not an envelope recipient (a Bcc-style copy sent elsewhere) changes
+/// nothing in that user's calendar.
+#[test]
+fn milter_decides_for_envelope_recipients_only() {
+    if !have("milter_envelope_only", TOOLS) {
+        return;
+    }
+    let w = world(Mode::Milter, "", &[]);
+    let raw = message(
+        "alice@example.com",
+        &["bob@example.org", "carol@remote.test"],
+        "REQUEST",
+        "envelope@example.com",
+        &request(
+            "envelope@example.com",
+            &["bob@example.org", "carol@remote.test"],
+        ),
+    );
+    let (out, queued) = w.postfix.send(
+        "alice@example.com",
+        &["carol@remote.test"],
+        &w.key.sign(&raw, &[]),
+    );
+    assert!(queued, "{out}");
+    let msgs = wait_maildir(
+        &mailbox(&w, "carol@remote.test"),
+        1,
+        Duration::from_secs(30),
+    );
+    assert_eq!(msgs.len(), 1, "{}\n{}", w.postfix.maillog(), w.imipd.log());
+    assert!(
+        header(&msgs[0], "Authentication-Results").is_some_and(|h| h.contains("dkim=pass")),
+        "the milter saw it: {}",
+        msgs[0]
+    );
+    assert!(
+        !w.imipd
+            .export("bob@example.org")
+            .contains("envelope@example.com"),
+        "bob is only named in To: {}",
+        w.imipd.log()
+    );
+    assert!(
+        !w.imipd.log().contains("rcpt=bob@example.org"),
+        "{}",
+        w.imipd.log()
+    );
+}
+
+/// An envelope recipient is a mailbox: RCPT `<%62ob@example.org>` is delivered to that
+/// mailbox as written and decided for that calendar user, never percent-decoded into bob.
+#[test]
+fn lmtp_rcpt_with_percent_escape_is_not_another_user() {
+    if !have("lmtp_rcpt_percent", TOOLS) {
+        return;
+    }
+    let w = world_routed(Mode::Lmtp, "", &[], false);
+    let raw = w.key.sign(
+        &message(
+            "alice@example.com",
+            &["bob@example.org"],
+            "REQUEST",
+            "percent@example.com",
+            &request("percent@example.com", &["bob@example.org"]),
+        ),
+        &[],
+    );
+    let port = w.imipd.lmtp_port.expect("lmtp port");
+    let replies = mta::lmtp_deliver(port, "alice@example.com", "%62ob@example.org", &raw);
+    assert!(
+        replies.last().is_some_and(|r| r.starts_with("250")),
+        "{replies:?}\n{}",
+        w.imipd.log()
+    );
+    assert_eq!(
+        wait_maildir(
+            &mailbox(&w, "%62ob@example.org"),
+            1,
+            Duration::from_secs(10)
+        )
+        .len(),
+        1,
+        "delivered to the mailbox as written"
+    );
+    assert!(
+        !w.imipd
+            .export("bob@example.org")
+            .contains("percent@example.com"),
+        "{}",
+        w.imipd.log()
+    );
+    // The same message to bob himself is applied: the refusal above is the mailbox's, not
+    // the message's.
+    let replies = mta::lmtp_deliver(port, "alice@example.com", "bob@example.org", &raw);
+    assert!(
+        replies.last().is_some_and(|r| r.starts_with("250")),
+        "{replies:?}"
+    );
+    assert!(
+        w.imipd
+            .export("bob@example.org")
+            .contains("percent@example.com"),
+        "{}",
+        w.imipd.log()
+    );
+}

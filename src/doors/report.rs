@@ -65,8 +65,10 @@ pub fn queue_id_from_received(raw: &[u8]) -> Option<String> {
     None
 }
 
+/// An envelope address (`<alice@example.org>`) as a calendar user: a mailbox, so never
+/// percent-decoded into another one (RCPT `<%61lice@example.org>` is not alice).
 pub fn strip_angle(a: &str) -> String {
-    ical_norm_addr(a.trim().trim_start_matches('<').trim_end_matches('>'))
+    imipd_core::addr::mailbox_as_cal_addr(a.trim().trim_start_matches('<').trim_end_matches('>'))
 }
 
 /// The header that says what imipd did, per recipient. Recipients not named in To/Cc are not
@@ -111,7 +113,7 @@ pub fn visible_recipients(raw: &[u8]) -> Vec<String> {
                     (Some(a), Some(b)) if b > a => &part[a + 1..b],
                     _ => part.trim(),
                 };
-                out.push(ical_norm_addr(addr));
+                out.push(imipd_core::addr::mailbox_as_cal_addr(addr));
             }
         }
     }

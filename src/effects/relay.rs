@@ -4,6 +4,7 @@
 //! must know at end-of-message which recipients iSchedule took).
 
 use crate::ischedule::Bridge;
+use crate::itip::Incoming;
 use crate::pipeline::Pipeline;
 use imipd_core::effects::{Effect, EffectError, EffectKind};
 use serde::{Deserialize, Serialize};
@@ -18,12 +19,13 @@ struct Job {
     queue_id: Option<String>,
 }
 
-/// The relay of `raw` (sent by local `sender` to `recipients`) as an effect. Payload:
-/// `job length u32 | job (JSON) | message`.
+/// The relay of `raw` (sent by local `sender` to `recipients`; `uid` is its first object's)
+/// as an effect. Payload: `job length u32 | job (JSON) | message`.
 pub fn effect(
     raw: &[u8],
     sender: &str,
     recipients: &[String],
+    uid: &str,
     queue_id: Option<&str>,
     host: &str,
 ) -> Effect {
@@ -37,12 +39,7 @@ pub fn effect(
     payload.extend_from_slice(&(job.len() as u32).to_be_bytes());
     payload.extend_from_slice(&job);
     payload.extend_from_slice(raw);
-    let uid = crate::extract::extract(raw)
-        .objects
-        .first()
-        .map(|o| o.uid.clone())
-        .unwrap_or_default();
-    Effect::new(EffectKind::Ischedule, sender, &uid, payload, host)
+    Effect::new(EffectKind::Ischedule, sender, uid, payload, host)
 }
 
 fn decode(e: &Effect) -> Option<(Job, &[u8])> {
@@ -56,18 +53,19 @@ fn log(msg: impl AsRef<str>) {
     eprintln!("imipd: {}", crate::sanitize::clean(msg.as_ref()));
 }
 
-/// Relays `raw` over iSchedule, records each recipient's status on the sender's copy
-/// (SCHEDULE-STATUS) and commits the free/busy answers as iMIP effects to the sender. Returns
-/// the report and whether reply effects were added (the runner is to be woken).
+/// Relays `objects` (sent by local `sender`) over iSchedule, records each recipient's status
+/// on the sender's copy (SCHEDULE-STATUS) and commits the free/busy answers as iMIP effects to
+/// the sender. Returns the report and whether reply effects were added (the runner is to be
+/// woken).
 pub async fn relay_and_record(
     bridge: &Bridge,
     pipeline: &Arc<Pipeline>,
-    raw: &[u8],
+    objects: &[Incoming],
     sender: &str,
     recipients: &[String],
     queue_id: Option<&str>,
 ) -> (crate::ischedule::relay::Report, bool) {
-    let report = bridge.relay_outgoing(raw, sender, recipients).await;
+    let report = bridge.relay_outgoing(objects, sender, recipients).await;
     for r in &report.relayed {
         log(format!(
             "ischedule: queue_id={} {}",
@@ -138,10 +136,17 @@ impl crate::effects::runner::Handler for Handler {
                     permanent: true,
                 });
             };
+            // The message was read once when it was sent; the relay reads its calendars again
+            // here, possibly after a restart.
+            let objects: Vec<Incoming> = crate::extract::extract(raw)
+                .objects
+                .into_iter()
+                .map(|f| f.incoming)
+                .collect();
             let (report, added) = relay_and_record(
                 &bridge,
                 &pipeline,
-                raw,
+                &objects,
                 &job.sender,
                 &job.recipients,
                 job.queue_id.as_deref(),

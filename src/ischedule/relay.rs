@@ -241,9 +241,14 @@ impl Bridge {
         Ok(out)
     }
 
-    /// Relays the iTIP of a message `sender` (a proven local user) sent to `recipients`
+    /// Relays the iTIP objects of a message `sender` (a proven local user) sent to `recipients`
     /// (normalized envelope recipients): those outside our domains get it over iSchedule.
-    pub async fn relay_outgoing(&self, raw: &[u8], sender: &str, recipients: &[String]) -> Report {
+    pub async fn relay_outgoing(
+        &self,
+        objects: &[Incoming],
+        sender: &str,
+        recipients: &[String],
+    ) -> Report {
         let mut report = Report::default();
         if self.key.is_none() || self.cfg.local_domains.is_empty() {
             return report;
@@ -256,8 +261,7 @@ impl Bridge {
         if remote.is_empty() {
             return report;
         }
-        let ex = crate::extract::extract(raw);
-        for inc in &ex.objects {
+        for inc in objects {
             let targets = itip_recipients(inc, sender, &remote);
             if targets.is_empty() {
                 continue;

@@ -97,7 +97,7 @@ impl Pipeline {
         for found in &mut ex.objects {
             found.proven = proven.clone();
         }
-        let verdict = self.process_objects(&local, ex, true)?;
+        let verdict = self.process_objects(Some(&local), &ex, true)?;
         crate::metrics::commit(|| self.store.flush())?;
         self.wake_runner(&verdict);
         Ok(IscheduleOutcome::Done {

@@ -18,12 +18,24 @@ use std::sync::Arc;
 /// One message handed to the pipeline.
 pub struct Delivery<'a> {
     pub raw: &'a [u8],
-    /// Local recipients (normalized). Empty: the message's local To/Cc recipients.
-    pub recipients: Vec<String>,
+    /// Whose calendars the message is decided for.
+    pub recipients: Recipients,
     /// A queue id or similar, for the log.
     pub queue_id: Option<String>,
     /// How the sender is proven.
     pub trust: Trust<'a>,
+}
+
+/// Whose calendars a message is decided for.
+pub enum Recipients {
+    /// The envelope's recipients (normalized), local or not: the message is decided for the
+    /// local ones (none: only the sender proof is checked). On authenticated submission the
+    /// sender's own copy records all of them as sent to.
+    Envelope(Vec<String>),
+    /// Exactly these (normalized), each taken as local (`process --recipient`).
+    Listed(Vec<String>),
+    /// The message's local To/Cc recipients (`process` without `--recipient`).
+    Headers,
 }
 
 /// How a message's sender is proven.
@@ -79,6 +91,24 @@ pub struct Verdict {
     /// Decisions made again because their commit met a version conflict (another writer
     /// changed the object or calendar after it was read).
     pub store_retries: u32,
+    /// A local user's own submission (SMTP AUTH), as recorded in their calendar.
+    pub sent: Option<Sent>,
+    /// Why a message submitted with SMTP AUTH was not recorded as its sender's.
+    pub submission_note: Option<&'static str>,
+}
+
+/// What a local user sent on authenticated submission: recorded in their own calendar, and
+/// to be relayed over iSchedule (`[ischedule] relay`).
+#[derive(Debug, Default)]
+pub struct Sent {
+    /// The sender (normalized calendar address).
+    pub sender: String,
+    /// Every envelope recipient (normalized).
+    pub recipients: Vec<String>,
+    /// The calendar objects of the message, as read once by the pipeline.
+    pub objects: Vec<Incoming>,
+    /// What became of the sender's copy of each.
+    pub outcomes: Vec<ObjectOutcome>,
 }
 
 pub use crate::effects::imip::Outgoing;
@@ -357,9 +387,85 @@ impl Pipeline {
             Trust::Nothing => Proof::default(),
         };
         let ex = extract::extract_parsed(&parsed, &proof);
-        let mut v = self.process_objects(&d.recipients, ex, false)?;
+        let (recipients, envelope) = match &d.recipients {
+            Recipients::Envelope(all) => {
+                let local: Vec<String> = all
+                    .iter()
+                    .filter(|r| self.config.is_local(r))
+                    .cloned()
+                    .collect();
+                (Some(local), Some(all))
+            }
+            Recipients::Listed(list) => (Some(list.clone()), None),
+            Recipients::Headers => (None, None),
+        };
+        let mut v = self.process_objects(recipients.as_deref(), &ex, false)?;
+        if let (Trust::Verify(_, facts), Some(all)) = (&d.trust, envelope) {
+            if facts.auth_authen.is_some() {
+                self.submission(d, &proof, all, ex, &mut v)?;
+            }
+        }
         v.proof = proof;
+        self.wake_runner(&v);
         Ok(v)
+    }
+
+    /// A message submitted with SMTP AUTH: when its From is the login's own local address
+    /// (the proof says), its objects are recorded in the sender's calendar, and with
+    /// `[ischedule] relay = "also"` their relay is committed as an effect with that copy.
+    fn submission(
+        &self,
+        d: &Delivery,
+        proof: &Proof,
+        all: &[String],
+        ex: Extracted,
+        v: &mut Verdict,
+    ) -> Result<(), StoreError> {
+        let sender = match &proof.submitter {
+            _ if !self.config.policy.trust_authenticated_submission => {
+                v.submission_note = Some("policy.trust_authenticated_submission is off");
+                return Ok(());
+            }
+            Some(s) if !self.config.local_domains.is_empty() && self.config.is_local(s) => {
+                s.clone()
+            }
+            Some(_) => {
+                v.submission_note = Some("the login's From is not in local_domains");
+                return Ok(());
+            }
+            None => {
+                v.submission_note = Some("From is not one of the login's addresses");
+                return Ok(());
+            }
+        };
+        let objects: Vec<Incoming> = ex.objects.into_iter().map(|f| f.incoming).collect();
+        let relay = (self.config.ischedule.relay == crate::config::Relay::Also
+            && self.config.ischedule.sends()
+            && all.iter().any(|r| !self.config.is_local(r)))
+        .then(|| {
+            let raw = proof.inner.as_deref().unwrap_or(d.raw);
+            let uid = objects.first().map(|o| o.uid.as_str()).unwrap_or("");
+            let host = self
+                .config
+                .authserv_id
+                .clone()
+                .unwrap_or_else(crate::proof::hostname);
+            crate::effects::relay::effect(raw, &sender, all, uid, d.queue_id.as_deref(), &host)
+        });
+        let message_id = ex.message_id.unwrap_or_default();
+        let outcomes = self.record_sent(&sender, &objects, all, &message_id, relay.as_ref())?;
+        if outcomes.is_empty() {
+            // Nothing recorded (no object with a UID): the relay is not committed either.
+        } else if let Some(e) = relay {
+            v.effects.push(e);
+        }
+        v.sent = Some(Sent {
+            sender,
+            recipients: all.to_vec(),
+            objects,
+            outcomes,
+        });
+        Ok(())
     }
 
     /// Decides and commits objects already extracted, each carrying its own proof (the
@@ -369,13 +475,14 @@ impl Pipeline {
         recipients: &[String],
         ex: Extracted,
     ) -> Result<Verdict, StoreError> {
-        self.process_objects(recipients, ex, false)
+        self.process_objects(Some(recipients), &ex, false)
     }
 
+    /// Decides and commits `ex` for `recipients` (None: the message's local To/Cc).
     fn process_objects(
         &self,
-        recipients: &[String],
-        ex: Extracted,
+        recipients: Option<&[String]>,
+        ex: &Extracted,
         sync_freebusy: bool,
     ) -> Result<Verdict, StoreError> {
         let mut v = Verdict {
@@ -385,14 +492,14 @@ impl Pipeline {
             had_calendar: !ex.objects.is_empty() || !ex.refused.is_empty(),
             ..Default::default()
         };
-        let recipients: Vec<String> = if recipients.is_empty() {
-            ex.recipients
+        let recipients: Vec<String> = match recipients {
+            Some(list) => list.to_vec(),
+            None => ex
+                .recipients
                 .iter()
                 .filter(|r| self.config.is_local(r))
                 .cloned()
-                .collect()
-        } else {
-            recipients.to_vec()
+                .collect(),
         };
         v.recipients = recipients.clone();
         if ex.is_report {
@@ -841,37 +948,42 @@ impl Pipeline {
             .collect()
     }
 
-    /// Records iTIP that a local user sent (authenticated submission) in their own calendar.
-    pub fn record_outgoing(
+    /// Records iTIP that a local user sent (authenticated submission, `imipd send`) in their
+    /// own calendar: one commit per object with a UID; `relay` (an iSchedule relay of the
+    /// message) is committed with the first.
+    pub fn record_sent(
         &self,
-        raw: &[u8],
         sender: &str,
+        objects: &[Incoming],
         recipients: &[String],
+        message_id: &str,
+        relay: Option<&Effect>,
     ) -> Result<Vec<ObjectOutcome>, StoreError> {
-        let ex = extract::extract(raw);
         let mut outs = Vec::new();
-        let message_id = ex.message_id.clone().unwrap_or_default();
-        for inc in &ex.objects {
+        let mut relay = relay;
+        for inc in objects {
             if inc.uid.is_empty() {
                 continue;
             }
             let _guard = self.user_lock(sender);
             let mut retries = 0;
+            let effects = relay.take().map(std::slice::from_ref).unwrap_or(&[]);
             let o = self.retrying(sender, &inc.uid, &mut retries, || {
-                self.record_one_sent(inc, sender, recipients, &message_id)
+                self.record_one_sent(inc, sender, recipients, message_id, effects)
             })?;
             outs.push(o);
         }
         Ok(outs)
     }
 
-    /// One attempt of [`Pipeline::record_outgoing`] for one object.
+    /// One attempt of [`Pipeline::record_sent`] for one object.
     fn record_one_sent(
         &self,
         inc: &Incoming,
         sender: &str,
         recipients: &[String],
         message_id: &str,
+        effects: &[Effect],
     ) -> Result<ObjectOutcome, StoreError> {
         let (stored, version) = self.store.get_versioned(sender, &inc.uid)?;
         let d = itip::record_sent(stored.as_ref(), inc, sender, recipients);
@@ -915,7 +1027,7 @@ impl Pipeline {
             processed_key: None,
             journal: &entry,
             proposal: None,
-            effects: &[],
+            effects,
         })?;
         Ok(o)
     }

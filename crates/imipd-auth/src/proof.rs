@@ -35,6 +35,9 @@ pub struct Proof {
     pub inner: Option<Vec<u8>>,
     /// Why the message's content proves nothing (MIME that readers could see two ways).
     pub ambiguity: Option<String>,
+    /// The From address (calendar form) that the SMTP AUTH login proved: the message is that
+    /// user's own submission (only with `policy.trust_authenticated_submission`).
+    pub submitter: Option<String>,
 }
 
 impl Proof {
@@ -152,6 +155,9 @@ impl Prover {
             ..Default::default()
         };
         for p in &v.proofs {
+            if p.method == crate::ProofMethod::AuthenticatedSubmission {
+                proof.submitter = Some(imipd_core::addr::mailbox_as_cal_addr(&p.address));
+            }
             proof.grants.push(Grant {
                 address: imipd_core::addr::mailbox_as_cal_addr(&p.address),
                 covers: p.covers.clone(),

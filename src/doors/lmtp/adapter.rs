@@ -6,7 +6,6 @@ use crate::config::Deliver;
 use crate::doors::report::{
     queue_id_from_received, result_header, strip_angle, visible_recipients, RESULT_HEADER,
 };
-use crate::pipeline::Verdict;
 use crate::proof::Facts;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -31,33 +30,18 @@ impl crate::lmtp::Deliver for LmtpDoor {
         let mut replies = Vec::with_capacity(t.rcpt_to.len());
         let qid = queue_id_from_received(&t.data);
         let rcpts: Vec<String> = t.rcpt_to.iter().map(|r| strip_angle(r)).collect();
-        let local: Vec<String> = rcpts
-            .iter()
-            .filter(|r| st.cfg.is_local(r))
-            .cloned()
-            .collect();
         // One pipeline run for every local recipient of the transaction (one parse, one
         // proof); each recipient's reply and header then come from its own outcomes.
         let data = Arc::new(t.data.clone());
-        let verdict = if local.is_empty() {
-            let prover = st.prover.clone();
-            let data = data.clone();
-            // No calendar to apply: only the Authentication-Results header is needed.
-            tokio::task::spawn_blocking(move || {
-                let (bytes, bare) = crate::message::normalize_line_ends(&data);
-                let parsed = crate::message::Parsed::new(&bytes, bare);
-                Verdict::proof_only(if crate::extract::may_hold_calendar(&parsed) {
-                    prover.prove_blocking(&parsed, &Facts::default())
-                } else {
-                    prover.forged_results(&parsed)
-                })
-            })
-            .await
-            .map_err(|e| format!("proof task failed: {e}"))
-        } else {
-            core.run_pipeline(&st, data, local, Facts::default(), qid.clone())
-                .await
-        };
+        let verdict = core
+            .run_pipeline(
+                &st,
+                data,
+                crate::pipeline::Recipients::Envelope(rcpts.clone()),
+                Facts::default(),
+                qid.clone(),
+            )
+            .await;
         crate::metrics::message("lmtp", verdict.as_ref());
         let verdict = match verdict {
             Ok(v) => {
@@ -76,7 +60,11 @@ impl crate::lmtp::Deliver for LmtpDoor {
                 Err(e)
             }
         };
-        for r in rcpts {
+        for (orig, cal) in t.rcpt_to.iter().zip(rcpts) {
+            // The mailbox is delivered to as given; `cal` is its calendar user.
+            let r = imipd_core::addr::norm_mailbox(
+                orig.trim().trim_start_matches('<').trim_end_matches('>'),
+            );
             let v = match &verdict {
                 Ok(v) => v,
                 Err(_) => {
@@ -93,8 +81,8 @@ impl crate::lmtp::Deliver for LmtpDoor {
             if !proof.results.is_empty() {
                 headers.push(("Authentication-Results".to_string(), proof.results.clone()));
             }
-            if st.cfg.is_local(&r) && v.had_calendar {
-                let mine = v.for_recipient(&r);
+            if st.cfg.is_local(&cal) && v.had_calendar {
+                let mine = v.for_recipient(&cal);
                 headers.push((RESULT_HEADER.into(), result_header(&mine, &visible)));
             }
             let copy = crate::proof::rewrite_headers(

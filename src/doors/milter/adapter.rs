@@ -51,17 +51,12 @@ impl Core {
         };
         let mut actions = EomActions::default();
         let all_rcpts: Vec<String> = env.rcpt_to.iter().map(|r| strip_angle(r)).collect();
-        let local: Vec<String> = all_rcpts
-            .iter()
-            .filter(|r| st.cfg.is_local(r))
-            .cloned()
-            .collect();
         let message = Arc::new(env.message.clone());
         let verdict = match self
             .run_pipeline(
                 &st,
                 message.clone(),
-                local,
+                crate::pipeline::Recipients::Envelope(all_rcpts.clone()),
                 facts.clone(),
                 env.queue_id.clone(),
             )
@@ -87,86 +82,37 @@ impl Core {
                 .delete_headers
                 .push(("Authentication-Results".into(), *i as u32 + 1));
         }
-        let raw: Vec<u8> = proof.inner.clone().unwrap_or_else(|| env.message.clone());
-        // Outgoing iTIP from a local user on authenticated submission: keep their copy, and
-        // relay it. Only when the site trusts authenticated submission, and only for the
-        // login's own address: a login sending with someone else's From changes nothing.
-        let submitter = env
-            .auth_authen
-            .as_deref()
-            .filter(|_| st.cfg.policy.trust_authenticated_submission)
-            .and_then(|login| {
-                proof
-                    .from
-                    .clone()
-                    .filter(|f| st.cfg.is_local(f) && !st.cfg.local_domains.is_empty())
-                    .filter(|f| {
-                        st.prover
-                            .login_addresses(login)
-                            .iter()
-                            .any(|a| imipd_core::addr::mailbox_as_cal_addr(a) == *f)
-                    })
-            });
-        if env.auth_authen.is_some() && submitter.is_none() {
+        if let Some(why) = verdict.submission_note {
             log(format!(
-                "milter: queue_id={} authenticated submission not recorded: {}",
+                "milter: queue_id={} authenticated submission not recorded: {why}",
                 env.queue_id.as_deref().unwrap_or("-"),
-                if st.cfg.policy.trust_authenticated_submission {
-                    "From is not one of the login's addresses"
-                } else {
-                    "policy.trust_authenticated_submission is off"
-                }
             ));
         }
-        if let Some(from) = submitter {
+        // Outgoing iTIP from a local user on authenticated submission: the pipeline kept their
+        // copy (and committed a relay = "also" effect); relay = "instead" relays here.
+        if let Some(sent) = &verdict.sent {
+            for o in &sent.outcomes {
+                log(format!(
+                    "milter: queue_id={} sender={} uid={} method={} outcome={} reason={}",
+                    env.queue_id.as_deref().unwrap_or("-"),
+                    norm_addr(&o.recipient),
+                    o.uid,
+                    o.method,
+                    o.outcome,
+                    o.reason
+                ));
+            }
+            if let Some(bridge) = st
+                .bridge
+                .clone()
+                .filter(|_| st.cfg.ischedule.relay == Relay::Instead)
             {
-                let from_addr = from.clone();
-                let pipeline = st.pipeline.clone();
-                let store = self.store.clone();
-                let raw2 = raw.clone();
-                let rc = all_rcpts.clone();
-                let res = tokio::task::spawn_blocking(move || {
-                    let r = pipeline.record_outgoing(&raw2, &from, &rc);
-                    if matches!(&r, Ok(v) if !v.is_empty()) {
-                        let _ = store.flush();
-                    }
-                    r
-                })
-                .await;
-                if let Ok(Ok(outs)) = res {
-                    for o in outs {
-                        log(format!(
-                            "milter: queue_id={} sender={} uid={} method={} outcome={} reason={}",
-                            env.queue_id.as_deref().unwrap_or("-"),
-                            norm_addr(&o.recipient),
-                            o.uid,
-                            o.method,
-                            o.outcome,
-                            o.reason
-                        ));
-                    }
-                }
-                if let Some(bridge) = st
-                    .bridge
-                    .clone()
-                    .filter(|_| st.cfg.ischedule.relay != Relay::Off)
-                {
-                    let delivered = self
-                        .relay(
-                            &st,
-                            &bridge,
-                            &raw,
-                            &from_addr,
-                            &all_rcpts,
-                            env.queue_id.as_deref(),
-                        )
-                        .await;
-                    if st.cfg.ischedule.relay == Relay::Instead {
-                        for (orig, norm) in env.rcpt_to.iter().zip(&all_rcpts) {
-                            if delivered.contains(norm) {
-                                actions.delete_recipients.push(orig.clone());
-                            }
-                        }
+                let delivered = self
+                    .relay_instead(&st, &bridge, sent, env.queue_id.as_deref())
+                    .await;
+                for (orig, norm) in env.rcpt_to.iter().zip(&all_rcpts) {
+                    if delivered.contains(norm) {
+                        actions.delete_recipients.push(orig.clone());
                     }
                 }
             }
@@ -204,59 +150,24 @@ impl Core {
 }
 
 impl Core {
-    /// Relays what a local user sent to recipients in iSchedule-capable domains.
-    /// `relay = "also"`: committed as an effect for the runner, the milter does not wait.
-    /// `relay = "instead"`: done inline, because end-of-message must say which recipients
-    /// iSchedule took (they are removed from mail delivery); bounded by the iSchedule request
-    /// timeout. Returns those recipients (normalized): the ones that got every object.
-    async fn relay(
+    /// `relay = "instead"`: relays what a local user sent to recipients in iSchedule-capable
+    /// domains inline, because end-of-message must say which recipients iSchedule took (they
+    /// are removed from mail delivery); bounded by the iSchedule request timeout. Returns those
+    /// recipients (normalized): the ones that got every object. (`relay = "also"` is an effect
+    /// the pipeline committed with the sender's copy; the milter does not wait for it.)
+    async fn relay_instead(
         &self,
         st: &State,
         bridge: &crate::ischedule::Bridge,
-        raw: &[u8],
-        sender: &str,
-        recipients: &[String],
+        sent: &crate::pipeline::Sent,
         queue_id: Option<&str>,
     ) -> Vec<String> {
-        if st.cfg.ischedule.relay != Relay::Instead {
-            let host = st
-                .cfg
-                .authserv_id
-                .clone()
-                .unwrap_or_else(crate::proof::hostname);
-            let store = self.store.clone();
-            let (raw, sender2, rcpts) = (raw.to_vec(), sender.to_string(), recipients.to_vec());
-            let qid = queue_id.map(str::to_string);
-            // Off the async workers: building the effect reads the message's calendar (its UID).
-            let res = tokio::task::spawn_blocking(move || {
-                let e =
-                    crate::effects::relay::effect(&raw, &sender2, &rcpts, qid.as_deref(), &host);
-                store.add_effects(std::slice::from_ref(&e))?;
-                store.flush().map(|()| e.id)
-            })
-            .await;
-            match res {
-                Ok(Ok(id)) => {
-                    log(format!(
-                        "milter: queue_id={} effect=ischedule id={id} user={sender} committed",
-                        queue_id.unwrap_or("-")
-                    ));
-                    self.effects_wakeup.notify_one();
-                }
-                // The mail still goes: iSchedule is the faster path next to it.
-                _ => log(format!(
-                    "milter: queue_id={} cannot queue the iSchedule relay; the mail goes as usual",
-                    queue_id.unwrap_or("-")
-                )),
-            }
-            return Vec::new();
-        }
         let (report, added) = crate::effects::relay::relay_and_record(
             bridge,
             &st.pipeline,
-            raw,
-            sender,
-            recipients,
+            &sent.objects,
+            &sent.sender,
+            &sent.recipients,
             queue_id,
         )
         .await;
