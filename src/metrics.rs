@@ -428,7 +428,7 @@ mod tests {
                 "ignored" => crate::itip::Outcome::Ignored,
                 _ => crate::itip::Outcome::Rejected,
             },
-            reason: String::new(),
+            reason: crate::pipeline::Why::Applied(String::new()),
         };
         let mut v = Verdict::default();
         assert_eq!(message_result(&v), "no-calendar");

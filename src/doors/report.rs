@@ -135,7 +135,7 @@ mod tests {
             component: "VEVENT".into(),
             uid: format!("w{i}"),
             outcome: what,
-            reason: "r".into(),
+            reason: crate::pipeline::Why::Applied("r".into()),
         };
         let mut v = Verdict::default();
         v.outcomes = (0..64_000)

@@ -24,7 +24,42 @@ pub struct Refused {
     pub method: String,
     pub component: String,
     pub uid: String,
-    pub reason: String,
+    pub reason: Unread,
+}
+
+/// Why a calendar part or object was not read: typed until it is written out.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Unread {
+    /// The decoded part is larger than this many octets.
+    TooLarge(usize),
+    /// The iCalendar text does not parse (the parser's words).
+    Malformed(String),
+    /// Neither the calendar nor its media type names an iTIP method.
+    NoMethod,
+    /// A METHOD that RFC 5546 does not define.
+    UnknownMethod(String),
+    /// One iTIP message about this many objects (RFC 5546 1.4: one UID).
+    SeveralUids(usize),
+    /// A component without UID (RFC 5545 3.8.4.7).
+    NoUid,
+}
+
+impl std::fmt::Display for Unread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unread::TooLarge(n) => write!(f, "calendar part larger than {n} octets"),
+            Unread::Malformed(e) => write!(f, "malformed calendar: {e}"),
+            Unread::NoMethod => write!(
+                f,
+                "not an iTIP message: no METHOD in the calendar or its media type"
+            ),
+            Unread::UnknownMethod(m) => write!(f, "unknown iTIP method {m}"),
+            Unread::SeveralUids(n) => {
+                write!(f, "{n} objects with different UIDs in one iTIP message")
+            }
+            Unread::NoUid => write!(f, "component has no UID"),
+        }
+    }
 }
 
 /// One iTIP object found in a message, with the addresses proven for the part it came from.
@@ -382,7 +417,7 @@ fn calendar_parts(
                 method: attr("method").unwrap_or_default().to_ascii_uppercase(),
                 component: String::new(),
                 uid: String::new(),
-                reason: format!("calendar part larger than {MAX_PART} octets"),
+                reason: Unread::TooLarge(MAX_PART),
             });
             continue;
         }
@@ -481,7 +516,7 @@ fn calendar_objects_into(
                 method: ct_method.unwrap_or_default().to_string(),
                 component: String::new(),
                 uid: String::new(),
-                reason: format!("malformed calendar: {e}"),
+                reason: Unread::Malformed(e.to_string()),
             });
             return;
         }
@@ -534,7 +569,7 @@ fn calendar_objects_into(
             continue;
         }
         let first = schedulable.first();
-        let refuse_all = |ex: &mut Extracted, reason: String| {
+        let refuse_all = |ex: &mut Extracted, reason: Unread| {
             ex.refused.push(Refused {
                 method: method_str.clone(),
                 component: first.map(|c| c.name.clone()).unwrap_or_default(),
@@ -544,16 +579,13 @@ fn calendar_objects_into(
         };
         if method_str.is_empty() {
             if !schedulable.is_empty() {
-                refuse_all(
-                    ex,
-                    "not an iTIP message: no METHOD in the calendar or its media type".into(),
-                );
+                refuse_all(ex, Unread::NoMethod);
             }
             continue;
         }
         let Some(method) = Method::parse(&method_str) else {
             if !schedulable.is_empty() {
-                refuse_all(ex, format!("unknown iTIP method {method_str}"));
+                refuse_all(ex, Unread::UnknownMethod(method_str.clone()));
             }
             continue;
         };
@@ -564,13 +596,7 @@ fn calendar_objects_into(
             .map(|c| c.uid().unwrap_or(""))
             .collect();
         if uids.len() > 1 {
-            refuse_all(
-                ex,
-                format!(
-                    "{} objects with different UIDs in one iTIP message",
-                    uids.len()
-                ),
-            );
+            refuse_all(ex, Unread::SeveralUids(uids.len()));
             continue;
         }
         // Group schedulable components by UID and kind, keeping their order.
@@ -583,7 +609,7 @@ fn calendar_objects_into(
                     method: method_str.clone(),
                     component: c.name.clone(),
                     uid: String::new(),
-                    reason: "component has no UID".into(),
+                    reason: Unread::NoUid,
                 });
                 continue;
             }

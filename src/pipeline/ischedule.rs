@@ -118,7 +118,7 @@ impl Pipeline {
         };
         let ex = extract::calendar_objects(text, d.ct_method);
         if let Some(r) = ex.refused.first() {
-            return Err(refuse("invalid-calendar-data", r.reason.clone()));
+            return Err(refuse("invalid-calendar-data", r.reason.to_string()));
         }
         let Some(first) = ex.objects.first() else {
             return Err(refuse(

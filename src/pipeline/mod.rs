@@ -57,7 +57,78 @@ pub struct ObjectOutcome {
     pub component: String,
     pub uid: String,
     pub outcome: Outcome,
-    pub reason: String,
+    pub reason: Why,
+}
+
+/// Why an object came out as it did: typed until it is written out (JSON, the result header,
+/// log and journal lines), where it reads as one line of text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Why {
+    /// Applied: what changed, in the engine's words.
+    Applied(String),
+    /// The iTIP rules, the creation policy or the replay log refused or ignored it.
+    Itip(Reason),
+    /// The calendar part or object could not be read.
+    Unread(extract::Unread),
+    /// The message's calendar work was over [`MAX_WORK_BYTES`] before this object.
+    OverBudget,
+    /// A free/busy request answered by mail: this many busy periods, to this address.
+    FreeBusyReplied { periods: usize, to: String },
+    /// A free/busy request answered in the door's response (iSchedule).
+    FreeBusyAnswered { periods: usize },
+    /// The sender's own copy of what they sent, and what became of it.
+    Sent(Box<Why>),
+}
+
+impl std::fmt::Display for Why {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Why::Applied(summary) => f.write_str(summary),
+            Why::Itip(r) => r.fmt(f),
+            Why::Unread(u) => u.fmt(f),
+            Why::OverBudget => write!(
+                f,
+                "the message asks for more than {} MiB of calendar updates; \
+                 the rest were not looked at",
+                MAX_WORK_BYTES >> 20
+            ),
+            Why::FreeBusyReplied { periods, to } => write!(
+                f,
+                "free/busy reply with {periods} busy period(s) sent to {to}"
+            ),
+            Why::FreeBusyAnswered { periods } => {
+                write!(f, "free/busy answered with {periods} busy period(s)")
+            }
+            Why::Sent(w) => write!(f, "outgoing: {w}"),
+        }
+    }
+}
+
+impl Serialize for Why {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl Why {
+    /// The reason of an engine decision.
+    pub fn of(d: &Decision) -> Why {
+        match d {
+            Decision::Applied { summary, .. } => Why::Applied(summary.clone()),
+            Decision::Ignored(r) | Decision::Rejected(r) | Decision::IgnoredWithReply(r, _) => {
+                Why::Itip(r.clone())
+            }
+        }
+    }
+
+    /// Whether two reasons are of one kind (their rejections share one journal line): the
+    /// same engine reason whatever its details, else the same reason.
+    fn same_kind(&self, other: &Why) -> bool {
+        match (self, other) {
+            (Why::Itip(a), Why::Itip(b)) => a.discriminant() == b.discriminant(),
+            (a, b) => a == b,
+        }
+    }
 }
 
 /// A VFREEBUSY REPLY computed for a synchronous front door, instead of being mailed.
@@ -163,29 +234,19 @@ pub const MAX_WORK_BYTES: usize = 48 << 20;
 
 /// The rejections of one message for one recipient, one entry per kind of reason.
 struct Rejections {
-    kind: Option<std::mem::Discriminant<Reason>>,
     method: String,
     component: String,
     uid: String,
-    reason: String,
+    reason: Why,
     count: u32,
 }
 
 impl Rejections {
-    fn add(
-        list: &mut Vec<Rejections>,
-        kind: Option<std::mem::Discriminant<Reason>>,
-        outcome: Option<&ObjectOutcome>,
-    ) {
+    fn add(list: &mut Vec<Rejections>, outcome: Option<&ObjectOutcome>) {
         let Some(o) = outcome else { return };
-        let same = |r: &&mut Rejections| match kind {
-            Some(_) => r.kind == kind,
-            None => r.kind.is_none() && r.reason == o.reason,
-        };
-        match list.iter_mut().find(|r| same(r)) {
+        match list.iter_mut().find(|r| r.reason.same_kind(&o.reason)) {
             Some(r) => r.count += 1,
             None => list.push(Rejections {
-                kind,
                 method: o.method.clone(),
                 component: o.component.clone(),
                 uid: o.uid.clone(),
@@ -519,9 +580,9 @@ impl Pipeline {
                     component: r.component.clone(),
                     uid: r.uid.clone(),
                     outcome: Outcome::Rejected,
-                    reason: r.reason.clone(),
+                    reason: Why::Unread(r.reason.clone()),
                 });
-                Rejections::add(&mut rejected, None, v.outcomes.last());
+                Rejections::add(&mut rejected, v.outcomes.last());
             }
             for found in &ex.objects {
                 let cost = found.size.max(1);
@@ -532,13 +593,9 @@ impl Pipeline {
                         component: found.kind.clone(),
                         uid: found.uid.clone(),
                         outcome: Outcome::Rejected,
-                        reason: format!(
-                            "the message asks for more than {} MiB of calendar updates; \
-                             the rest were not looked at",
-                            MAX_WORK_BYTES >> 20
-                        ),
+                        reason: Why::OverBudget,
                     });
-                    Rejections::add(&mut rejected, None, v.outcomes.last());
+                    Rejections::add(&mut rejected, v.outcomes.last());
                     continue;
                 }
                 budget -= cost;
@@ -553,7 +610,7 @@ impl Pipeline {
                 v.outcomes.push(outcome);
                 if let Some(kind) = kind {
                     v.rejected_for_proof |= kind.is_authority();
-                    Rejections::add(&mut rejected, Some(kind.discriminant()), v.outcomes.last());
+                    Rejections::add(&mut rejected, v.outcomes.last());
                 }
             }
             for r in rejected {
@@ -574,7 +631,7 @@ impl Pipeline {
                         component: r.component,
                         uid: uid.clone(),
                         outcome: "rejected".into(),
-                        reason: r.reason,
+                        reason: r.reason.to_string(),
                         count: r.count,
                     },
                     proposal: None,
@@ -628,7 +685,7 @@ impl Pipeline {
             component: inc.kind.clone(),
             uid: inc.uid.clone(),
             outcome: Outcome::Ignored,
-            reason: String::new(),
+            reason: Why::Itip(Reason::Duplicate),
         };
         let journal = |outcome: &str, reason: &str| JournalEntry {
             ts,
@@ -643,7 +700,7 @@ impl Pipeline {
         };
         if self.store.is_processed(rcpt, pkey)? {
             out.outcome = Outcome::Ignored;
-            out.reason = Reason::Duplicate.to_string();
+            out.reason = Why::Itip(Reason::Duplicate);
             return Ok((out, None));
         }
         let ctx = Context {
@@ -705,8 +762,8 @@ impl Pipeline {
             };
         }
         out.outcome = decision.outcome();
-        out.reason = decision.reason();
-        let entry = journal(out.outcome.as_str(), &out.reason);
+        out.reason = Why::of(&decision);
+        let entry = journal(out.outcome.as_str(), &out.reason.to_string());
         match decision {
             Decision::Applied {
                 object,
@@ -807,14 +864,16 @@ impl Pipeline {
                 let busy = itip::merge_busy(self.store.busy(rcpt, from, to)?, from, to);
                 let reply = itip::freebusy_reply(inc, ctx, &org, from, to, &busy);
                 out.outcome = Outcome::Applied;
-                out.reason = format!(
-                    "free/busy reply with {} busy period(s) sent to {}",
-                    busy.len(),
-                    reply.to
-                );
-                if v.sync_freebusy {
-                    out.reason = format!("free/busy answered with {} busy period(s)", busy.len());
-                }
+                out.reason = if v.sync_freebusy {
+                    Why::FreeBusyAnswered {
+                        periods: busy.len(),
+                    }
+                } else {
+                    Why::FreeBusyReplied {
+                        periods: busy.len(),
+                        to: reply.to.clone(),
+                    }
+                };
                 // A synchronous door answers in its response; mail gets an iMIP reply, committed
                 // with the decision.
                 let effects = if v.sync_freebusy {
@@ -831,7 +890,7 @@ impl Pipeline {
                     expect: Expect::Any,
                     expect_calendar: None,
                     processed_key: Some(pkey),
-                    journal: &journal(out.outcome.as_str(), &out.reason),
+                    journal: &journal(out.outcome.as_str(), &out.reason.to_string()),
                     proposal: None,
                     effects: &effects,
                 })?;
@@ -845,7 +904,7 @@ impl Pipeline {
             }
             Err(r) => {
                 out.outcome = Outcome::Rejected;
-                out.reason = r.to_string();
+                out.reason = Why::Itip(r.clone());
                 return Ok((out, Some(r)));
             }
         }
@@ -993,7 +1052,7 @@ impl Pipeline {
             component: inc.kind.clone(),
             uid: inc.uid.clone(),
             outcome: d.outcome(),
-            reason: format!("outgoing: {}", d.reason()),
+            reason: Why::Sent(Box::new(Why::of(&d))),
         };
         let entry = JournalEntry {
             ts: now(),
@@ -1003,7 +1062,7 @@ impl Pipeline {
             component: o.component.clone(),
             uid: o.uid.clone(),
             outcome: o.outcome.to_string(),
-            reason: o.reason.clone(),
+            reason: o.reason.to_string(),
             count: 1,
         };
         let busy;
@@ -1216,5 +1275,34 @@ mod tests {
         });
         assert!(matches!(r, Err(StoreError::Io(_))));
         assert_eq!(attempts, 1);
+    }
+
+    #[test]
+    fn reasons_stay_typed_and_read_as_text_at_the_edge() {
+        let o = ObjectOutcome {
+            recipient: "mailto:bob@example.org".into(),
+            method: "REPLY".into(),
+            component: "VEVENT".into(),
+            uid: "u1".into(),
+            outcome: Outcome::Rejected,
+            reason: Why::Itip(Reason::PartyCrasher("mallory@example.net".into())),
+        };
+        let json = serde_json::to_value(&o).unwrap();
+        assert_eq!(
+            json["reason"],
+            "mallory@example.net is not an attendee of this object"
+        );
+        // Rejections of one engine reason share a journal line whatever their details;
+        // unreadable parts only when they are the same.
+        let other = Why::Itip(Reason::PartyCrasher("eve@example.net".into()));
+        assert!(o.reason.same_kind(&other));
+        assert!(!o.reason.same_kind(&Why::Itip(Reason::MissingUid)));
+        let big = Why::Unread(extract::Unread::TooLarge(10));
+        assert!(big.same_kind(&Why::Unread(extract::Unread::TooLarge(10))));
+        assert!(!big.same_kind(&Why::Unread(extract::Unread::NoUid)));
+        assert_eq!(
+            Why::Sent(Box::new(Why::Applied("accepted".into()))).to_string(),
+            "outgoing: accepted"
+        );
     }
 }
