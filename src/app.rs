@@ -24,6 +24,8 @@ pub struct Core {
     pub(crate) inflight: AtomicUsize,
     pub(crate) config_path: Option<std::path::PathBuf>,
     pub(crate) data_dir: std::path::PathBuf,
+    /// Sessions to the downstream LMTP server (`[lmtp] deliver = "lmtp:..."`), kept open.
+    pub(crate) downstream: crate::lmtp::client::Pool,
 }
 
 #[derive(Clone)]
@@ -41,6 +43,8 @@ pub(crate) struct State {
 pub(crate) fn log(msg: impl AsRef<str>) {
     eprintln!("imipd: {}", crate::sanitize::clean(msg.as_ref()));
 }
+
+const INLINE_TRIAGE_MAX: usize = 1 << 20;
 
 impl Core {
     pub(crate) fn state(&self) -> State {
@@ -112,6 +116,8 @@ impl Core {
 
     /// Runs the pipeline (sender proof included: DKIM, S/MIME and PGP work stays off the async
     /// workers) in a blocking thread and makes the result durable.
+    /// Messages up to this size are triaged on the door's async thread (a linear scan, well
+    /// under a millisecond); larger ones on a blocking thread with the rest of the pipeline.
     pub(crate) async fn run_pipeline(
         &self,
         st: &State,
@@ -120,6 +126,18 @@ impl Core {
         facts: Facts,
         queue_id: Option<String>,
     ) -> Result<Verdict, String> {
+        // Ordinary mail is told apart here, on the door's thread: no parse, no blocking task.
+        if raw.len() <= INLINE_TRIAGE_MAX {
+            let d = Delivery {
+                raw: &raw,
+                recipients: crate::pipeline::Recipients::Headers,
+                queue_id: None,
+                trust: crate::pipeline::Trust::Verify(&st.prover, facts.clone()),
+            };
+            if let Some(v) = st.pipeline.ordinary(&d) {
+                return Ok(v);
+            }
+        }
         let pipeline = st.pipeline.clone();
         let prover = st.prover.clone();
         let store = self.store.clone();
@@ -470,6 +488,7 @@ pub fn run(args: &Args) -> Result<i32, CliError> {
         inflight: AtomicUsize::new(0),
         config_path,
         data_dir: data_dir.clone(),
+        downstream: Default::default(),
     });
     if cfg.local_domains.is_empty() {
         log("local_domains is empty: every recipient is treated as local");

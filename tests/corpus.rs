@@ -259,3 +259,54 @@ fn corpus_replies_apply_to_the_organizers_copy() {
     assert!(checked > 0, "no corpus REPLY was checked");
     eprintln!("{checked} corpus REPLYs checked");
 }
+
+/// The triage that lets ordinary mail pass without a parse never takes a corpus message for
+/// ordinary, nor any message in which the full reading finds a calendar (the corpus, the
+/// fuzzing regressions and seeds).
+#[test]
+fn triage_never_takes_a_calendar_message_for_ordinary_mail() {
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut corpus = 0;
+    if let Some(dir) = corpus_dir() {
+        let mut rel = Vec::new();
+        eml_files(&dir, &dir, &mut rel);
+        files.extend(rel.iter().map(|r| dir.join(r)));
+        corpus = files.len();
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    for sub in ["tests/fuzz_regressions", "fuzz/seeds"] {
+        let mut stack = vec![root.join(sub)];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    files.push(p);
+                }
+            }
+        }
+    }
+    let mut ordinary = 0;
+    for (i, f) in files.iter().enumerate() {
+        let raw = std::fs::read(f).expect("read");
+        let triaged = imipd::pipeline::triage::certainly_no_calendar(&raw);
+        if i < corpus {
+            assert!(
+                !triaged,
+                "{}: a corpus message taken for ordinary",
+                f.display()
+            );
+        }
+        if triaged {
+            ordinary += 1;
+            let ex = imipd::extract::extract(&raw);
+            assert!(
+                ex.objects.is_empty() && ex.refused.is_empty(),
+                "{}: triage passed a message with calendars",
+                f.display()
+            );
+        }
+    }
+    eprintln!("{} files, {ordinary} taken for ordinary mail", files.len());
+}

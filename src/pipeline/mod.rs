@@ -3,6 +3,7 @@
 
 pub mod extract;
 pub mod ischedule;
+pub mod triage;
 
 use crate::config::{Config, CreateMode};
 use crate::ical::{self, Component};
@@ -431,6 +432,9 @@ impl Pipeline {
     /// A store error aborts (the caller tempfails); what was committed before stays, and the
     /// processed-message log makes a retry harmless.
     pub fn process(&self, d: &Delivery) -> Result<Verdict, StoreError> {
+        if let Some(v) = self.ordinary(d) {
+            return Ok(v);
+        }
         let (bytes, bare_cr) = extract::normalize_line_ends(d.raw);
         let parsed = Parsed::new(&bytes, bare_cr);
         if !extract::may_hold_calendar(&parsed) {
@@ -527,6 +531,25 @@ impl Pipeline {
             outcomes,
         });
         Ok(())
+    }
+
+    /// Ordinary mail told apart without a parse ([`triage`]): its verdict (only forged
+    /// Authentication-Results headers to remove), or None when the message needs the full
+    /// reading. Linear in the message and cheap enough to run on a door's async thread.
+    pub fn ordinary(&self, d: &Delivery) -> Option<Verdict> {
+        if !triage::certainly_no_calendar(d.raw) {
+            return None;
+        }
+        let proof = match &d.trust {
+            Trust::Verify(prover, _) => {
+                if !triage::clean_header_section(d.raw) {
+                    return None;
+                }
+                prover.forged_results_in(d.raw)
+            }
+            _ => Proof::default(),
+        };
+        Some(Verdict::proof_only(proof))
     }
 
     /// Decides and commits objects already extracted, each carrying its own proof (the

@@ -301,7 +301,12 @@ impl Authenticator {
         let headers = mime::TopLevel::of(parsed)
             .map(|m| m.auth_results_headers())
             .unwrap_or_default();
-        results::judge_upstream(&headers, &self.authserv_id, &self.trusted_authserv_ids).remove
+        self.judge_results(&headers)
+    }
+
+    /// The 0-based indexes, among these Authentication-Results values, of the ones to remove.
+    pub fn judge_results(&self, headers: &[String]) -> Vec<usize> {
+        results::judge_upstream(headers, &self.authserv_id, &self.trusted_authserv_ids).remove
     }
 
     /// [`Authenticator::verify`] on raw message bytes (parsed here, once).

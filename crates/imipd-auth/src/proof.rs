@@ -175,6 +175,17 @@ impl Prover {
         }
     }
 
+    /// [`Prover::forged_results`] from the raw header section, for a message told apart as
+    /// ordinary without a parse (whose header section every reader splits the same way).
+    pub fn forged_results_in(&self, raw: &[u8]) -> Proof {
+        Proof {
+            remove_results: self
+                .auth
+                .judge_results(&header_values(raw, "Authentication-Results")),
+            ..Default::default()
+        }
+    }
+
     /// [`Prover::prove`] from synchronous code: on a blocking thread of a tokio runtime (the
     /// daemon's doors), or outside any runtime (the CLI).
     pub fn prove_blocking(&self, parsed: &Parsed<'_>, facts: &Facts) -> Proof {

@@ -1,0 +1,15 @@
+//! The triage that lets ordinary mail pass without a parse: whatever it takes for ordinary
+//! mail, the full reading must find no calendar in either.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    if imipd::pipeline::triage::certainly_no_calendar(data) {
+        let (bytes, bare) = imipd::message::normalize_line_ends(data);
+        let parsed = imipd::message::Parsed::new(&bytes, bare);
+        assert!(
+            !imipd::extract::may_hold_calendar(&parsed),
+            "triage took a message that may hold a calendar for ordinary mail"
+        );
+        let ex = imipd::extract::extract(data);
+        assert!(ex.objects.is_empty() && ex.refused.is_empty());
+    }
+});
