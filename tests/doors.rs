@@ -444,6 +444,56 @@ fn milter_accepts_mail_without_calendar_at_end_of_headers() {
         }
     }
     assert!(removed, "the forged header was not removed");
+    // Mail that concerns no local user (remote recipients, no login) is accepted at end of
+    // headers whatever it holds.
+    let remote_eoh = |hdrs: &[(&str, &str)]| {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        optneg(&mut s).unwrap();
+        s.write_all(&packet(b'M', b"<alice@example.com>\0"))
+            .unwrap();
+        s.write_all(&packet(b'R', b"<carol@remote.test>\0"))
+            .unwrap();
+        for (n, v) in hdrs {
+            s.write_all(&packet(b'L', format!("{n}\0{v}\0").as_bytes()))
+                .unwrap();
+        }
+        let r = end_of_headers(&mut s).unwrap();
+        (s, r)
+    };
+    for ct in [
+        "multipart/mixed; boundary=b",
+        "text/calendar; method=REQUEST",
+    ] {
+        assert_eq!(remote_eoh(&[("Content-Type", ct)]).1, b'a', "{ct}");
+    }
+    // With a forged Authentication-Results, end of message removes it and says nothing about
+    // a body it did not keep: no Authentication-Results of its own, no X-Imipd-Result.
+    let (mut s, r) = remote_eoh(&[
+        (
+            "Authentication-Results",
+            "mx.example.org; dkim=pass header.d=example.com",
+        ),
+        ("Content-Type", "text/calendar; method=REQUEST"),
+    ]);
+    assert_eq!(r, b'c');
+    s.write_all(&packet(b'B', b"BEGIN:VCALENDAR\r\nMETHOD:CANCEL\r\n"))
+        .unwrap();
+    s.write_all(&packet(b'E', b"")).unwrap();
+    let mut actions = Vec::new();
+    for _ in 0..16 {
+        let (cmd, data) = read_packet(&mut s).unwrap();
+        if cmd == b'a' {
+            break;
+        }
+        actions.push((cmd, String::from_utf8_lossy(&data).into_owned()));
+    }
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(actions[0].0, b'm', "{actions:?}");
+    assert!(
+        actions[0].1.contains("Authentication-Results"),
+        "{actions:?}"
+    );
     // A calendar is still processed to the end.
     let (mut s, r) = eoh(&[("Content-Type", "text/calendar; method=REQUEST")]);
     assert_eq!(r, b'c');

@@ -12,26 +12,37 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 impl milter::Handler for Arc<Core> {
-    /// The body is wanted when the top-level Content-Type may hold a calendar, or when an
-    /// Authentication-Results header claims our authserv-id (it must be removed).
-    fn wants_body(&self, env: &Envelope) -> bool {
-        if milter::may_hold_calendar(&milter::header_values(&env.message, "Content-Type")) {
-            return true;
+    /// The body is kept when the top-level Content-Type may hold a calendar and the message
+    /// concerns a local user (a local recipient, or a login's own submission); end of message
+    /// is still needed, without the body, when an Authentication-Results header claims our
+    /// authserv-id (it must be removed). Anything else is accepted at once.
+    fn at_end_of_headers(&self, env: &Envelope) -> milter::Body {
+        let st = self.state();
+        let concerns_us = env.rcpt_to.iter().any(|r| st.cfg.is_local(&strip_angle(r)))
+            || (env.auth_authen.is_some() && st.cfg.policy.trust_authenticated_submission);
+        if concerns_us
+            && milter::may_hold_calendar(&milter::header_values(&env.message, "Content-Type"))
+        {
+            return milter::Body::Keep;
         }
-        let ours = self
-            .state()
+        let ours = st
             .cfg
             .authserv_id
             .clone()
             .unwrap_or_else(crate::proof::hostname);
-        milter::header_values(&env.message, "Authentication-Results")
+        let forged = milter::header_values(&env.message, "Authentication-Results")
             .iter()
             .any(|v| {
                 v.split(';')
                     .next()
                     .and_then(|id| id.split_whitespace().next())
                     .is_some_and(|id| id.eq_ignore_ascii_case(&ours))
-            })
+            });
+        if forged {
+            milter::Body::Discard
+        } else {
+            milter::Body::Accept
+        }
     }
 
     async fn end_of_message(&self, env: Envelope) -> EomActions {
@@ -45,6 +56,25 @@ impl milter::Handler for Arc<Core> {
 impl Core {
     pub(crate) async fn milter_eom(&self, env: Envelope) -> EomActions {
         let st = self.state();
+        if env.body_discarded {
+            // Only the forged Authentication-Results headers are removed: nothing is said of a
+            // body that was not read.
+            let remove = if crate::pipeline::triage::clean_header_section(&env.message) {
+                st.prover.forged_results_in(&env.message).remove_results
+            } else {
+                let (bytes, bare) = crate::message::normalize_line_ends(&env.message);
+                st.prover
+                    .forged_results(&crate::message::Parsed::new(&bytes, bare))
+                    .remove_results
+            };
+            let mut actions = EomActions::default();
+            for i in remove {
+                actions
+                    .delete_headers
+                    .push(("Authentication-Results".into(), i as u32 + 1));
+            }
+            return actions;
+        }
         let facts = Facts {
             client_ip: env.client_ip,
             auth_authen: env.auth_authen.clone(),
