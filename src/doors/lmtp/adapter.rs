@@ -112,12 +112,12 @@ impl crate::lmtp::Deliver for LmtpDoor {
                         Err(e) => Err((false, e)),
                     }
                 }
-                Ok(Deliver::Lmtp(target)) => {
-                    crate::lmtp::send(target, &t.mail_from, &r, &copy, Duration::from_secs(120))
-                        .await
-                        .map(|_| "downstream LMTP".to_string())
-                        .map_err(|e| (e.temporary, e.message))
-                }
+                Ok(Deliver::Lmtp(target)) => core
+                    .downstream
+                    .send(target, &t.mail_from, &r, &copy, Duration::from_secs(120))
+                    .await
+                    .map(|_| "downstream LMTP".to_string())
+                    .map_err(|e| (e.temporary, e.message)),
                 Err(e) => Err((true, e.clone())),
             };
             match res {

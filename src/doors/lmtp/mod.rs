@@ -10,6 +10,7 @@
 //! a second message cannot be smuggled behind the first.
 
 pub mod adapter;
+pub mod client;
 
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -323,97 +324,6 @@ async fn read_reply<R: AsyncBufReadExt + Unpin>(r: &mut R) -> Result<(u16, Strin
         }
         text.push(' ');
     }
-}
-
-/// Delivers `data` to one recipient over LMTP (`inet:host:port` or `unix:/path`).
-pub async fn send(
-    target: &crate::config::Listen,
-    from: &str,
-    rcpt: &str,
-    data: &[u8],
-    timeout: Duration,
-) -> Result<(), ClientError> {
-    let fut = async {
-        match target {
-            crate::config::Listen::Inet(hp) => {
-                let s = tokio::net::TcpStream::connect(hp)
-                    .await
-                    .map_err(|e| ClientError {
-                        temporary: true,
-                        message: format!("connect {hp}: {e}"),
-                    })?;
-                let _ = s.set_nodelay(true);
-                send_on(s, from, rcpt, data).await
-            }
-            crate::config::Listen::Unix(p) => {
-                let s = tokio::net::UnixStream::connect(p)
-                    .await
-                    .map_err(|e| ClientError {
-                        temporary: true,
-                        message: format!("connect {}: {e}", p.display()),
-                    })?;
-                send_on(s, from, rcpt, data).await
-            }
-        }
-    };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .unwrap_or_else(|_| {
-            Err(ClientError {
-                temporary: true,
-                message: "downstream LMTP timed out".into(),
-            })
-        })
-}
-
-async fn send_on<S: AsyncRead + AsyncWrite + Unpin>(
-    s: S,
-    from: &str,
-    rcpt: &str,
-    data: &[u8],
-) -> Result<(), ClientError> {
-    let (r, mut w) = tokio::io::split(s);
-    let mut r = BufReader::new(r);
-    let io = |e: std::io::Error| ClientError {
-        temporary: true,
-        message: e.to_string(),
-    };
-    let expect = |(code, text): (u16, String), want: u16, what: &str| -> Result<(), ClientError> {
-        if code == want {
-            Ok(())
-        } else {
-            Err(ClientError {
-                temporary: code < 500,
-                message: format!("{what}: {code} {text}"),
-            })
-        }
-    };
-    expect(read_reply(&mut r).await?, 220, "greeting")?;
-    w.write_all(b"LHLO imipd\r\n").await.map_err(io)?;
-    expect(read_reply(&mut r).await?, 250, "LHLO")?;
-    let cmds = format!("MAIL FROM:<{from}>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n");
-    w.write_all(cmds.as_bytes()).await.map_err(io)?;
-    expect(read_reply(&mut r).await?, 250, "MAIL")?;
-    expect(read_reply(&mut r).await?, 250, "RCPT")?;
-    expect(read_reply(&mut r).await?, 354, "DATA")?;
-    // Dot-stuff and make sure the data ends with CRLF.
-    let mut buf = Vec::with_capacity(data.len() + 64);
-    let mut at_line_start = true;
-    for &b in data {
-        if at_line_start && b == b'.' {
-            buf.push(b'.');
-        }
-        buf.push(b);
-        at_line_start = b == b'\n';
-    }
-    if !buf.ends_with(b"\r\n") {
-        buf.extend_from_slice(b"\r\n");
-    }
-    buf.extend_from_slice(b".\r\n");
-    w.write_all(&buf).await.map_err(io)?;
-    let res = read_reply(&mut r).await?;
-    let _ = w.write_all(b"QUIT\r\n").await;
-    expect(res, 250, "delivery")
 }
 
 #[cfg(test)]
