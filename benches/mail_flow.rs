@@ -7,8 +7,15 @@
 //!      both driven by imipd-load exactly as Postfix drives a milter
 //! Every configuration runs IMIPD_BENCH_RUNS times (default 3); the median is reported.
 //!
+//! With IMIPD_BENCH_MAIL=plain or =multipart the messages are ordinary DKIM-signed mail with no
+//! calendar (text/plain, or multipart/alternative text + HTML with a PDF attachment), and two
+//! more configurations run beside A and B:
+//!   O  Postfix + OpenDKIM's milter (verify mode) -> sink
+//!   and for B the daemon's own CPU time (user + system, from /proc) per message.
+//!
 //!   cargo bench --bench mail_flow
 //!   IMIPD_BENCH_MESSAGES=2000 IMIPD_BENCH_CONCURRENCY=10 cargo bench --bench mail_flow
+//!   IMIPD_BENCH_MAIL=multipart IMIPD_BENCH_ONLY=B,O cargo bench --bench mail_flow
 //!
 //! Needs root, postfix, opendkim, dnsmasq, openssl and dkimpy; loopback only; every load is
 //! bounded in count and time.
@@ -49,6 +56,46 @@ You are invited to Quarterly planning on 10 January 2026, 10:00-11:00 UTC, Room 
 --b1\r\nContent-Type: text/calendar; method=REQUEST; charset=utf-8\r\n\r\n{cal}\r\n--b1--\r\n"
     )
     .into_bytes()
+}
+
+/// Ordinary mail, no calendar: `plain` (text/plain) or `multipart` (text + HTML alternative
+/// and a base64 PDF attachment, about 12 kB).
+fn ordinary(kind: &str) -> Vec<u8> {
+    let head = "From: Alice <alice@example.com>\r\nTo: Bob <bob@example.org>\r\n\
+Subject: Minutes of the planning meeting\r\nDate: Thu, 01 Jan 2026 09:00:00 +0000\r\n\
+Message-ID: <plain-{n}@example.com>\r\nMIME-Version: 1.0\r\n";
+    let text = "Hello Bob,\r\n\r\nthe minutes of yesterday's meeting are attached. We agreed \
+on the budget for the next quarter and on the dates of the review.\r\n\r\nAlice\r\n"
+        .repeat(8);
+    if kind == "plain" {
+        return format!("{head}Content-Type: text/plain; charset=utf-8\r\n\r\n{text}").into_bytes();
+    }
+    let html = format!(
+        "<html><body><p>{}</p></body></html>",
+        text.replace("\r\n", "<br>\r\n")
+    );
+    let pdf: String = (0..120)
+        .map(|i| format!("{:076}\r\n", i).replace('0', "Q"))
+        .collect();
+    format!(
+        "{head}Content-Type: multipart/mixed; boundary=\"m1\"\r\n\r\n--m1\r\n\
+Content-Type: multipart/alternative; boundary=\"a1\"\r\n\r\n--a1\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n--a1\r\n\
+Content-Type: text/html; charset=utf-8\r\n\r\n{html}\r\n--a1--\r\n--m1\r\n\
+Content-Type: application/pdf; name=\"minutes.pdf\"\r\nContent-Disposition: attachment; \
+filename=\"minutes.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{pdf}--m1--\r\n"
+    )
+    .into_bytes()
+}
+
+/// User + system CPU seconds a process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of proc(5), counted from the state field (3).
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 struct Sink {
@@ -102,8 +149,17 @@ fn inject(port: u16, n: usize, c: usize, file: &std::path::Path) -> serde_json::
     serde_json::from_slice(&out.stdout).unwrap_or_default()
 }
 
-/// One end-to-end run: messages per second from the first injection to the last delivery.
-fn flow(mode: char, n: usize, c: usize, dns: &signers::Dns, file: &std::path::Path) -> f64 {
+/// One end-to-end run: messages per second from the first injection to the last delivery,
+/// and imipd's CPU milliseconds per message (0 without imipd). `opendkim`: the port of an
+/// OpenDKIM milter, for mode O.
+fn flow(
+    mode: char,
+    n: usize,
+    c: usize,
+    dns: &signers::Dns,
+    file: &std::path::Path,
+    opendkim: Option<u16>,
+) -> (f64, f64) {
     let tmp = tempfile::TempDir::new().expect("tempdir");
     let sink = start_sink(n);
     let imipd_cfg = format!(
@@ -115,13 +171,15 @@ deliver = \"lmtp:inet:127.0.0.1:{}\"\n",
         matches!(mode, 'C' | 'D'),
         sink.port
     );
-    let imipd = (mode != 'A').then(|| Imipd::start(&tmp.path().join("imipd"), &imipd_cfg, &[]));
+    let imipd = matches!(mode, 'B' | 'C' | 'D')
+        .then(|| Imipd::start(&tmp.path().join("imipd"), &imipd_cfg, &[]));
     let lmtp = match (&imipd, mode) {
         (Some(i), 'C' | 'D') => i.lmtp_port,
         _ => Some(sink.port),
     };
     let milter = match (&imipd, mode) {
         (Some(i), 'B' | 'D') => i.milter_port,
+        (_, 'O') => opendkim,
         _ => None,
     };
     let pf = Postfix::start(
@@ -134,6 +192,7 @@ deliver = \"lmtp:inet:127.0.0.1:{}\"\n",
             extra_main_cf: "",
         },
     );
+    let cpu0 = imipd.as_ref().map(|i| cpu_secs(i.pid()));
     let t = Instant::now();
     let inj = inject(pf.smtp_port, n, c, file);
     let mut sink = sink;
@@ -146,8 +205,12 @@ deliver = \"lmtp:inet:127.0.0.1:{}\"\n",
     if got < n || inj["messages"].as_u64().unwrap_or(0) < n as u64 {
         eprintln!("  {mode}: only {got}/{n} delivered; injection {inj}");
     }
+    let cpu_ms = match (&imipd, cpu0) {
+        (Some(i), Some(c0)) => (cpu_secs(i.pid()) - c0) * 1000.0 / got.max(1) as f64,
+        _ => 0.0,
+    };
     drop(pf);
-    got as f64 / secs
+    (got as f64 / secs, cpu_ms)
 }
 
 trait WaitOutput {
@@ -272,38 +335,73 @@ fn main() {
     let tmp = tempfile::TempDir::new().expect("tempdir");
     let key = signers::DkimKey::rsa(tmp.path(), "sel", "example.com");
     let dns = signers::Dns::start(&[(&key.record_name(), &key.record)]);
+    let kind = std::env::var("IMIPD_BENCH_MAIL").unwrap_or_else(|_| "imip".into());
+    let template = match kind.as_str() {
+        "plain" | "multipart" => ordinary(&kind),
+        _ => message(),
+    };
     // Distinct messages (Message-ID and UID), so that each one is new to imipd's
     // processed-message log and really goes through decide and commit.
     let file = tmp.path().join("rsa");
-    key.sign_many(&message(), n, &file);
-    println!("mail flow: {n} DKIM-signed iMIP messages, concurrency {c}, median of {runs} runs");
+    key.sign_many(&template, n, &file);
+    println!(
+        "mail flow: {n} DKIM-signed {kind} messages ({} octets), concurrency {c}, median of {runs} runs",
+        std::fs::read_dir(&file)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .and_then(|e| e.metadata().ok())
+            .map_or(0, |m| m.len())
+    );
+    let od =
+        (kind != "imip").then(|| opendkim(tmp.path(), &[(key.record_name(), key.record.clone())]));
 
     // IMIPD_BENCH_ONLY=B,E runs only those configurations (A is always run as the baseline
     // when any of B, C, D is).
     let only = std::env::var("IMIPD_BENCH_ONLY").unwrap_or_default();
     let wanted = |m: char| {
-        only.is_empty() || only.contains(m) || (m == 'A' && only.contains(['B', 'C', 'D']))
+        only.is_empty() || only.contains(m) || (m == 'A' && only.contains(['B', 'C', 'D', 'O']))
     };
     let mut results = Vec::new();
-    for (mode, label) in [
+    let modes: &[(char, &str)] = &[
         ('A', "Postfix alone -> LMTP sink"),
         ('B', "Postfix + imipd milter -> sink"),
         ('C', "Postfix -> imipd LMTP -> sink"),
         ('D', "Postfix + imipd milter -> imipd LMTP -> sink"),
-    ] {
-        if !wanted(mode) {
+        ('O', "Postfix + OpenDKIM milter -> sink"),
+    ];
+    for &(mode, label) in modes {
+        if !wanted(mode) || (mode == 'O' && od.is_none()) {
             results.push(f64::NAN);
             continue;
         }
-        let v: Vec<f64> = (0..runs).map(|_| flow(mode, n, c, &dns, &file)).collect();
-        let m = median(v.clone());
-        println!("  {mode} {label:48} {m:8.1} msg/s  (runs: {v:.1?})");
+        // Runs interleave with A's in the same session; each gets a fresh Postfix and imipd.
+        let v: Vec<(f64, f64)> = (0..runs)
+            .map(|_| flow(mode, n, c, &dns, &file, od.as_ref().map(|o| o.2)))
+            .collect();
+        let rates: Vec<f64> = v.iter().map(|r| r.0).collect();
+        let m = median(rates.clone());
+        let cpu = median(v.iter().map(|r| r.1).collect());
+        let cpu_note = if matches!(mode, 'B' | 'C' | 'D') {
+            format!("  imipd CPU {cpu:.3} ms/msg")
+        } else {
+            String::new()
+        };
+        println!("  {mode} {label:48} {m:8.1} msg/s{cpu_note}  (runs: {rates:.1?})");
         results.push(m);
     }
     if let Some(base) = results.first().copied() {
-        for (i, mode) in ['B', 'C', 'D'].iter().enumerate() {
-            println!("  ratio {mode}/A = {:.2}", results[i + 1] / base.max(1e-9));
+        for (i, &(mode, _)) in modes.iter().enumerate().skip(1) {
+            if !results[i].is_nan() {
+                println!("  ratio {mode}/A = {:.2}", results[i] / base.max(1e-9));
+            }
         }
+    }
+    if let Some((mut d, mut d_dns, _)) = od {
+        let _ = d.kill();
+        let _ = d.wait();
+        let _ = d_dns.kill();
+        let _ = d_dns.wait();
     }
 
     if !wanted('E') {
