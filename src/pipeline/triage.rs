@@ -174,6 +174,9 @@ fn classify(block: &[u8], in_digest: bool) -> Kind {
             leaf("text", "plain", &names)
         };
     };
+    if ct.iter().any(|&b| (b < 0x20 && b != b'\t') || b >= 0x7f) {
+        return Kind::Maybe; // control or 8-bit octets: readers may decode them differently
+    }
     let (media, params) = match ct.iter().position(|&b| b == b';') {
         Some(i) => (&ct[..i], &ct[i + 1..]),
         None => (&ct[..], &[][..]),
@@ -289,7 +292,9 @@ fn boundary<'a>(params: &[u8], ct: &'a [u8]) -> Option<&'a [u8]> {
     }
     let (s, e) = found?;
     let b = &ct[s..e];
-    (!b.is_empty() && b.len() <= 200).then_some(b)
+    // RFC 2046 bchars only, no trailing space.
+    let bchar = |c: &u8| c.is_ascii_alphanumeric() || b"'()+_,-./:=? ".contains(c);
+    (!b.is_empty() && b.len() <= 70 && b.iter().all(bchar) && !b.ends_with(b" ")).then_some(b)
 }
 
 /// The header block and the offset of the body: up to the first empty line. None when there
