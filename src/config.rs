@@ -359,6 +359,8 @@ pub struct StoreConfig {
     pub url: Option<String>,
     /// A file whose first line is the database password (instead of one in the URL).
     pub password_file: Option<PathBuf>,
+    /// The embedded store's page cache, in MiB (default 256).
+    pub cache_mb: Option<u64>,
 }
 
 /// A configuration error: which file, key and line, and what is wrong.
@@ -601,6 +603,12 @@ impl Config {
             })?;
         }
         crate::store::location(self).map_err(|m| err("store.url", m))?;
+        if let Some(mb) = self.store.cache_mb.filter(|mb| !(8..=1 << 20).contains(mb)) {
+            return Err(err(
+                "store.cache_mb",
+                format!("{mb} MiB: the page cache must be 8 to 1048576 MiB"),
+            ));
+        }
         Ok(())
     }
 

@@ -710,7 +710,17 @@ fn store_url_without_a_backend_is_a_config_error() {
     // password_file alone is accepted (it only matters with a URL).
     let p = write_config(tmp.path(), "[store]\npassword_file = \"/x/db.secret\"\n");
     let (_, err, code) = imipd(&["--config", p.to_str().expect("path"), "check-config"]);
+    assert_eq!(code, 0, "{err}"); // The embedded store's page cache is sized from the config, within bounds.
+    let p = write_config(tmp.path(), "[store]\ncache_mb = 64\n");
+    let (_, err, code) = imipd(&["--config", p.to_str().expect("path"), "check-config"]);
     assert_eq!(code, 0, "{err}");
+    let p = write_config(
+        tmp.path(),
+        "[log]\nlevel = \"info\"\n[store]\ncache_mb = 0\n",
+    );
+    let (_, err, code) = imipd(&["--config", p.to_str().expect("path"), "check-config"]);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains(":4: key `store.cache_mb`"), "{err}");
 }
 
 /// Admin commands go to the daemon only when its control socket takes a connection: a socket

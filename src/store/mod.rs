@@ -64,9 +64,12 @@ pub fn location(cfg: &crate::config::Config) -> std::result::Result<Location, St
 /// Opens (creating) the store `cfg` names: the one way the daemon and the command line open it.
 pub fn open(cfg: &crate::config::Config) -> std::result::Result<Arc<dyn Store>, OpenError> {
     match location(cfg).map_err(OpenError::Config)? {
-        Location::Sled(dir) => Sled::open(&dir)
-            .map(|s| Arc::new(s) as Arc<dyn Store>)
-            .map_err(OpenError::Store),
+        Location::Sled(dir) => Sled::open_with_cache(
+            &dir,
+            cfg.store.cache_mb.unwrap_or(sled_store::DEFAULT_CACHE_MB),
+        )
+        .map(|s| Arc::new(s) as Arc<dyn Store>)
+        .map_err(OpenError::Store),
     }
 }
 

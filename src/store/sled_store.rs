@@ -85,6 +85,9 @@ impl GroupFlush {
     }
 }
 
+/// The embedded store's page cache when `[store] cache_mb` is not set.
+pub const DEFAULT_CACHE_MB: u64 = 256;
+
 fn io<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Io(e.to_string())
 }
@@ -142,10 +145,15 @@ impl Sled {
     /// umask 0077, so files sled creates later are private too; a library never changes the
     /// umask of the process it is linked into).
     pub fn open(dir: &Path) -> Result<Sled> {
+        Sled::open_with_cache(dir, DEFAULT_CACHE_MB)
+    }
+
+    /// [`Sled::open`] with a page cache of `cache_mb` MiB (`[store] cache_mb`).
+    pub fn open_with_cache(dir: &Path, cache_mb: u64) -> Result<Sled> {
         super::private_data_dir(dir)?;
         let db = sled::Config::new()
             .path(dir.join("store"))
-            .cache_capacity(256 * 1024 * 1024)
+            .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
             .flush_every_ms(Some(1000))
             .open()
             .map_err(|e| match e {
