@@ -6,7 +6,10 @@
 //! calendar; anything it does not read exactly as that parser would (a bare CR, a comment or
 //! RFC 2231 parameter in a Content-Type, a boundary that prefixes a line, a nested message, a
 //! header line that is not a field) is left to the full reading. So a wrong answer here can
-//! only cost time, never skip a calendar that the full reading would have seen.
+//! only cost time, never skip a calendar that the full reading would have seen. One exception
+//! is by design: where the parser departs from RFC 5322 itself (it reads a header section on
+//! past its first empty line), the message is flagged ambiguous by the full reading, proves
+//! nothing, and the triage's reading, which every other reader shares, stands.
 
 use memchr::memchr;
 
@@ -144,6 +147,14 @@ enum Kind {
 /// The kind of an entity from its header block. `in_digest`: a part of multipart/digest,
 /// where a missing Content-Type means message/rfc822.
 fn classify(block: &[u8], in_digest: bool) -> Kind {
+    // Control octets (a NUL inside a comment, say) make readers disagree even on where the
+    // header block ends.
+    if block
+        .iter()
+        .any(|&b| b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n') || b == 0x7f)
+    {
+        return Kind::Maybe;
+    }
     let mut ct: Option<Vec<u8>> = None;
     let mut cte: Option<Vec<u8>> = None;
     // What may name the entity's file: Content-Type and Content-Disposition.

@@ -82,9 +82,34 @@ impl<'a> Parsed<'a> {
     }
 }
 
+/// Where the body of an entity whose header section starts at `start` begins, by RFC 5322:
+/// after the first empty line. None when there is none.
+fn rfc_body_offset(bytes: &[u8], start: usize) -> Option<usize> {
+    let mut pos = start;
+    loop {
+        let rest = bytes.get(pos..)?;
+        if rest.starts_with(b"\r\n") {
+            return Some(pos + 2);
+        }
+        if rest.starts_with(b"\n") {
+            return Some(pos + 1);
+        }
+        pos += rest.iter().position(|&b| b == b'\n')? + 1;
+    }
+}
+
 /// Why the tree is not the only reading of `bytes`, if it is not.
 fn ambiguity(bytes: &[u8], tree: &Message<'_>) -> Option<String> {
     for part in &tree.parts {
+        // A malformed structured value (a Date, a comment) can make the parser read on past
+        // the empty line that ends the header section for everyone else.
+        if !part.headers.is_empty() {
+            if let Some(body) = rfc_body_offset(bytes, part.offset_header as usize) {
+                if body != part.offset_body as usize {
+                    return Some("a header section read past its first empty line".to_string());
+                }
+            }
+        }
         for name in ["Content-Type", "Content-Transfer-Encoding"] {
             if part
                 .headers
@@ -242,5 +267,21 @@ mod tests {
         let (out, bare) = normalize_line_ends(b"a\rb\r\n");
         assert!(bare);
         assert_eq!(&out[..], b"a\r\nb\r\n");
+    }
+
+    #[test]
+    fn a_header_section_read_past_its_empty_line_is_ambiguous() {
+        let raw = b"Received: x\r\nDate: Tue, 01 Nov 2011 08:03:02 G\r\n\r\nSubject: y\r\n\
+Content-Type: text/calendar\r\n\r\nBEGIN:VCALENDAR\r\n";
+        let p = Parsed::new(raw, false);
+        // mail-parser's Date parser takes the empty line after a broken zone.
+        let rfc_body = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_ne!(p.parts()[0].offset_body as usize, rfc_body);
+        assert_eq!(
+            p.ambiguity.as_deref(),
+            Some("a header section read past its first empty line")
+        );
+        let ok = Parsed::new(b"From: a@example.com\r\nSubject: y\r\n\r\nbody\r\n", false);
+        assert_eq!(ok.ambiguity, None);
     }
 }
