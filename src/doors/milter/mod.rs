@@ -464,7 +464,7 @@ where
                 }
             }
             C_HELO => {
-                env.helo = cstrings(&data).into_iter().next().unwrap_or_default();
+                env.helo = cstrings(data).into_iter().next().unwrap_or_default();
                 if no_reply & P_NR_HELO == 0 {
                     reply = Some(R_CONTINUE);
                 }
@@ -480,13 +480,13 @@ where
                 };
                 too_big = false;
                 discard_body = false;
-                env.mail_from = cstrings(&data).into_iter().next().unwrap_or_default();
+                env.mail_from = cstrings(data).into_iter().next().unwrap_or_default();
                 if no_reply & P_NR_MAIL == 0 {
                     reply = Some(R_CONTINUE);
                 }
             }
             C_RCPT => {
-                if let Some(r) = cstrings(&data).into_iter().next() {
+                if let Some(r) = cstrings(data).into_iter().next() {
                     env.rcpt_to.push(r);
                 }
                 if no_reply & P_NR_RCPT == 0 {
@@ -564,7 +564,7 @@ where
                     too_big = true;
                     env.message = Vec::new();
                 } else if !too_big {
-                    env.message.extend_from_slice(&data);
+                    env.message.extend_from_slice(data);
                 }
                 if no_reply & P_NR_BODY == 0 {
                     reply = Some(R_CONTINUE);
@@ -577,7 +577,7 @@ where
                 } else if env.message.len() + data.len() > max_message {
                     too_big = true;
                 } else if !data.is_empty() && !too_big {
-                    env.message.extend_from_slice(&data);
+                    env.message.extend_from_slice(data);
                 }
                 env.queue_id = macros.get("i").cloned();
                 env.auth_authen = macros.get("auth_authen").cloned().filter(|s| !s.is_empty());
