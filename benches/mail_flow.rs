@@ -370,15 +370,26 @@ fn main() {
         ('D', "Postfix + imipd milter -> imipd LMTP -> sink"),
         ('O', "Postfix + OpenDKIM milter -> sink"),
     ];
-    for &(mode, label) in modes {
-        if !wanted(mode) || (mode == 'O' && od.is_none()) {
+    // Runs interleave (A B C ... A B C ...), so that a drift of the machine touches every
+    // configuration alike; each run gets a fresh Postfix (and imipd).
+    let active: Vec<bool> = modes
+        .iter()
+        .map(|&(m, _)| wanted(m) && !(m == 'O' && od.is_none()))
+        .collect();
+    let mut runs_of: Vec<Vec<(f64, f64)>> = vec![Vec::new(); modes.len()];
+    for _ in 0..runs {
+        for (i, &(mode, _)) in modes.iter().enumerate() {
+            if active[i] {
+                runs_of[i].push(flow(mode, n, c, &dns, &file, od.as_ref().map(|o| o.2)));
+            }
+        }
+    }
+    for (i, &(mode, label)) in modes.iter().enumerate() {
+        if !active[i] {
             results.push(f64::NAN);
             continue;
         }
-        // Runs interleave with A's in the same session; each gets a fresh Postfix and imipd.
-        let v: Vec<(f64, f64)> = (0..runs)
-            .map(|_| flow(mode, n, c, &dns, &file, od.as_ref().map(|o| o.2)))
-            .collect();
+        let v = &runs_of[i];
         let rates: Vec<f64> = v.iter().map(|r| r.0).collect();
         let m = median(rates.clone());
         let cpu = median(v.iter().map(|r| r.1).collect());
@@ -389,6 +400,20 @@ fn main() {
         };
         println!("  {mode} {label:48} {m:8.1} msg/s{cpu_note}  (runs: {rates:.1?})");
         results.push(m);
+    }
+    // The ratio of each run to the A run beside it, and their median.
+    for (i, &(mode, _)) in modes.iter().enumerate().skip(1) {
+        if active[i] && active[0] {
+            let r: Vec<f64> = runs_of[i]
+                .iter()
+                .zip(&runs_of[0])
+                .map(|(x, a)| x.0 / a.0.max(1e-9))
+                .collect();
+            println!(
+                "  paired ratio {mode}/A = {:.2} (runs: {r:.2?})",
+                median(r.clone())
+            );
+        }
     }
     if let Some(base) = results.first().copied() {
         for (i, &(mode, _)) in modes.iter().enumerate().skip(1) {

@@ -198,6 +198,13 @@ fn request_to_two_local_recipients_milter_and_lmtp() {
         );
         assert!(w.imipd.export(who).contains("UID:two@example.com"), "{who}");
     }
+    // The milter asks Postfix for the macros it reads (the queue id among them) and gets them.
+    let log = w.imipd.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("milter: queue_id=") && !l.contains("milter: queue_id=-")),
+        "{log}"
+    );
 }
 
 /// RFC 5546 3.2.3 through LMTP: a signed REPLY updates the organizer's copy.

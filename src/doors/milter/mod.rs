@@ -46,6 +46,12 @@ const F_ADDHDRS: u32 = 0x01;
 const F_DELRCPT: u32 = 0x08;
 const F_CHGHDRS: u32 = 0x10;
 const F_QUARANTINE: u32 = 0x20;
+const F_SETSYMLIST: u32 = 0x100;
+
+/// The macros imipd reads, by stage (SMFIM_*), asked for in the negotiation so that the MTA
+/// expands and sends no others: the login at MAIL, the queue id (and the client address, for
+/// a unix-socket client) at end of headers and of message.
+const MACROS_WANTED: &[(u32, &str)] = &[(2, "{auth_authen}"), (5, "i {client_addr}"), (6, "i")];
 
 // Protocol steps (SMFIP_*).
 const P_NOHELO: u32 = 0x2;
@@ -412,7 +418,8 @@ where
                 let mta_actions = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
                 let mta_proto = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
                 let version = mta_version.min(6);
-                let actions = (F_ADDHDRS | F_DELRCPT | F_CHGHDRS | F_QUARANTINE) & mta_actions;
+                let actions =
+                    (F_ADDHDRS | F_DELRCPT | F_CHGHDRS | F_QUARANTINE | F_SETSYMLIST) & mta_actions;
                 let wanted = P_NOHELO
                     | P_NOUNKNOWN
                     | P_NODATA
@@ -432,6 +439,13 @@ where
                 d.extend_from_slice(&version.to_be_bytes());
                 d.extend_from_slice(&actions.to_be_bytes());
                 d.extend_from_slice(&proto.to_be_bytes());
+                if actions & F_SETSYMLIST != 0 {
+                    for (stage, names) in MACROS_WANTED {
+                        d.extend_from_slice(&stage.to_be_bytes());
+                        d.extend_from_slice(names.as_bytes());
+                        d.push(0);
+                    }
+                }
                 let mut out = Vec::new();
                 packet(C_OPTNEG, &d, &mut out);
                 stream.write_all(&out).await?;
