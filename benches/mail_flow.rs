@@ -98,6 +98,22 @@ fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// CPU seconds the whole machine has been busy (user, nice, system, irq, softirq), from
+/// /proc/stat: what one configuration costs everything on it, Postfix included.
+fn machine_busy_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let at = |i: usize| f.get(i).copied().unwrap_or(0.0);
+    (at(0) + at(1) + at(2) + at(5) + at(6)) / 100.0
+}
+
 struct Sink {
     child: std::process::Child,
     port: u16,
@@ -159,7 +175,7 @@ fn flow(
     dns: &signers::Dns,
     file: &std::path::Path,
     opendkim: Option<u16>,
-) -> (f64, f64) {
+) -> (f64, f64, f64) {
     let tmp = tempfile::TempDir::new().expect("tempdir");
     let sink = start_sink(n);
     let imipd_cfg = format!(
@@ -193,6 +209,7 @@ deliver = \"lmtp:inet:127.0.0.1:{}\"\n",
         },
     );
     let cpu0 = imipd.as_ref().map(|i| cpu_secs(i.pid()));
+    let busy0 = machine_busy_secs();
     let t = Instant::now();
     let inj = inject(pf.smtp_port, n, c, file);
     let mut sink = sink;
@@ -209,8 +226,9 @@ deliver = \"lmtp:inet:127.0.0.1:{}\"\n",
         (Some(i), Some(c0)) => (cpu_secs(i.pid()) - c0) * 1000.0 / got.max(1) as f64,
         _ => 0.0,
     };
+    let busy_ms = (machine_busy_secs() - busy0) * 1000.0 / got.max(1) as f64;
     drop(pf);
-    (got as f64 / secs, cpu_ms)
+    (got as f64 / secs, cpu_ms, busy_ms)
 }
 
 trait WaitOutput {
@@ -376,7 +394,7 @@ fn main() {
         .iter()
         .map(|&(m, _)| wanted(m) && !(m == 'O' && od.is_none()))
         .collect();
-    let mut runs_of: Vec<Vec<(f64, f64)>> = vec![Vec::new(); modes.len()];
+    let mut runs_of: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); modes.len()];
     for _ in 0..runs {
         for (i, &(mode, _)) in modes.iter().enumerate() {
             if active[i] {
@@ -393,10 +411,11 @@ fn main() {
         let rates: Vec<f64> = v.iter().map(|r| r.0).collect();
         let m = median(rates.clone());
         let cpu = median(v.iter().map(|r| r.1).collect());
+        let busy = median(v.iter().map(|r| r.2).collect());
         let cpu_note = if matches!(mode, 'B' | 'C' | 'D') {
-            format!("  imipd CPU {cpu:.3} ms/msg")
+            format!("  machine CPU {busy:.3} ms/msg, of it imipd {cpu:.3}")
         } else {
-            String::new()
+            format!("  machine CPU {busy:.3} ms/msg")
         };
         println!("  {mode} {label:48} {m:8.1} msg/s{cpu_note}  (runs: {rates:.1?})");
         results.push(m);
