@@ -228,6 +228,13 @@ deliver = \"lmtp:inet:127.0.0.1:{}\"\n",
     };
     let busy_ms = (machine_busy_secs() - busy0) * 1000.0 / got.max(1) as f64;
     drop(pf);
+    // How full the group commits were: imipd says so when it stops.
+    if let Some(mut i) = imipd {
+        i.stop();
+        if let Some(line) = i.log().lines().find(|l| l.contains("durability requests")) {
+            eprintln!("  {mode}: {}", line.trim_start_matches("imipd: "));
+        }
+    }
     (got as f64 / secs, cpu_ms, busy_ms)
 }
 

@@ -615,6 +615,14 @@ pub fn run(args: &Args) -> Result<i32, CliError> {
         }
         let _ = core.store.flush();
         let _ = std::fs::remove_file(&sock);
+        let (callers, flushes) = core.store.flush_stats();
+        if flushes > 0 {
+            log(format!(
+                "store: {callers} durability requests made durable by {flushes} flushes \
+                 ({:.2} per flush)",
+                callers as f64 / flushes as f64
+            ));
+        }
         log("stopped");
         Ok::<i32, CliError>(0)
     })

@@ -111,6 +111,20 @@ ATTENDEE;PARTSTAT=ACCEPTED:mailto:alice@example.com\r\nEND:VEVENT\r\nEND:VCALEND
     // SIGTERM: clean exit, control socket gone, store usable directly afterwards.
     assert_eq!(d.stop(), Some(0), "{}", d.log());
     assert!(!tmp.path().join("data/control.sock").exists());
+    // It says how well its flushes were grouped: never more flushes than requests.
+    let log = d.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("durability requests made durable by"))
+        .unwrap_or_else(|| panic!("no group-commit line: {log}"));
+    let nums: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(
+        nums.len() >= 2 && nums[0] >= nums[1] && nums[1] >= 1,
+        "{line}"
+    );
     let (out, err, code) = imipd(&[
         "--data-dir",
         tmp.path().join("data").to_str().expect("path"),

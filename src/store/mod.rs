@@ -205,6 +205,9 @@ impl Store for Faulty {
     fn flush(&self) -> Result<()> {
         self.inner.flush()
     }
+    fn flush_stats(&self) -> (u64, u64) {
+        self.inner.flush_stats()
+    }
     fn remember_message_id(&self, key: &str, until: i64, now: i64) -> Result<bool> {
         self.inner.remember_message_id(key, until, now)
     }

@@ -49,6 +49,9 @@ struct GroupFlush {
 
 #[derive(Default)]
 struct FlushState {
+    /// Callers that asked for durability (each covered by one flush).
+    callers: u64,
+    /// Flushes started.
     started: u64,
     done: u64,
     running: bool,
@@ -58,6 +61,7 @@ struct FlushState {
 impl GroupFlush {
     fn flush(&self, db: &sled::Db) -> Result<()> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.callers += 1;
         // Only a flush that starts after this call covers what this caller committed.
         let mine = st.started + 1;
         loop {
@@ -545,6 +549,11 @@ impl Store for Sled {
 
     fn flush(&self) -> Result<()> {
         self.group.flush(&self.db)
+    }
+
+    fn flush_stats(&self) -> (u64, u64) {
+        let st = self.group.state.lock().unwrap_or_else(|p| p.into_inner());
+        (st.callers, st.started)
     }
 
     fn remember_message_id(&self, id: &str, until: i64, now: i64) -> Result<bool> {

@@ -214,6 +214,11 @@ pub trait Store: Send + Sync {
     }
     /// Makes everything committed so far durable.
     fn flush(&self) -> Result<()>;
+    /// How well flushes are grouped: (callers that asked for durability, flushes made). A
+    /// store without group commit says (0, 0).
+    fn flush_stats(&self) -> (u64, u64) {
+        (0, 0)
+    }
     /// Remembers a message identifier (an iSchedule-Message-ID with its signer and originator)
     /// until `until`: true the first time, false while an earlier one is still remembered
     /// (a replay). Expired identifiers are forgotten.
