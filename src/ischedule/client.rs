@@ -178,9 +178,13 @@ impl Client {
             .timeout(timeout)
             .connect_timeout(timeout)
             .user_agent(concat!("imipd/", env!("CARGO_PKG_VERSION")))
-            // One connection per request: peers such as Cyrus close kept-alive connections
-            // at will, and a request on a half-closed one fails midway.
-            .pool_max_idle_per_host(0)
+            // Connections to a peer are kept a few seconds, so that a burst (the attendees
+            // of one meeting, free/busy lookups) shares one TLS handshake. Peers such as
+            // Cyrus close kept-alive connections at will: the idle time stays short, and a
+            // request given a kept connection that turns out closed before the request was
+            // written is sent again on a new one (hyper's retry of canceled requests).
+            .pool_max_idle_per_host(8)
+            .pool_idle_timeout(Duration::from_secs(4))
             .no_proxy();
         if let Some(p) = ca_file {
             let pem = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
