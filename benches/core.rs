@@ -157,11 +157,16 @@ fn bench_store(c: &mut Criterion) {
     let counter = AtomicU64::new(1);
     for n in sizes {
         let dir = tempfile::TempDir::new().expect("tempdir");
-        let store = Sled::open(dir.path()).expect("store");
+        // IMIPD_BENCH_CACHE_MB: the page cache, as `[store] cache_mb` sets it.
+        let cache_mb = std::env::var("IMIPD_BENCH_CACHE_MB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(imipd::store::DEFAULT_CACHE_MB);
+        let store = Sled::open_with_cache(dir.path(), cache_mb).expect("store");
         let t = std::time::Instant::now();
         populate(&store, n);
         eprintln!(
-            "store with {n} events: loaded in {:.1} s, RSS {:.0} MiB, on disk {:.0} MiB",
+            "store with {n} events ({cache_mb} MiB cache): loaded in {:.1} s, RSS {:.0} MiB, on disk {:.0} MiB",
             t.elapsed().as_secs_f64(),
             rss_mib(),
             dir_size(dir.path()) as f64 / 1048576.0

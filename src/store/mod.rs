@@ -3,7 +3,7 @@
 
 mod sled_store;
 pub use imipd_core::store::*;
-pub use sled_store::Sled;
+pub use sled_store::{Sled, DEFAULT_CACHE_MB};
 
 #[cfg(feature = "fault-injection")]
 use imipd_core::effects::{Effect, EffectLine, PendingEffect};
