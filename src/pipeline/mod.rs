@@ -1032,7 +1032,7 @@ impl Pipeline {
 
     /// Records iTIP that a local user sent (authenticated submission, `imipd send`) in their
     /// own calendar: one commit per object with a UID; `relay` (an iSchedule relay of the
-    /// message) is committed with the first.
+    /// message) is committed with the last.
     pub fn record_sent(
         &self,
         sender: &str,
@@ -1042,14 +1042,19 @@ impl Pipeline {
         relay: Option<&Effect>,
     ) -> Result<Vec<ObjectOutcome>, StoreError> {
         let mut outs = Vec::new();
-        let mut relay = relay;
-        for inc in objects {
+        // The relay goes with the last copy: a store error before it tempfails the message
+        // with no relay committed, so the sender's retry does not relay twice.
+        let last = objects.iter().rposition(|o| !o.uid.is_empty());
+        for (i, inc) in objects.iter().enumerate() {
             if inc.uid.is_empty() {
                 continue;
             }
             let _guard = self.user_lock(sender);
             let mut retries = 0;
-            let effects = relay.take().map(std::slice::from_ref).unwrap_or(&[]);
+            let effects = relay
+                .filter(|_| Some(i) == last)
+                .map(std::slice::from_ref)
+                .unwrap_or(&[]);
             let o = self.retrying(sender, &inc.uid, &mut retries, || {
                 self.record_one_sent(inc, sender, recipients, message_id, effects)
             })?;

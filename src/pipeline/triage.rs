@@ -16,6 +16,9 @@ use memchr::memchr;
 /// Nesting of multiparts followed; deeper mail is left to the full reading.
 const MAX_DEPTH: usize = 16;
 
+/// Multiparts followed in one message; more are left to the full reading.
+const MAX_MULTIPARTS: usize = 64;
+
 /// Whether the message certainly holds no calendar part and no opaque S/MIME entity.
 pub fn certainly_no_calendar(raw: &[u8]) -> bool {
     if has_bare_cr(raw) {
@@ -38,13 +41,29 @@ pub fn certainly_no_calendar(raw: &[u8]) -> bool {
     let dashes = memchr::memmem::Finder::new(b"--");
     // Boundaries of multiparts already closed: seen again, they are read in ways that differ.
     let mut closed: Vec<Vec<u8>> = Vec::new();
+    let mut multiparts = 1;
+    // Bounded work per byte: comparing boundaries at every "--" (a body of dashes, dozens of
+    // boundaries) stops once it has cost this much, and the message goes to the full reading.
+    let mut budget = raw.len().saturating_mul(8).saturating_add(1 << 16);
+    let mut costs = |b: &[u8], after: &[u8]| -> bool {
+        let n = b.len().min(after.len()) + 1;
+        budget = budget.saturating_sub(n);
+        budget > 0
+    };
     let mut pos = body;
     while let Some(at) = dashes.find(&raw[pos..]).map(|n| pos + n) {
         let after = &raw[at + 2..];
+        let mut known = false;
+        for b in stack.iter().chain(&closed) {
+            if !costs(b, after) {
+                return false;
+            }
+            known |= after.starts_with(b);
+        }
         if closed.iter().any(|b| after.starts_with(b)) {
             return false;
         }
-        if !stack.iter().any(|b| after.starts_with(b)) {
+        if !known {
             pos = at + 1;
             continue;
         }
@@ -93,19 +112,19 @@ pub fn certainly_no_calendar(raw: &[u8]) -> bool {
         let Some((block, part_body)) = split_block(&raw[next..]) else {
             return false;
         };
-        if dashes.find_iter(block).any(|i| {
-            stack
-                .iter()
-                .chain(&closed)
-                .any(|b| block[i + 2..].starts_with(b))
-        }) {
-            return false; // a delimiter inside a part's header block
+        for i in dashes.find_iter(block) {
+            for b in stack.iter().chain(&closed) {
+                if !costs(b, &block[i + 2..]) || block[i + 2..].starts_with(b) {
+                    return false; // a delimiter inside a part's header block, or no budget
+                }
+            }
         }
         match classify(block, digest.last().copied().unwrap_or(false)) {
             Kind::Maybe => return false,
             Kind::Leaf => {}
             Kind::Multipart(b, is_digest) => {
-                if stack.len() >= MAX_DEPTH || stack.contains(&b) {
+                multiparts += 1;
+                if stack.len() >= MAX_DEPTH || multiparts > MAX_MULTIPARTS || stack.contains(&b) {
                     return false;
                 }
                 stack.push(b);
@@ -117,6 +136,13 @@ pub fn certainly_no_calendar(raw: &[u8]) -> bool {
     }
     // Unclosed multiparts end with the message; every part header was read.
     true
+}
+
+/// Whether a message with this top-level header block may hold a calendar, by the same
+/// reading as [`certainly_no_calendar`] (for a door that has only the headers yet).
+pub fn headers_may_hold_calendar(headers: &[u8]) -> bool {
+    let block = split_block(headers).map_or(headers, |(b, _)| b);
+    !matches!(classify(block, false), Kind::Leaf)
 }
 
 /// Whether the header section starts with clean fields only (each line a `name:` field or a
@@ -239,7 +265,7 @@ fn leaf(ty: &str, sub: &str, names: &[u8]) -> Kind {
 /// (plain, RFC 2231 or RFC 2047 encoded).
 fn may_name_ics(values: &[u8]) -> bool {
     let lower = values.to_ascii_lowercase();
-    [&b".ics"[..], b".vcs", b"*=", b"*0", b"=?"]
+    [&b".ics"[..], b".vcs", b"*", b"\\", b"=?"]
         .iter()
         .any(|n| memchr::memmem::find(&lower, n).is_some())
 }
@@ -289,7 +315,8 @@ fn boundary<'a>(params: &[u8], ct: &'a [u8]) -> Option<&'a [u8]> {
                 i += 1;
             }
             let v = trim_wsp(&params[vs..i]);
-            if v.contains(&b'"') || v.contains(&b'(') {
+            // A space inside an unquoted value: a fold that readers end in different places.
+            if v.contains(&b'"') || v.contains(&b'(') || v.contains(&b' ') || v.contains(&b'\t') {
                 return None;
             }
             ve = vs + v.len();
@@ -303,6 +330,9 @@ fn boundary<'a>(params: &[u8], ct: &'a [u8]) -> Option<&'a [u8]> {
     }
     let (s, e) = found?;
     let b = &ct[s..e];
+    if memchr::memmem::find(b, b"=?").is_some() {
+        return None; // an RFC 2047 encoded word, which the parser decodes
+    }
     // RFC 2046 bchars only, no trailing space.
     let bchar = |c: &u8| c.is_ascii_alphanumeric() || b"'()+_,-./:=? ".contains(c);
     (!b.is_empty() && b.len() <= 70 && b.iter().all(bchar) && !b.ends_with(b" ")).then_some(b)
@@ -477,11 +507,71 @@ Content-Type: text/plain\r\n\r\nx\r\n--m\r\nContent-Type: text/calendar\r\n\r\nx
             "Content-Type: multipart/mixed; boundary=m\r\n",
             "--m\r\n\r\nx\r\n--m--\r\n--m\r\nContent-Type: text/calendar\r\n\r\nx\r\n"
         )));
+        // Boundaries and names that the parser decodes or ends elsewhere.
+        for ct in [
+            "Content-Type: multipart/mixed; boundary=\"=?us-ascii?q?x?=\"\r\n",
+            "Content-Type: multipart/mixed; boundary=x\r\n y\r\n",
+        ] {
+            assert!(
+                !certainly_no_calendar(&msg(
+                    ct,
+                    "--x\r\nContent-Type: text/calendar\r\n\r\nBEGIN:VCALENDAR\r\n--x--\r\n"
+                )),
+                "{ct}"
+            );
+        }
+        for h in [
+            "Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"invite.i\\cs\"",
+            "Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"invite.i\"; filename*1=\"cs\"",
+        ] {
+            assert!(!certainly_no_calendar(&part(h)), "{h}");
+        }
+        // Work stays linear: many closed multiparts and a body of dashes.
+        let mut body = String::new();
+        for i in 0..60 {
+            let b = format!("{:-<60}{i}", "");
+            body.push_str(&format!(
+                "--m\r\nContent-Type: multipart/alternative; boundary=\"{b}\"\r\n\r\n\
+--{b}\r\nContent-Type: text/plain\r\n\r\nx\r\n--{b}--\r\n"
+            ));
+        }
+        body.push_str("--m\r\nContent-Type: text/plain\r\n\r\n");
+        body.push_str(&"-".repeat(200_000));
+        let big = msg("Content-Type: multipart/mixed; boundary=m\r\n", &body);
+        let t = std::time::Instant::now();
+        assert!(!certainly_no_calendar(&big));
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            t.elapsed()
+        );
         // Parts of a digest are messages unless they say otherwise.
         assert!(!certainly_no_calendar(&msg(
             "Content-Type: multipart/digest; boundary=d\r\n",
             "--d\r\n\r\nFrom: x\r\n\r\nbody\r\n--d--\r\n"
         )));
+    }
+
+    #[test]
+    fn end_of_headers_keeps_every_body_that_may_hold_a_calendar() {
+        for h in [
+            "Content-Type: multipart/mixed; boundary=b\r\n\r\n",
+            "Content-Type: text/x-vcalendar\r\n\r\n",
+            "Content-Type: application/x-ics\r\n\r\n",
+            "Content-Type: text/plain; name=invite.ics\r\n\r\n",
+            "Content-Disposition: attachment; filename=invite.ics\r\n\r\n",
+            "Content-Type: (c)multipart/mixed; boundary=b\r\n\r\n",
+            "Content-Type: application/pkcs7-mime\r\n\r\n",
+        ] {
+            assert!(headers_may_hold_calendar(h.as_bytes()), "{h}");
+        }
+        for h in [
+            "Content-Type: text/plain\r\n\r\n",
+            "Subject: x\r\n\r\n",
+            "Content-Type: application/pdf\r\n\r\n",
+        ] {
+            assert!(!headers_may_hold_calendar(h.as_bytes()), "{h}");
+        }
     }
 
     #[test]

@@ -32,7 +32,27 @@ pub fn have(test: &str, tools: &[&str]) -> bool {
     true
 }
 
+/// A TCP port on 127.0.0.1 that is free now, for a server started later. It is taken below
+/// the kernel's ephemeral range, so that no outgoing connection or port-0 listener (another
+/// test's daemon) can be given it meanwhile, and handed out once per process.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .clamp(12000, 65000);
+    let span = low - 10000;
+    // Test binaries run one after another: each starts at its own offset.
+    let base = std::process::id() * 97 % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = (10000 + (base + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

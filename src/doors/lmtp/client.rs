@@ -9,6 +9,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 /// Sessions kept idle per downstream server, and how long one stays usable.
 const MAX_IDLE: usize = 16;
 const IDLE_FOR: Duration = Duration::from_secs(30);
+/// How long the answer to MAIL may take on a session (kept or new).
+const FIRST_REPLY: Duration = Duration::from_secs(30);
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -157,9 +159,23 @@ async fn transaction(s: &mut Session, from: &str, rcpt: &str, body: &[u8]) -> Re
     s.w.write_all(cmds.as_bytes())
         .await
         .map_err(|e| Failure::Session(io_err(e)))?;
-    let mail = super::read_reply(&mut s.r)
+    // A kept session the server gave up (421, or silence) fails here, before anything was
+    // accepted: the delivery is then made on a new one.
+    let mail = tokio::time::timeout(FIRST_REPLY, super::read_reply(&mut s.r))
         .await
+        .map_err(|_| {
+            Failure::Session(ClientError {
+                temporary: true,
+                message: "no answer to MAIL".into(),
+            })
+        })?
         .map_err(Failure::Session)?;
+    if mail.0 == 421 {
+        return Err(Failure::Session(ClientError {
+            temporary: true,
+            message: format!("MAIL: 421 {}", mail.1),
+        }));
+    }
     expect(mail, 250, "MAIL").map_err(Failure::Answer)?;
     let answer = |r: Result<(u16, String), ClientError>, want: u16, what: &str| {
         r.and_then(|r| expect(r, want, what))
@@ -199,6 +215,15 @@ mod tests {
     /// A tiny LMTP server: counts connections, answers every transaction with 250, and
     /// closes each connection after `per_conn` transactions (0: never).
     async fn server(per_conn: usize) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        server_with(per_conn, false).await
+    }
+
+    /// `bye`: after `per_conn` transactions, answer the next command 421 (as a server that
+    /// shuts down or times the session out) instead of closing at once.
+    async fn server_with(
+        per_conn: usize,
+        bye: bool,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
         use std::sync::atomic::Ordering;
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
@@ -235,6 +260,11 @@ mod tests {
                         };
                         let _ = w.write_all(reply).await;
                         if per_conn > 0 && done == per_conn {
+                            if bye {
+                                line.clear();
+                                let _ = r.read_line(&mut line).await;
+                                let _ = w.write_all(b"421 4.3.2 shutting down\r\n").await;
+                            }
                             return;
                         }
                     }
@@ -269,6 +299,22 @@ mod tests {
         // A server that closes after each transaction: the kept session is stale, and the
         // delivery still succeeds on a new one.
         let (addr, conns) = server(1).await;
+        let target = crate::config::Listen::Inet(addr);
+        for _ in 0..3 {
+            pool.send(
+                &target,
+                "a@example.com",
+                "b@example.org",
+                b"Subject: x\r\n\r\nhi\r\n",
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 3);
+        // A kept session answered 421: the delivery goes on a new session, not back as a
+        // temporary failure.
+        let (addr, conns) = server_with(1, true).await;
         let target = crate::config::Listen::Inet(addr);
         for _ in 0..3 {
             pool.send(

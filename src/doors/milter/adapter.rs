@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 impl milter::Handler for Arc<Core> {
-    /// The body is kept when the top-level Content-Type may hold a calendar and the message
+    /// The body is kept when the top-level header block may hold a calendar and the message
     /// concerns a local user (a local recipient, or a login's own submission); end of message
     /// is still needed, without the body, when an Authentication-Results header claims our
     /// authserv-id (it must be removed). Anything else is accepted at once.
@@ -20,9 +20,9 @@ impl milter::Handler for Arc<Core> {
         let st = self.state();
         let concerns_us = env.rcpt_to.iter().any(|r| st.cfg.is_local(&strip_angle(r)))
             || (env.auth_authen.is_some() && st.cfg.policy.trust_authenticated_submission);
-        if concerns_us
-            && milter::may_hold_calendar(&milter::header_values(&env.message, "Content-Type"))
-        {
+        // The same reading of the header block as the triage's: every type and file name
+        // extraction takes for a calendar (text/x-vcalendar, a .ics attachment, ...) keeps it.
+        if concerns_us && crate::pipeline::triage::headers_may_hold_calendar(&env.message) {
             return milter::Body::Keep;
         }
         let ours = st
