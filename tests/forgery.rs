@@ -208,6 +208,85 @@ fn dkim_percent_escaped_from_does_not_speak_for_the_decoded_address() {
     fx.stored_uncancelled();
 }
 
+/// A broken Date zone as the last header: mail-parser then reads on past the empty line that
+/// ends the header section for everyone else (DKIM verifiers and mail readers included) and
+/// takes the body's first line for a header: here `Content-Transfer-Encoding: base64`, so it
+/// would decode a REQUEST that every other reader sees as base64 text. Nothing is applied,
+/// whichever proof comes with it:
+/// - signed by dkimpy with every framing header in `h=`: imipd's DKIM check finds the header
+///   section ending where the readers disagree (`dkim=permerror`);
+/// - vouched for by a trusted upstream verifier's `dkim=pass`: the message is ambiguous, so
+///   that proof covers nothing either.
+#[test]
+fn header_section_read_past_its_empty_line_proves_nothing() {
+    let Some((_k, key, dns)) = dkim_setup("header_past_empty_line") else {
+        return;
+    };
+    let fx = Fixture::new(
+        &dns,
+        "[policy]\ntrusted_authserv_ids = [\"mx.upstream.example\"]\n",
+    );
+    let h = "from,to,subject,message-id,date,content-type,content-transfer-encoding";
+    let head = || {
+        format!(
+            "From: Alice <alice@example.com>\r\nTo: bob@example.org\r\nSubject: Invitation\r\n\
+             Message-ID: <{}@example.com>\r\nMIME-Version: 1.0\r\n\
+             Content-Type: text/calendar; method=REQUEST; charset=utf-8\r\n",
+            nanos()
+        )
+    };
+    let b64 = {
+        let out = Command::new("base64")
+            .arg("-w")
+            .arg("76")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin
+                    .take()
+                    .expect("stdin")
+                    .write_all(request("").as_bytes())?;
+                c.wait_with_output()
+            })
+            .expect("base64");
+        String::from_utf8(out.stdout)
+            .expect("ascii")
+            .replace('\n', "\r\n")
+    };
+    let two_ways = |head: String| {
+        format!(
+            "{head}Date: Tue, 01 Nov 2011 08:03:02 G\r\n\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\n{b64}"
+        )
+    };
+    let signed = key.sign(two_ways(head()).as_bytes(), &["--headers", h]);
+    assert!(key.dkimpy_verifies(&signed), "dkimpy itself accepts it");
+    let p = fx.process(&signed);
+    assert!(!p.applied("REQUEST"), "{}", p.stdout);
+    assert!(p.stderr.contains("dkim=permerror"), "{}", p.stderr);
+    let upstream =
+        "Authentication-Results: mx.upstream.example; dkim=pass header.d=example.com\r\n";
+    let p = fx.process(format!("{upstream}{}", two_ways(head())).as_bytes());
+    assert!(!p.applied("REQUEST"), "{}", p.stdout);
+    assert!(
+        p.stderr
+            .contains("a header section read past its first empty line"),
+        "{}",
+        p.stderr
+    );
+    assert!(!fx.export().contains(UID));
+    // Control: the same REQUEST with a well-formed Date, same upstream verdict.
+    let honest = format!(
+        "{upstream}{}Date: Thu, 01 Jan 2026 09:00:00 +0000\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{b64}",
+        head()
+    );
+    let p = fx.process(honest.as_bytes());
+    assert!(p.applied("REQUEST"), "{}", p.stdout);
+}
+
 /// RFC 6376 §6.1.1: a signature that does not sign From proves nothing, even though it
 /// verifies (dkimpy signs To, Subject and Content-Type only).
 #[test]
