@@ -667,6 +667,63 @@ fn lmtp_bare_lf_dot_smuggles_nothing_and_foreign_rcpt_is_refused() {
     assert!(!mail.join("elsewhere.test").exists());
 }
 
+/// Ordinary mail over LMTP is told apart without a parse; an Authentication-Results header
+/// that claims imipd's own authserv-id is still removed from the delivered copy, while the
+/// trusted upstream's topmost one stays. A header section that readers may split differently
+/// (a line that is not a field) goes to the full parse and gets the same treatment.
+#[test]
+fn lmtp_ordinary_mail_loses_forged_authentication_results() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let mail = tmp.path().join("mail");
+    let cfg = format!(
+        "local_domains = [\"example.org\"]\nauthserv_id = \"mx.example.org\"\n\
+         [dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_secs = 1\n\
+         [policy]\ntrusted_authserv_ids = [\"mx.upstream.example\"]\n\
+         [milter]\nenabled = false\n[lmtp]\nlisten = \"inet:127.0.0.1:0\"\ndeliver = \"maildir:{}/%d/%u\"\n",
+        p(&mail)
+    );
+    let d = Imipd::start(tmp.path(), &cfg, &[]);
+    let port = d.lmtp_port.expect("lmtp port");
+    let upstream = "Authentication-Results: mx.upstream.example; dkim=pass header.d=example.com";
+    let forged = "Authentication-Results: mx.example.org; dkim=pass header.d=example.com";
+    let body = "Content-Type: multipart/alternative; boundary=\"a\"\r\n\r\n--a\r\n\
+                Content-Type: text/plain\r\n\r\nminutes\r\n--a\r\nContent-Type: text/html\r\n\r\n\
+                <p>minutes</p>\r\n--a--\r\n";
+    for (i, junk) in ["", "this line is not a field\r\n"].iter().enumerate() {
+        let msg = format!(
+            "{upstream}\r\n{forged}\r\nFrom: a@example.com\r\nTo: bob@example.org\r\n\
+             Subject: minutes {i}\r\n{junk}MIME-Version: 1.0\r\n{body}"
+        );
+        let mut l = Lmtp::connect(port);
+        assert!(l.cmd("LHLO client\r\n").starts_with("250"));
+        assert!(l.cmd("MAIL FROM:<a@example.com>\r\n").starts_with("250"));
+        assert!(l.cmd("RCPT TO:<bob@example.org>\r\n").starts_with("250"));
+        assert!(l.cmd("DATA\r\n").starts_with("354"));
+        let r = l.cmd(&format!("{msg}.\r\n"));
+        assert!(r.starts_with("250"), "{r}\n{}", d.log());
+        let _ = l.cmd("QUIT\r\n");
+    }
+    let bob = mail.join("example.org/bob");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while maildir_files(&bob).len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let files = maildir_files(&bob);
+    assert_eq!(files.len(), 2, "{files:?}\n{}", d.log());
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let head: Vec<&str> = text.lines().take_while(|l| !l.is_empty()).collect();
+        assert!(!head.contains(&forged), "{text}");
+        assert!(head.contains(&upstream), "{text}");
+        assert!(
+            !head.iter().any(|h| h.starts_with("X-Imipd-Result")),
+            "{text}"
+        );
+        assert!(text.contains("<p>minutes</p>"), "{text}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The iSchedule receiver.
 
