@@ -136,6 +136,45 @@ ATTENDEE;PARTSTAT=ACCEPTED:mailto:alice@example.com\r\nEND:VEVENT\r\nEND:VCALEND
     assert!(out.contains("PARTSTAT=ACCEPTED"));
 }
 
+/// The control socket reads one bounded request: a line larger than a message of the doors'
+/// limit (base64) plus room for arguments is refused without being kept, and the daemon goes on
+/// answering.
+#[test]
+fn control_socket_refuses_an_oversized_request() {
+    use std::io::{BufRead, Write};
+    let tmp = TempDir::new().expect("tempdir");
+    let d = Imipd::start(
+        tmp.path(),
+        "local_domains = [\"example.org\"]\n[milter]\nlisten = \"inet:127.0.0.1:0\"\n\
+         [lmtp]\nlisten = \"inet:127.0.0.1:0\"\nmax_message_size = 100000\n",
+        &[],
+    );
+    let mut s = std::os::unix::net::UnixStream::connect(tmp.path().join("data/control.sock"))
+        .expect("control socket");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("timeout");
+    let chunk = vec![b'a'; 64 * 1024];
+    // 2 MiB, past the limit of 133,332 + 1 MiB; the daemon may stop reading before the end.
+    for _ in 0..32 {
+        if s.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    let mut line = String::new();
+    std::io::BufReader::new(&mut s)
+        .read_line(&mut line)
+        .expect("an answer");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+    assert_eq!(v["code"], 64, "{line}");
+    let err = imipd::codec::decode_base64_lenient(v["stderr"].as_str().unwrap_or("").as_bytes());
+    assert!(
+        String::from_utf8_lossy(&err).contains("larger than"),
+        "{line}"
+    );
+    let (_, e, code) = d.cli(&["export", "--user", "bob@example.org"]);
+    assert_eq!(code, 0, "{e}");
+}
+
 fn request_msg(dir: &std::path::Path, from: &str, uid: &str) -> std::path::PathBuf {
     let p = dir.join(format!("{uid}.eml"));
     std::fs::write(

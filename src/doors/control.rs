@@ -91,8 +91,21 @@ pub fn answer(line: &str, env: &Env) -> String {
             }
         }
     };
+    reply(code, &io)
+}
+
+fn reply(code: i32, io: &Io) -> String {
     serde_json::json!({"code": code, "stdout": base64_encode(&io.out), "stderr": base64_encode(&io.err)})
         .to_string()
+}
+
+/// How long a client of the control socket may take to send its request.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The largest request the control socket reads: a message of the doors' size limit, base64
+/// encoded, and room for the arguments.
+fn request_limit(cfg: &Config) -> usize {
+    cfg.lmtp.max_message_size / 3 * 4 + (1 << 20)
 }
 
 fn decode_b64(s: &str) -> Vec<u8> {
@@ -112,13 +125,27 @@ pub async fn serve(
         };
         let core = core.clone();
         tokio::spawn(async move {
-            use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-            let (r, mut w) = s.into_split();
-            let mut line = String::new();
-            if BufReader::new(r).read_line(&mut line).await.is_err() {
-                return;
-            }
+            use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
             let st = core.state();
+            let (r, mut w) = s.into_split();
+            let limit = request_limit(&st.cfg);
+            let mut line = String::new();
+            let mut reader = BufReader::new(r.take(limit as u64 + 1));
+            match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+                Ok(Ok(_)) if line.len() <= limit && line.ends_with('\n') => {}
+                Ok(Ok(_)) if line.len() > limit => {
+                    let mut io = Io::default();
+                    io.err.extend_from_slice(
+                        format!("imipd: control request larger than {limit} bytes\n").as_bytes(),
+                    );
+                    let _ = w
+                        .write_all(reply(crate::cli::EX_USAGE, &io).as_bytes())
+                        .await;
+                    let _ = w.write_all(b"\n").await;
+                    return;
+                }
+                _ => return, // closed, too slow, or not text: no request
+            }
             let env = crate::cli::Env {
                 cfg: st.cfg.clone(),
                 store: core.store.clone(),
