@@ -513,6 +513,68 @@ fn milter_accepts_mail_without_calendar_at_end_of_headers() {
     assert!(d.log().contains("uid=fast-1"), "{}", d.log());
 }
 
+/// The client facts of a milter connection (its address, for `trusted_relays`) hold for every
+/// message on it, not only the first: two REQUESTs from a trusted relay on one connection are
+/// both applied, although the MTA sends no `{client_addr}` macro here.
+#[test]
+fn milter_keeps_the_client_facts_for_the_next_message() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = format!("{MILTER_ONLY}[policy]\ntrusted_relays = [\"127.0.0.1\"]\n");
+    let d = Imipd::start(tmp.path(), &cfg, &[]);
+    let port = d.milter_port.expect("milter port");
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let proto = optneg(&mut s).unwrap();
+    for (i, uid) in ["relay-1", "relay-2"].iter().enumerate() {
+        if i == 0 {
+            envelope(&mut s).unwrap();
+        } else {
+            s.write_all(&packet(b'M', b"<alice@example.com>\0"))
+                .unwrap();
+            s.write_all(&packet(b'R', b"<bob@example.org>\0")).unwrap();
+        }
+        for (n, v) in [
+            ("From", "alice@example.com"),
+            ("To", "bob@example.org"),
+            ("Message-ID", &format!("<{uid}@example.com>")),
+            ("Content-Type", "text/calendar; method=REQUEST"),
+        ] {
+            s.write_all(&packet(b'L', format!("{n}\0{v}\0").as_bytes()))
+                .unwrap();
+        }
+        assert_eq!(end_of_headers_with(&mut s, proto).unwrap(), b'c');
+        s.write_all(&packet(
+            b'B',
+            format!(
+                "BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\nBEGIN:VEVENT\r\nUID:{uid}\r\n\
+                 DTSTAMP:20261101T000000Z\r\nDTSTART:20261201T100000Z\r\n\
+                 ORGANIZER:mailto:alice@example.com\r\nATTENDEE:mailto:bob@example.org\r\n\
+                 END:VEVENT\r\nEND:VCALENDAR\r\n"
+            )
+            .as_bytes(),
+        ))
+        .unwrap();
+        s.write_all(&packet(b'E', b"")).unwrap();
+        assert_eq!(eom_reply(&mut s).unwrap(), b'a');
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let applied = |uid: &str| {
+        d.log()
+            .lines()
+            .any(|l| l.contains(&format!("uid={uid} ")) && l.contains("outcome=applied"))
+    };
+    while !(applied("relay-1") && applied("relay-2")) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(applied("relay-1"), "{}", d.log());
+    assert!(
+        applied("relay-2"),
+        "the second message lost the client address: {}",
+        d.log()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // LMTP with a raw socket.
 

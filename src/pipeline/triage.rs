@@ -562,11 +562,19 @@ Content-Type: text/plain\r\n\r\nx\r\n--m\r\nContent-Type: text/calendar\r\n\r\nx
             "Content-Disposition: attachment; filename=invite.ics\r\n\r\n",
             "Content-Type: (c)multipart/mixed; boundary=b\r\n\r\n",
             "Content-Type: application/pkcs7-mime\r\n\r\n",
+            "Content-Type: Multipart/Mixed; boundary=x\r\n\r\n",
+            "Content-Type: text/calendar; method=REQUEST\r\n\r\n",
+            "Content-Type: application/ics\r\n\r\n",
+            "Content-Type: application/pkcs7-mime; smime-type=signed-data\r\n\r\n",
+            "Content-Type: application/x-pkcs7-mime\r\n\r\n",
+            "Content-Type: text/plain\r\nContent-Type: text/calendar\r\n\r\n",
         ] {
             assert!(headers_may_hold_calendar(h.as_bytes()), "{h}");
         }
         for h in [
             "Content-Type: text/plain\r\n\r\n",
+            "Content-Type: text/plain; charset=utf-8\r\n\r\n",
+            "Content-Type: text/html\r\n\r\n",
             "Subject: x\r\n\r\n",
             "Content-Type: application/pdf\r\n\r\n",
         ] {

@@ -96,6 +96,18 @@ pub struct Envelope {
     pub body_discarded: bool,
 }
 
+impl Envelope {
+    /// The envelope of the next transaction on the same connection: the client facts stay.
+    fn next_transaction(&self) -> Envelope {
+        Envelope {
+            client_ip: self.client_ip,
+            client_name: self.client_name.clone(),
+            helo: self.helo.clone(),
+            ..Default::default()
+        }
+    }
+}
+
 /// End-of-message actions, sent in one write.
 #[derive(Debug, Default, Clone)]
 pub struct EomActions {
@@ -183,29 +195,6 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 pub use imipd_core::headers::values as header_values;
-
-/// Whether a message with these top-level Content-Type values may hold a calendar: a
-/// multipart, a calendar itself, or an opaque S/MIME entity; one header field only (none is
-/// text/plain; two are ambiguous and examined).
-pub fn may_hold_calendar(content_types: &[String]) -> bool {
-    let [ct] = content_types else {
-        return !content_types.is_empty();
-    };
-    let mt = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    mt.starts_with("multipart/")
-        || matches!(
-            mt.as_str(),
-            "text/calendar"
-                | "application/ics"
-                | "application/pkcs7-mime"
-                | "application/x-pkcs7-mime"
-        )
-}
 
 fn log_unprocessed(macros: &HashMap<String, String>, max_message: usize) {
     eprintln!(
@@ -485,13 +474,7 @@ where
             }
             C_MAIL => {
                 // A new transaction on the same connection.
-                let keep = (env.client_ip, env.client_name.clone(), env.helo.clone());
-                env = Envelope {
-                    client_ip: keep.0,
-                    client_name: keep.1,
-                    helo: keep.2,
-                    ..Default::default()
-                };
+                env = env.next_transaction();
                 too_big = false;
                 discard_body = false;
                 env.mail_from = cstrings(data).into_iter().next().unwrap_or_default();
@@ -598,31 +581,21 @@ where
                 if env.client_ip.is_none() {
                     env.client_ip = macros.get("client_addr").and_then(|a| a.parse().ok());
                 }
+                // The next transaction on this connection keeps the client facts.
+                let next = env.next_transaction();
+                let done = std::mem::replace(&mut env, next);
                 let actions = if too_big {
                     log_unprocessed(&macros, max_message);
                     EomActions::default()
                 } else {
-                    handler.end_of_message(std::mem::take(&mut env)).await
+                    handler.end_of_message(done).await
                 };
                 let out = encode_actions(&actions);
                 stream.write_all(&out).await?;
-                let keep = (env.client_ip, env.client_name.clone(), env.helo.clone());
-                env = Envelope {
-                    client_ip: keep.0,
-                    client_name: keep.1,
-                    helo: keep.2,
-                    ..Default::default()
-                };
                 continue;
             }
             C_ABORT => {
-                let keep = (env.client_ip, env.client_name.clone(), env.helo.clone());
-                env = Envelope {
-                    client_ip: keep.0,
-                    client_name: keep.1,
-                    helo: keep.2,
-                    ..Default::default()
-                };
+                env = env.next_transaction();
                 continue; // no reply
             }
             C_QUIT => return Ok(()),
@@ -655,29 +628,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_calendar_capable_types_are_examined() {
-        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert!(!may_hold_calendar(&v(&[])));
-        assert!(!may_hold_calendar(&v(&["text/plain; charset=utf-8"])));
-        assert!(!may_hold_calendar(&v(&["text/html"])));
-        assert!(!may_hold_calendar(&v(&["application/pdf"])));
-        assert!(may_hold_calendar(&v(&["Multipart/Mixed; boundary=x"])));
-        assert!(may_hold_calendar(&v(&["text/calendar; method=REQUEST"])));
-        assert!(may_hold_calendar(&v(&["application/ics"])));
-        assert!(may_hold_calendar(&v(&[
-            "application/pkcs7-mime; smime-type=signed-data"
-        ])));
-        assert!(may_hold_calendar(&v(&["application/x-pkcs7-mime"])));
-        assert!(may_hold_calendar(&v(&["text/plain", "text/calendar"])));
-        let block = b"Subject: x\r\nContent-Type: multipart/mixed;\r\n\tboundary=b\r\n\r\nbody";
-        assert_eq!(
-            header_values(block, "content-type"),
-            // RFC 5322 §2.2.3: unfolding removes the line break and keeps the white space.
-            vec!["multipart/mixed;\tboundary=b".to_string()]
-        );
-    }
 
     #[test]
     fn eom_actions_are_one_buffer_ending_in_accept() {
