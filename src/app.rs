@@ -127,7 +127,8 @@ impl Core {
         queue_id: Option<String>,
     ) -> Result<Verdict, String> {
         // Ordinary mail is told apart here, on the door's thread: no parse, no blocking task.
-        if raw.len() <= INLINE_TRIAGE_MAX {
+        let triaged = raw.len() <= INLINE_TRIAGE_MAX;
+        if triaged {
             let d = Delivery {
                 raw: &raw,
                 recipients: crate::pipeline::Recipients::Headers,
@@ -148,7 +149,12 @@ impl Core {
                 queue_id,
                 trust: crate::pipeline::Trust::Verify(&prover, facts),
             };
-            let v = pipeline.process(&d).map_err(|e| e.to_string())?;
+            let v = if triaged {
+                pipeline.process_read(&d)
+            } else {
+                pipeline.process(&d)
+            }
+            .map_err(|e| e.to_string())?;
             if !v.outcomes.is_empty() || v.sent.is_some() || !v.effects.is_empty() {
                 crate::metrics::commit(|| store.flush()).map_err(|e| e.to_string())?;
             }

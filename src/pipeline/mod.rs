@@ -432,9 +432,15 @@ impl Pipeline {
     /// A store error aborts (the caller tempfails); what was committed before stays, and the
     /// processed-message log makes a retry harmless.
     pub fn process(&self, d: &Delivery) -> Result<Verdict, StoreError> {
-        if let Some(v) = self.ordinary(d) {
-            return Ok(v);
+        match self.ordinary(d) {
+            Some(v) => Ok(v),
+            None => self.process_read(d),
         }
+    }
+
+    /// [`Pipeline::process`] for a message that [`Pipeline::ordinary`] already looked at and
+    /// left to the full reading (a door that triaged it on its own thread).
+    pub fn process_read(&self, d: &Delivery) -> Result<Verdict, StoreError> {
         let (bytes, bare_cr) = extract::normalize_line_ends(d.raw);
         let parsed = Parsed::new(&bytes, bare_cr);
         if !extract::may_hold_calendar(&parsed) {
