@@ -315,22 +315,7 @@ fn smtp_lane(
     reply(&mut r)?;
     w.write_all(b"EHLO load.example.com\r\n")?;
     reply(&mut r)?;
-    let stuff = |data: &[u8]| -> Vec<u8> {
-        let mut stuffed = Vec::with_capacity(data.len() + 16);
-        let mut bol = true;
-        for &b in data {
-            if bol && b == b'.' {
-                stuffed.push(b'.');
-            }
-            stuffed.push(b);
-            bol = b == b'\n';
-        }
-        if !stuffed.ends_with(b"\r\n") {
-            stuffed.extend_from_slice(b"\r\n");
-        }
-        stuffed.extend_from_slice(b".\r\n");
-        stuffed
-    };
+    let stuff = imipd::lmtp::client::dot_stuffed;
     let mut ok = 0;
     for _ in 0..n {
         let stuffed = stuff(&msgs[next.fetch_add(1, Ordering::Relaxed) % msgs.len()]);

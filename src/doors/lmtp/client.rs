@@ -189,8 +189,8 @@ async fn transaction(s: &mut Session, from: &str, rcpt: &str, body: &[u8]) -> Re
     answer(super::read_reply(&mut s.r).await, 250, "delivery")
 }
 
-/// The message dot-stuffed, ending in CRLF "." CRLF.
-fn dot_stuffed(data: &[u8]) -> Vec<u8> {
+/// The message dot-stuffed, ending in CRLF "." CRLF (SMTP and LMTP DATA).
+pub fn dot_stuffed(data: &[u8]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(data.len() + 64);
     let mut at_line_start = true;
     for &b in data {
