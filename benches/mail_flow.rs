@@ -16,6 +16,7 @@
 //!   cargo bench --bench mail_flow
 //!   IMIPD_BENCH_MESSAGES=2000 IMIPD_BENCH_CONCURRENCY=10 cargo bench --bench mail_flow
 //!   IMIPD_BENCH_MAIL=multipart IMIPD_BENCH_ONLY=B,O cargo bench --bench mail_flow
+//!   IMIPD_BENCH_PERF=DIR IMIPD_BENCH_RUNS=1 IMIPD_BENCH_ONLY=B cargo bench --bench mail_flow
 //!
 //! Needs root, postfix, opendkim, dnsmasq, openssl and dkimpy; loopback only; every load is
 //! bounded in count and time.
@@ -208,6 +209,28 @@ deliver = \"lmtp:inet:127.0.0.1:{}\"\n",
             extra_main_cf: "",
         },
     );
+    // IMIPD_BENCH_PERF=DIR: `perf record -g` of the daemon during the load, to DIR/perf-MODE.data.
+    let perf = match (std::env::var_os("IMIPD_BENCH_PERF"), &imipd) {
+        (Some(dir), Some(i)) => Command::new("perf")
+            .args([
+                "record",
+                "-g",
+                "-F",
+                "999",
+                "-p",
+                &i.pid().to_string(),
+                "-o",
+            ])
+            .arg(std::path::Path::new(&dir).join(format!("perf-{mode}.data")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok(),
+        _ => None,
+    };
+    if perf.is_some() {
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let cpu0 = imipd.as_ref().map(|i| cpu_secs(i.pid()));
     let busy0 = machine_busy_secs();
     let t = Instant::now();
@@ -227,6 +250,13 @@ deliver = \"lmtp:inet:127.0.0.1:{}\"\n",
         _ => 0.0,
     };
     let busy_ms = (machine_busy_secs() - busy0) * 1000.0 / got.max(1) as f64;
+    if let Some(mut p) = perf {
+        // SIGINT makes perf write its data and exit.
+        let _ = Command::new("kill")
+            .args(["-INT", &p.id().to_string()])
+            .status();
+        let _ = p.wait();
+    }
     drop(pf);
     // How full the group commits were: imipd says so when it stops.
     if let Some(mut i) = imipd {

@@ -40,8 +40,16 @@ pub(crate) struct State {
 }
 
 /// One log line on stderr; control characters from the input never split or forge a line.
+/// The line goes out in one write: stderr is unbuffered, so a formatted line would cost a
+/// system call per piece, and on a pipe shared with other writers pieces could interleave.
 pub(crate) fn log(msg: impl AsRef<str>) {
-    eprintln!("imipd: {}", crate::sanitize::clean(msg.as_ref()));
+    use std::io::Write;
+    let clean = crate::sanitize::clean(msg.as_ref());
+    let mut line = String::with_capacity(clean.len() + 8);
+    line.push_str("imipd: ");
+    line.push_str(&clean);
+    line.push('\n');
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 const INLINE_TRIAGE_MAX: usize = 1 << 20;
@@ -141,7 +149,6 @@ impl Core {
         }
         let pipeline = st.pipeline.clone();
         let prover = st.prover.clone();
-        let store = self.store.clone();
         let res = tokio::task::spawn_blocking(move || {
             let d = Delivery {
                 raw: &raw,
@@ -149,16 +156,13 @@ impl Core {
                 queue_id,
                 trust: crate::pipeline::Trust::Verify(&prover, facts),
             };
-            let v = if triaged {
+            // Durable when it returns.
+            if triaged {
                 pipeline.process_read(&d)
             } else {
                 pipeline.process(&d)
             }
-            .map_err(|e| e.to_string())?;
-            if !v.outcomes.is_empty() || v.sent.is_some() || !v.effects.is_empty() {
-                crate::metrics::commit(|| store.flush()).map_err(|e| e.to_string())?;
-            }
-            Ok::<_, String>(v)
+            .map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| format!("pipeline task failed: {e}"))??;

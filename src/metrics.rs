@@ -387,7 +387,7 @@ pub async fn serve(
         .with_graceful_shutdown(stop)
         .await
     {
-        eprintln!("imipd: metrics endpoint: {e}");
+        crate::app::log(format!("metrics endpoint: {e}"));
     }
 }
 

@@ -1011,6 +1011,46 @@ fn load_signed_posts_and_remote_freebusy() {
         lat[lat.len() / 2],
         lat[lat.len() * 9 / 10]
     );
+    // The same request sent on the control socket by this test (no CLI process start), and
+    // the process start alone: where the end-to-end figure goes.
+    let sock = w.a.imipd.dir.join("data").join("control.sock");
+    let req = serde_json::json!({"argv": ["imipd", "freebusy", "--user", "bob@b.test", "--from",
+        "20300110T000000Z", "--to", "20300111T000000Z"]})
+    .to_string()
+        + "\n";
+    let mut direct = Vec::new();
+    let start = Instant::now();
+    while direct.len() < 50 && start.elapsed() < max_time {
+        use std::io::{BufRead, Write};
+        let t = Instant::now();
+        let mut c = std::os::unix::net::UnixStream::connect(&sock).expect("control socket");
+        c.write_all(req.as_bytes()).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(c).read_line(&mut line).unwrap();
+        let answer: serde_json::Value = serde_json::from_str(&line).expect("JSON answer");
+        assert_eq!(answer["code"], 0, "{line}");
+        direct.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    direct.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let mut starts = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_imipd"))
+            .arg("--version")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        starts.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    starts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "BENCH remote free/busy on the control socket ({} runs): median {:.2} ms, p90 {:.2} ms; \
+         `imipd --version` (20 runs): median {:.2} ms",
+        direct.len(),
+        direct[direct.len() / 2],
+        direct[direct.len() * 9 / 10],
+        starts[starts.len() / 2]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

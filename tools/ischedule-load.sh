@@ -109,3 +109,8 @@ load --kind request --requests "$NEW_REQUESTS" --connections 1 --new-connection
 load --kind request --requests "$NEW_REQUESTS" --connections "$CONNECTIONS" --new-connection
 load --kind freebusy --requests "$FB_REQUESTS" --connections 1
 echo "# load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+# Stop the daemon and show how well its flushes were grouped (its last log lines).
+kill "$pid"
+wait "$pid" 2>/dev/null || true
+pid=
+grep 'flushes' daemon.log | sed 's/^/# /'

@@ -50,7 +50,7 @@ fn decode(e: &Effect) -> Option<(Job, &[u8])> {
 }
 
 fn log(msg: impl AsRef<str>) {
-    eprintln!("imipd: {}", crate::sanitize::clean(msg.as_ref()));
+    crate::app::log(msg)
 }
 
 /// Relays `objects` (sent by local `sender`) over iSchedule, records each recipient's status

@@ -135,7 +135,7 @@ fn now() -> i64 {
 }
 
 fn log(msg: impl AsRef<str>) {
-    eprintln!("imipd: {}", crate::sanitize::clean(msg.as_ref()));
+    crate::app::log(msg)
 }
 
 /// Tries one pending effect once and records the outcome (done, deferred or set aside, each

@@ -78,6 +78,8 @@ impl Pipeline {
             .map(|r| norm_addr(r))
             .filter(|r| !self.config.local_domains.is_empty() && self.config.is_local(r))
             .collect();
+        // This request writes (its replay record, its commits), then asks for durability.
+        let writer = imipd_core::store::Writer::begin(&*self.store);
         if let Some((key, until)) = d.replay {
             if !self.store.remember_message_id(key, until, super::now())? {
                 return Ok(IscheduleOutcome::Replay);
@@ -98,7 +100,7 @@ impl Pipeline {
             found.proven = proven.clone();
         }
         let verdict = self.process_objects(Some(&local), &ex, true)?;
-        crate::metrics::commit(|| self.store.flush())?;
+        crate::metrics::commit(|| writer.flush())?;
         self.wake_runner(&verdict);
         Ok(IscheduleOutcome::Done {
             verdict: Box::new(verdict),

@@ -13,6 +13,7 @@ use crate::proof::Proof;
 use crate::store::{Change, Commit, Expect, JournalEntry, Store, StoreError};
 use extract::Extracted;
 use imipd_core::effects::Effect;
+use imipd_core::store::Writer;
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -410,14 +411,11 @@ impl Pipeline {
                              {MAX_COMMIT_ATTEMPTS} attempts ({why})"
                         )));
                     }
-                    eprintln!(
-                        "imipd: {}",
-                        crate::sanitize::clean(&format!(
-                            "store: {uid} in {user}'s calendar changed meanwhile ({why}); \
+                    crate::app::log(format!(
+                        "store: {uid} in {user}'s calendar changed meanwhile ({why}); \
                              deciding again (attempt {} of {MAX_COMMIT_ATTEMPTS})",
-                            n + 1
-                        ))
-                    );
+                        n + 1
+                    ));
                     *retries += 1;
                     backoff(n);
                     n += 1;
@@ -428,9 +426,9 @@ impl Pipeline {
     }
 
     /// Runs one message through the pipeline: one MIME parse, the sender proof on that tree,
-    /// extraction of what each proof covers, a decision per object and recipient, commits.
-    /// A store error aborts (the caller tempfails); what was committed before stays, and the
-    /// processed-message log makes a retry harmless.
+    /// extraction of what each proof covers, a decision per object and recipient, commits,
+    /// made durable before it returns. A store error aborts (the caller tempfails); what was
+    /// committed before stays, and the processed-message log makes a retry harmless.
     pub fn process(&self, d: &Delivery) -> Result<Verdict, StoreError> {
         match self.ordinary(d) {
             Some(v) => Ok(v),
@@ -441,6 +439,9 @@ impl Pipeline {
     /// [`Pipeline::process`] for a message that [`Pipeline::ordinary`] already looked at and
     /// left to the full reading (a door that triaged it on its own thread).
     pub fn process_read(&self, d: &Delivery) -> Result<Verdict, StoreError> {
+        // This message may commit, then ask for durability: a flush another message starts
+        // meanwhile may wait a moment for it and cover both (dropped early, it says so).
+        let writer = Writer::begin(&*self.store);
         let (bytes, bare_cr) = extract::normalize_line_ends(d.raw);
         let parsed = Parsed::new(&bytes, bare_cr);
         if !extract::may_hold_calendar(&parsed) {
@@ -477,6 +478,9 @@ impl Pipeline {
             }
         }
         v.proof = proof;
+        if !v.outcomes.is_empty() || v.sent.is_some() || !v.effects.is_empty() {
+            crate::metrics::commit(|| writer.flush())?;
+        }
         self.wake_runner(&v);
         Ok(v)
     }

@@ -96,10 +96,10 @@ pub async fn journal_retention(
         let before = now.saturating_sub((keep_days as i64).saturating_mul(86400));
         let st = store.clone();
         match tokio::task::spawn_blocking(move || st.prune_journal(before)).await {
-            Ok(Ok(n)) if n > 0 => eprintln!(
-                "imipd: journal: removed {n} lines older than {keep_days} days ([journal] keep_days)"
-            ),
-            Ok(Err(e)) => eprintln!("imipd: journal pruning failed: {e}"),
+            Ok(Ok(n)) if n > 0 => crate::app::log(format!(
+                "journal: removed {n} lines older than {keep_days} days ([journal] keep_days)"
+            )),
+            Ok(Err(e)) => crate::app::log(format!("journal pruning failed: {e}")),
             _ => {}
         }
         tokio::select! {
@@ -204,6 +204,15 @@ impl Store for Faulty {
     }
     fn flush(&self) -> Result<()> {
         self.inner.flush()
+    }
+    fn writer_begins(&self) {
+        self.inner.writer_begins()
+    }
+    fn writer_flushes(&self) -> Result<()> {
+        self.inner.writer_flushes()
+    }
+    fn writer_leaves(&self) {
+        self.inner.writer_leaves()
     }
     fn flush_stats(&self) -> (u64, u64) {
         self.inner.flush_stats()

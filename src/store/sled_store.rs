@@ -40,12 +40,34 @@ pub struct Sled {
 const STRIPES: usize = 64;
 
 /// Group commit: callers that ask for durability while a flush is running wait for the next
-/// one, which covers all of them, instead of each paying its own fsync.
-#[derive(Default)]
+/// one, which covers all of them, instead of each paying its own sync. A caller that starts
+/// a flush while writers have said one of theirs is coming ([`Store::writer_begins`]) first
+/// waits for them, at most [`GATHER`]: on a busy store, requests in flight finish their
+/// commits within that time, and one sync then covers the lot (sled's flush is a buffer write
+/// and sync on an I/O thread, and costs more CPU than a decision).
 struct GroupFlush {
     state: std::sync::Mutex<FlushState>,
+    /// Callers waiting for a flush to be done.
     cv: std::sync::Condvar,
+    /// The caller gathering writers before it starts a flush.
+    gather: std::sync::Condvar,
+    /// How long it waits for them ([`GATHER`]).
+    gather_for: std::time::Duration,
 }
+
+impl Default for GroupFlush {
+    fn default() -> GroupFlush {
+        GroupFlush {
+            state: Default::default(),
+            cv: Default::default(),
+            gather: Default::default(),
+            gather_for: GATHER,
+        }
+    }
+}
+
+/// How long a flush waits for writers that said they are coming.
+const GATHER: std::time::Duration = std::time::Duration::from_micros(1000);
 
 #[derive(Default)]
 struct FlushState {
@@ -54,15 +76,43 @@ struct FlushState {
     /// Flushes started.
     started: u64,
     done: u64,
+    /// A flush is being gathered or made (callers that come meanwhile wait for it to be done).
     running: bool,
+    /// The next flush waits for its writers.
+    gathering: bool,
+    /// Writers that said a flush request of theirs is coming and have not made it yet.
+    coming: u64,
     error: Option<String>,
 }
 
 impl GroupFlush {
-    fn flush(&self, db: &sled::Db) -> Result<()> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+    fn lock(&self) -> std::sync::MutexGuard<'_, FlushState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn writer_begins(&self) {
+        self.lock().coming += 1;
+    }
+
+    fn writer_leaves(&self) {
+        let mut st = self.lock();
+        st.coming = st.coming.saturating_sub(1);
+        if st.gathering && st.coming == 0 {
+            self.gather.notify_one();
+        }
+    }
+
+    fn flush(&self, db: &sled::Db, writer: bool) -> Result<()> {
+        let mut st = self.lock();
+        if writer {
+            st.coming = st.coming.saturating_sub(1);
+        }
         st.callers += 1;
-        // Only a flush that starts after this call covers what this caller committed.
+        if st.gathering && st.coming == 0 {
+            self.gather.notify_one();
+        }
+        // Only a flush that starts after this call covers what this caller committed (one
+        // being gathered has not started).
         let mine = st.started + 1;
         loop {
             if st.done >= mine {
@@ -73,11 +123,27 @@ impl GroupFlush {
             }
             if !st.running {
                 st.running = true;
+                if st.coming > 0 {
+                    st.gathering = true;
+                    let deadline = std::time::Instant::now() + self.gather_for;
+                    while st.coming > 0 {
+                        let left = deadline.saturating_duration_since(std::time::Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        st = self
+                            .gather
+                            .wait_timeout(st, left)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
+                    }
+                    st.gathering = false;
+                }
                 st.started += 1;
                 let generation = st.started;
                 drop(st);
                 let res = db.flush().map(|_| ()).map_err(|e| e.to_string());
-                st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                st = self.lock();
                 st.running = false;
                 st.done = generation;
                 st.error = res.err();
@@ -548,11 +614,23 @@ impl Store for Sled {
     }
 
     fn flush(&self) -> Result<()> {
-        self.group.flush(&self.db)
+        self.group.flush(&self.db, false)
+    }
+
+    fn writer_begins(&self) {
+        self.group.writer_begins()
+    }
+
+    fn writer_flushes(&self) -> Result<()> {
+        self.group.flush(&self.db, true)
+    }
+
+    fn writer_leaves(&self) {
+        self.group.writer_leaves()
     }
 
     fn flush_stats(&self) -> (u64, u64) {
-        let st = self.group.state.lock().unwrap_or_else(|p| p.into_inner());
+        let st = self.group.lock();
         (st.callers, st.started)
     }
 
@@ -865,6 +943,102 @@ impl Record {
 mod tests {
     use super::*;
     use imipd_core::effects::EffectKind;
+    use imipd_core::store::Writer;
+
+    /// A store whose flushes wait up to `gather` for announced writers.
+    fn gathering_store(dir: &Path, gather: std::time::Duration) -> Sled {
+        let mut s = Sled::open_with_cache(dir, 8).unwrap();
+        s.group.gather_for = gather;
+        s
+    }
+
+    /// Until another thread's flush is waiting for announced writers (bounded).
+    fn wait_until_gathering(s: &Sled) {
+        let start = std::time::Instant::now();
+        while !s.group.lock().gathering {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "no flush gathering"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_flush_waits_for_an_announced_writer_and_covers_it() {
+        let d = tempfile::tempdir().unwrap();
+        // Long enough that only the writer's own flush request can end the wait in time.
+        let s = std::sync::Arc::new(gathering_store(
+            d.path(),
+            std::time::Duration::from_secs(20),
+        ));
+        let writer_started = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let (s2, b2) = (s.clone(), writer_started.clone());
+        let t = std::thread::spawn(move || {
+            let w = Writer::begin(&*s2);
+            b2.wait();
+            wait_until_gathering(&s2);
+            s2.commit(&Commit {
+                user: "bob@example.org",
+                uid: "u1",
+                change: Change::Put(&object("u1", "Planning"), &[]),
+                expect: Expect::Any,
+                expect_calendar: None,
+                processed_key: None,
+                journal: &refresh_entry("u1"),
+                proposal: None,
+                effects: &[],
+            })
+            .unwrap();
+            w.flush().unwrap();
+        });
+        writer_started.wait();
+        let start = std::time::Instant::now();
+        s.flush().unwrap();
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+        t.join().unwrap();
+        // One flush covered both callers: the writer's request joined the one being gathered.
+        assert_eq!(s.flush_stats(), (2, 1));
+        assert!(s.get("bob@example.org", "u1").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_writer_that_leaves_without_flushing_ends_the_wait() {
+        let d = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(gathering_store(
+            d.path(),
+            std::time::Duration::from_secs(20),
+        ));
+        let started = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let (s2, b2) = (s.clone(), started.clone());
+        let t = std::thread::spawn(move || {
+            let w = Writer::begin(&*s2);
+            b2.wait();
+            wait_until_gathering(&s2);
+            drop(w); // nothing committed, e.g. an error or a message with nothing to decide
+        });
+        started.wait();
+        let start = std::time::Instant::now();
+        s.flush().unwrap();
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "the flush waited for a writer that had gone"
+        );
+        t.join().unwrap();
+        assert_eq!(s.flush_stats(), (1, 1));
+    }
+
+    #[test]
+    fn without_announced_writers_a_flush_does_not_wait() {
+        let d = tempfile::tempdir().unwrap();
+        let s = gathering_store(d.path(), std::time::Duration::from_secs(20));
+        let start = std::time::Instant::now();
+        s.flush().unwrap();
+        let w = Writer::begin(&s);
+        w.flush().unwrap();
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+        assert_eq!(s.flush_stats(), (2, 2));
+    }
 
     fn refresh_entry(uid: &str) -> JournalEntry {
         JournalEntry {

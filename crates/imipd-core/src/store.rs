@@ -214,6 +214,17 @@ pub trait Store: Send + Sync {
     }
     /// Makes everything committed so far durable.
     fn flush(&self) -> Result<()>;
+    /// A caller is about to commit and then ask for durability ([`Writer`]): a flush that
+    /// starts meanwhile may wait a moment for it, so that one sync covers both. A store
+    /// without group commit ignores it.
+    fn writer_begins(&self) {}
+    /// The writer of [`Store::writer_begins`] asks for durability: [`Store::flush`], with the
+    /// writer no longer awaited.
+    fn writer_flushes(&self) -> Result<()> {
+        self.flush()
+    }
+    /// The writer of [`Store::writer_begins`] goes away without asking for durability.
+    fn writer_leaves(&self) {}
     /// How well flushes are grouped: (callers that asked for durability, flushes made). A
     /// store without group commit says (0, 0).
     fn flush_stats(&self) -> (u64, u64) {
@@ -223,6 +234,39 @@ pub trait Store: Send + Sync {
     /// until `until`: true the first time, false while an earlier one is still remembered
     /// (a replay). Expired identifiers are forgotten.
     fn remember_message_id(&self, key: &str, until: i64, now: i64) -> Result<bool>;
+}
+
+/// A unit of work that commits and then makes its commits durable (a message, an iSchedule
+/// request): from [`Writer::begin`] to [`Writer::flush`] the store knows a flush request is
+/// coming and can cover it with one that starts meanwhile (group commit). Dropped without a
+/// flush (nothing committed, an error), it tells the store not to wait for it.
+pub struct Writer<'a> {
+    store: &'a dyn Store,
+    active: bool,
+}
+
+impl<'a> Writer<'a> {
+    pub fn begin(store: &'a dyn Store) -> Writer<'a> {
+        store.writer_begins();
+        Writer {
+            store,
+            active: true,
+        }
+    }
+
+    /// Makes everything committed so far durable ([`Store::flush`]).
+    pub fn flush(mut self) -> Result<()> {
+        self.active = false;
+        self.store.writer_flushes()
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        if self.active {
+            self.store.writer_leaves();
+        }
+    }
 }
 
 /// One VCALENDAR holding the object's time zones and components, with METHOD if given.

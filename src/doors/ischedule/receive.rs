@@ -283,15 +283,15 @@ async fn precheck(bridge: &Bridge, req: &Request) -> Result<Pre, Answer> {
                 Err(e) => {
                     // The detail (what was fetched, what answered) is for the log only: told
                     // to the peer it would make the receiver a probe of other hosts.
-                    eprintln!(
-                        "imipd: ischedule: peer={} key lookup for {}/{} failed: {}",
+                    crate::app::log(format!(
+                        "ischedule: peer={} key lookup for {}/{} failed: {}",
                         req.peer
                             .map(|p| p.to_string())
                             .unwrap_or_else(|| "-".into()),
                         sig.domain,
                         sig.selector,
                         crate::ischedule::clean(&e.to_string())
-                    );
+                    ));
                     return Err(refuse(
                         403,
                         "verification-failed",
@@ -414,7 +414,7 @@ pub async fn receive(bridge: Arc<Bridge>, pipeline: Arc<Pipeline>, req: Request)
     match tokio::task::spawn_blocking(move || deliver(pipeline, req, pre)).await {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("imipd: ischedule: request task failed: {e}");
+            crate::app::log(format!("ischedule: request task failed: {e}"));
             refuse(500, "invalid-scheduling-message", "internal error")
         }
     }
@@ -470,7 +470,7 @@ fn deliver(pipeline: Arc<Pipeline>, req: Request, pre: Pre) -> Answer {
             )
         }
         Err(e) => {
-            eprintln!("imipd: ischedule: peer={peer} store unavailable: {e}");
+            crate::app::log(format!("ischedule: peer={peer} store unavailable: {e}"));
             return Answer::Responses(
                 c.recipients
                     .iter()
@@ -505,11 +505,11 @@ fn deliver(pipeline: Arc<Pipeline>, req: Request, pre: Pre) -> Answer {
         if kind != "VFREEBUSY" && status == CANNOT_HANDLE && detail != "nothing to deliver" {
             status = DELIVERED;
         }
-        eprintln!(
-            "imipd: ischedule: peer={peer} originator={} rcpt={n} status={status} detail={}",
+        crate::app::log(format!(
+            "ischedule: peer={peer} originator={} rcpt={n} status={status} detail={}",
             c.originator,
             crate::ischedule::clean(&detail)
-        );
+        ));
         let calendar_data = if status == DELIVERED {
             verdict
                 .freebusy

@@ -205,19 +205,19 @@ fn log_answer(peer: &Peer, a: &Answer) {
             status,
             element,
             description,
-        } => eprintln!(
-            "imipd: ischedule: peer={} refused {status} {element}: {description}",
+        } => crate::app::log(format!(
+            "ischedule: peer={} refused {status} {element}: {description}",
             peer.0.ip()
-        ),
+        )),
         Answer::Responses(rs) => {
             for r in rs {
-                eprintln!(
-                    "imipd: ischedule: peer={} rcpt={} status={} ({})",
+                crate::app::log(format!(
+                    "ischedule: peer={} rcpt={} status={} ({})",
                     peer.0.ip(),
                     r.recipient,
                     r.status,
                     r.description.as_deref().unwrap_or("")
-                );
+                ));
             }
         }
     }
@@ -301,7 +301,7 @@ pub async fn serve(
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    eprintln!("imipd: ischedule: accept failed: {e}");
+                    crate::app::log(format!("ischedule: accept failed: {e}"));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -317,7 +317,7 @@ pub async fn serve(
             let stream = match tokio::time::timeout(HEADER_DEADLINE, tls.accept(stream)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    eprintln!("imipd: ischedule: TLS handshake with {peer}: {e}");
+                    crate::app::log(format!("ischedule: TLS handshake with {peer}: {e}"));
                     return;
                 }
                 Err(_) => return,

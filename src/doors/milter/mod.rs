@@ -197,11 +197,11 @@ pub trait Handler: Send + Sync + 'static {
 pub use imipd_core::headers::values as header_values;
 
 fn log_unprocessed(macros: &HashMap<String, String>, max_message: usize) {
-    eprintln!(
-        "imipd: milter: queue_id={} message over the size limit ({max_message} octets) or \
+    crate::app::log(format!(
+        "milter: queue_id={} message over the size limit ({max_message} octets) or \
          {MAX_HEADER_FIELDS} header fields: passed on unprocessed",
         clean(macros.get("i").map(String::as_str).unwrap_or("-"))
-    );
+    ));
 }
 
 fn clean(s: &str) -> String {
