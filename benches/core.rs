@@ -15,6 +15,10 @@ use imipd::store::{Change, Commit, Expect, JournalEntry, Sled, Store};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+// The daemon's allocator (src/main.rs), so that times and RSS are the daemon's.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EVENTS_PER_USER: usize = 1000;
 const T0: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
 

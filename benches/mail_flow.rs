@@ -11,6 +11,8 @@
 //! calendar (text/plain, or multipart/alternative text + HTML with a PDF attachment), and two
 //! more configurations run beside A and B:
 //!   O  Postfix + OpenDKIM's milter (verify mode) -> sink
+//!   N  Postfix + a null milter (imipd's stages and no-reply flags, ACCEPT at end of headers,
+//!      no work): what any milter that reads the header section costs Postfix
 //!   and for B the daemon's own CPU time (user + system, from /proc) per message.
 //!
 //!   cargo bench --bench mail_flow
@@ -197,6 +199,7 @@ deliver = \"lmtp:inet:127.0.0.1:{}\"\n",
     let milter = match (&imipd, mode) {
         (Some(i), 'B' | 'D') => i.milter_port,
         (_, 'O') => opendkim,
+        (_, 'N') => Some(null_milter()),
         _ => None,
     };
     let pf = Postfix::start(
@@ -369,6 +372,96 @@ Nameservers 127.0.0.53\nQueryCache yes\nPidFile {}\nUserID root\nRequireSafeKeys
     (child, dnsmasq, port)
 }
 
+/// The least a milter that reads the header section can cost Postfix: protocol 6 with the
+/// same stages and no-reply flags imipd negotiates (no macro list, no actions), every header
+/// read, ACCEPT at end of headers, no other work. A thread per connection; the listener
+/// thread ends with the process.
+fn null_milter() -> u16 {
+    use std::io::{Read, Write};
+    const NR: [(u8, u32); 7] = [
+        (b'C', 0x1000),
+        (b'H', 0x2000),
+        (b'M', 0x4000),
+        (b'R', 0x8000),
+        (b'T', 0x10000),
+        (b'U', 0x20000),
+        (b'L', 0x80),
+    ];
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("null milter");
+    let port = listener.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            std::thread::spawn(move || {
+                let _ = s.set_nodelay(true);
+                let mut r = std::io::BufReader::new(s.try_clone().expect("clone"));
+                let mut proto = 0u32;
+                loop {
+                    let mut len = [0u8; 4];
+                    if r.read_exact(&mut len).is_err() {
+                        return;
+                    }
+                    let n = u32::from_be_bytes(len) as usize;
+                    if n == 0 || n > 1 << 20 {
+                        return;
+                    }
+                    let mut pkt = vec![0u8; n];
+                    if r.read_exact(&mut pkt).is_err() {
+                        return;
+                    }
+                    // As imipd does: ACK at once, or Postfix's next no-reply packet waits
+                    // for the delayed ACK (Nagle), 40 ms a message.
+                    quickack(&s);
+                    let reply: Option<(u8, Vec<u8>)> = match pkt[0] {
+                        b'O' if n >= 13 => {
+                            let offered = u32::from_be_bytes([pkt[9], pkt[10], pkt[11], pkt[12]]);
+                            // NOHELO NOUNKNOWN NODATA, NR_{CONN,HELO,MAIL,RCPT,DATA,UNKN,HDR,BODY}
+                            proto = 0x2 | 0x100 | 0x200 | 0x1000 | 0x2000 | 0x4000 | 0x8000;
+                            proto = (proto | 0x10000 | 0x20000 | 0x80 | 0x80000) & offered;
+                            let mut d = 6u32.to_be_bytes().to_vec();
+                            d.extend_from_slice(&0u32.to_be_bytes());
+                            d.extend_from_slice(&proto.to_be_bytes());
+                            Some((b'O', d))
+                        }
+                        b'N' | b'E' => Some((b'a', Vec::new())),
+                        b'Q' => return,
+                        b'D' | b'A' | b'K' | b'B' => None,
+                        c => NR
+                            .iter()
+                            .find(|(k, _)| *k == c)
+                            .filter(|(_, bit)| proto & bit == 0)
+                            .map(|_| (b'c', Vec::new())),
+                    };
+                    if let Some((cmd, data)) = reply {
+                        let mut out = ((data.len() + 1) as u32).to_be_bytes().to_vec();
+                        out.push(cmd);
+                        out.extend_from_slice(&data);
+                        if s.write_all(&out).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn quickack(s: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket and an int option of the right size.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -415,7 +508,9 @@ fn main() {
     // when any of B, C, D is).
     let only = std::env::var("IMIPD_BENCH_ONLY").unwrap_or_default();
     let wanted = |m: char| {
-        only.is_empty() || only.contains(m) || (m == 'A' && only.contains(['B', 'C', 'D', 'O']))
+        only.is_empty()
+            || only.contains(m)
+            || (m == 'A' && only.contains(['B', 'C', 'D', 'O', 'N']))
     };
     let mut results = Vec::new();
     let modes: &[(char, &str)] = &[
@@ -424,6 +519,7 @@ fn main() {
         ('C', "Postfix -> imipd LMTP -> sink"),
         ('D', "Postfix + imipd milter -> imipd LMTP -> sink"),
         ('O', "Postfix + OpenDKIM milter -> sink"),
+        ('N', "Postfix + null milter (ACCEPT at EOH) -> sink"),
     ];
     // Runs interleave (A B C ... A B C ...), so that a drift of the machine touches every
     // configuration alike; each run gets a fresh Postfix (and imipd).
