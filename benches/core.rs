@@ -80,7 +80,8 @@ fn user(n: usize) -> String {
     format!("user{n}@example.org")
 }
 
-/// Fills a store with `n` events spread over users of EVENTS_PER_USER events each.
+/// Fills a store with `n` events spread over users of EVENTS_PER_USER events each, as
+/// `imipd import` does: `Store::commit_all` on 256 objects of one user at a time.
 fn populate(store: &Sled, n: usize) {
     let entry = JournalEntry {
         ts: 0,
@@ -93,23 +94,34 @@ fn populate(store: &Sled, n: usize) {
         reason: "bench".into(),
         count: 1,
     };
-    for i in 0..n {
+    let mut i = 0;
+    while i < n {
         let u = user(i / EVENTS_PER_USER);
-        let uid = format!("ev{i}@example.org");
-        // Two years, one event every ~17 hours per user.
-        let start = T0 + ((i % EVENTS_PER_USER) as i64) * 63_000;
-        let obj = StoredObject {
-            uid: uid.clone(),
-            kind: "VEVENT".into(),
-            components: vec![event(&uid, &u, "guest@example.net", start, 0, T0)],
-            ..Default::default()
-        };
-        let busy = itip::busy_periods(&obj, &u, 2000);
-        store
-            .commit(&Commit {
+        // Up to 256 events, all of user u.
+        let end = n
+            .min((i / EVENTS_PER_USER + 1) * EVENTS_PER_USER)
+            .min(i + 256);
+        let objs: Vec<(StoredObject, Vec<itip::Busy>)> = (i..end)
+            .map(|i| {
+                let uid = format!("ev{i}@example.org");
+                // Two years, one event every ~17 hours per user.
+                let start = T0 + ((i % EVENTS_PER_USER) as i64) * 63_000;
+                let obj = StoredObject {
+                    uid: uid.clone(),
+                    kind: "VEVENT".into(),
+                    components: vec![event(&uid, &u, "guest@example.net", start, 0, T0)],
+                    ..Default::default()
+                };
+                let busy = itip::busy_periods(&obj, &u, 2000);
+                (obj, busy)
+            })
+            .collect();
+        let commits: Vec<Commit> = objs
+            .iter()
+            .map(|(obj, busy)| Commit {
                 user: &u,
-                uid: &uid,
-                change: Change::Put(&obj, &busy),
+                uid: &obj.uid,
+                change: Change::Put(obj, busy),
                 expect: Expect::Any,
                 expect_calendar: None,
                 processed_key: None,
@@ -117,7 +129,9 @@ fn populate(store: &Sled, n: usize) {
                 proposal: None,
                 effects: &[],
             })
-            .expect("commit");
+            .collect();
+        store.commit_all(&commits).expect("commit");
+        i = end;
     }
     store.flush().expect("flush");
 }

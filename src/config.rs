@@ -359,7 +359,7 @@ pub struct StoreConfig {
     pub url: Option<String>,
     /// A file whose first line is the database password (instead of one in the URL).
     pub password_file: Option<PathBuf>,
-    /// The embedded store's page cache, in MiB (default 256).
+    /// The embedded store's page cache, in MiB (default 64).
     pub cache_mb: Option<u64>,
 }
 

@@ -1209,6 +1209,9 @@ impl Pipeline {
         for cal in cals {
             let timezones: Vec<Component> = cal.subs_named("VTIMEZONE").cloned().collect();
             let mut groups: Vec<StoredObject> = Vec::new();
+            // UID -> its place in `groups` (a linear search would make a big file quadratic).
+            let mut index: std::collections::HashMap<String, usize> =
+                std::collections::HashMap::new();
             for c in cal
                 .subs
                 .iter()
@@ -1217,18 +1220,21 @@ impl Pipeline {
                 let Some(uid) = c.uid() else {
                     return Err(format!("a {} has no UID", c.name));
                 };
-                match groups.iter_mut().find(|g| g.uid == uid) {
-                    Some(g) => g.components.push(c.clone()),
-                    None => groups.push(StoredObject {
-                        uid: uid.to_string(),
-                        kind: c.name.clone(),
-                        components: vec![c.clone()],
-                        timezones: Vec::new(),
-                        reply_stamps: Default::default(),
-                    }),
+                match index.get(uid) {
+                    Some(&i) => groups[i].components.push(c.clone()),
+                    None => {
+                        index.insert(uid.to_string(), groups.len());
+                        groups.push(StoredObject {
+                            uid: uid.to_string(),
+                            kind: c.name.clone(),
+                            components: vec![c.clone()],
+                            timezones: Vec::new(),
+                            reply_stamps: Default::default(),
+                        });
+                    }
                 }
             }
-            for mut obj in groups {
+            for obj in &mut groups {
                 obj.timezones = timezones
                     .iter()
                     .filter(|tz| {
@@ -1239,39 +1245,54 @@ impl Pipeline {
                     })
                     .cloned()
                     .collect();
-                let busy = itip::busy_periods(&obj, user, self.config.itip.max_instances);
-                let _guard = self.user_lock(user);
-                let entry = JournalEntry {
-                    ts: now(),
-                    user: user.to_string(),
-                    message_id: String::new(),
-                    method: "IMPORT".into(),
-                    component: obj.kind.clone(),
-                    uid: obj.uid.clone(),
-                    outcome: "applied".into(),
-                    reason: "imported".into(),
-                    count: 1,
-                };
-                self.store
-                    .commit(&Commit {
+            }
+            // Committed in batches: one store batch per IMPORT_BATCH objects.
+            for chunk in groups.chunks(IMPORT_BATCH) {
+                let staged: Vec<(Vec<itip::Busy>, JournalEntry)> = chunk
+                    .iter()
+                    .map(|obj| {
+                        let busy = itip::busy_periods(obj, user, self.config.itip.max_instances);
+                        let entry = JournalEntry {
+                            ts: now(),
+                            user: user.to_string(),
+                            message_id: String::new(),
+                            method: "IMPORT".into(),
+                            component: obj.kind.clone(),
+                            uid: obj.uid.clone(),
+                            outcome: "applied".into(),
+                            reason: "imported".into(),
+                            count: 1,
+                        };
+                        (busy, entry)
+                    })
+                    .collect();
+                let commits: Vec<Commit> = chunk
+                    .iter()
+                    .zip(&staged)
+                    .map(|(obj, (busy, entry))| Commit {
                         user,
                         uid: &obj.uid,
-                        change: Change::Put(&obj, &busy),
+                        change: Change::Put(obj, busy),
                         // An import replaces whatever is stored, whatever that is.
                         expect: Expect::Any,
                         expect_calendar: None,
                         processed_key: None,
-                        journal: &entry,
+                        journal: entry,
                         proposal: None,
                         effects: &[],
                     })
-                    .map_err(|e| e.to_string())?;
-                uids.push(obj.uid.clone());
+                    .collect();
+                let _guard = self.user_lock(user);
+                self.store.commit_all(&commits).map_err(|e| e.to_string())?;
+                uids.extend(chunk.iter().map(|o| o.uid.clone()));
             }
         }
         Ok(uids)
     }
 }
+
+/// Objects an import commits in one store batch.
+const IMPORT_BATCH: usize = 256;
 
 #[cfg(test)]
 mod tests {

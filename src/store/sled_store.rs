@@ -155,8 +155,17 @@ impl GroupFlush {
     }
 }
 
+/// What the commits staged so far in one batch changed of their user's calendar.
+#[derive(Default)]
+struct Staged {
+    /// The calendar version after them (None: not read yet).
+    calendar: Option<u64>,
+    /// The longest busy period after them (None: not read yet).
+    longest: Option<i64>,
+}
+
 /// The embedded store's page cache when `[store] cache_mb` is not set.
-pub const DEFAULT_CACHE_MB: u64 = 256;
+pub const DEFAULT_CACHE_MB: u64 = 64;
 
 fn io<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Io(e.to_string())
@@ -255,6 +264,126 @@ impl Sled {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Checks `c` and adds its writes to `batch` (the caller holds the user's stripe and
+    /// applies the batch); `staged` carries what earlier commits of the same batch changed.
+    fn stage(&self, c: &Commit, batch: &mut sled::Batch, staged: &mut Staged) -> Result<()> {
+        let okey = key(b'o', c.user, c.uid);
+        let vkey = key(b'v', c.user, c.uid);
+        let ckey = calendar_key(c.user);
+        let journal_id = self.db.generate_id().map_err(io)?.to_be_bytes();
+        // Versions are read when checked or bumped (a journal-only commit needs neither).
+        let keep = matches!(c.change, Change::Keep);
+        let version = match c.expect {
+            Expect::Version(_) => self.version_at(&vkey)?,
+            Expect::Any if !keep => self.version_at(&vkey)?,
+            Expect::Any => 0,
+        };
+        if let Expect::Version(n) = c.expect {
+            if n != version {
+                return Err(conflict("object", n, version));
+            }
+        }
+        let calendar = if c.expect_calendar.is_some() || !keep {
+            match staged.calendar {
+                Some(v) => v,
+                None => self.version_at(&ckey)?,
+            }
+        } else {
+            0
+        };
+        if let Some(n) = c.expect_calendar {
+            if n != calendar {
+                return Err(conflict("calendar", n, calendar));
+            }
+        }
+        if let Some(pk) = c.processed_key {
+            // The same message was committed for this user meanwhile.
+            if self.t.contains_key(key(b'p', c.user, pk)).map_err(io)? {
+                return Err(StoreError::Conflict("message already processed".into()));
+            }
+        }
+        if !keep {
+            let bump = |v: u64| {
+                v.checked_add(1)
+                    .map(u64::to_be_bytes)
+                    .ok_or_else(|| StoreError::Corrupt("version out of range".into()))
+            };
+            batch.insert(vkey.as_slice(), &bump(version)?);
+            let next = bump(calendar)?;
+            batch.insert(ckey.as_slice(), &next);
+            staged.calendar = Some(u64::from_be_bytes(next));
+        }
+        let old = match c.change {
+            Change::Keep => None,
+            _ => self.t.get(&okey).map_err(io)?,
+        };
+        match &c.change {
+            Change::Keep => {}
+            Change::PutKeepBusy(obj) => {
+                let rec = Record::from_object(obj, &[]).encode();
+                let bytes = match &old {
+                    Some(old) => Record::with_busy_of(&rec, old)?,
+                    None => rec,
+                };
+                batch.insert(okey.as_slice(), bytes);
+            }
+            Change::Put(..) | Change::Delete => {
+                if let Some(old) = &old {
+                    let (_, old_busy, _) = Record::decode_head(old)?;
+                    for (n, (s, _, _)) in old_busy.iter().enumerate() {
+                        batch.remove(busy_key(c.user, *s, c.uid, n as u32));
+                    }
+                }
+                if let Change::Put(obj, periods) = &c.change {
+                    batch.insert(okey.as_slice(), Record::from_object(obj, periods).encode());
+                    let mut longest = 0i64;
+                    for (n, b) in periods.iter().enumerate() {
+                        let mut v = Vec::with_capacity(9);
+                        v.extend_from_slice(&ord_i64(b.end));
+                        v.push(b.tentative as u8);
+                        batch.insert(busy_key(c.user, b.start, c.uid, n as u32), v);
+                        longest = longest.max(b.end - b.start);
+                    }
+                    let mk = max_key(c.user);
+                    let cur = match staged.longest {
+                        Some(v) => v,
+                        None => self
+                            .t
+                            .get(&mk)
+                            .map_err(io)?
+                            .map(|v| from_ord_i64(&v))
+                            .unwrap_or(0),
+                    };
+                    if longest > cur {
+                        batch.insert(mk, &ord_i64(longest));
+                    }
+                    staged.longest = Some(longest.max(cur));
+                } else {
+                    batch.remove(okey.as_slice());
+                }
+            }
+        }
+        if let Some(pk) = c.processed_key {
+            batch.insert(key(b'p', c.user, pk), &ord_i64(c.journal.ts));
+        }
+        let mut jk = vec![b'j'];
+        jk.extend_from_slice(&journal_id);
+        batch.insert(
+            jk,
+            serde_json::to_vec(c.journal).map_err(|e| StoreError::Io(e.to_string()))?,
+        );
+        if let Some(p) = c.proposal {
+            let mut k = key(b'c', c.user, c.uid);
+            k.push(0);
+            k.extend_from_slice(&journal_id);
+            batch.insert(k, p.calendar.to_ical().into_bytes());
+        }
+        for e in c.effects {
+            batch.insert(effect_key(b'e', &e.id), encode_effect(&pending(e))?);
+        }
+        Ok(())
+    }
+
     fn version_at(&self, k: &[u8]) -> Result<u64> {
         Ok(match self.t.get(k).map_err(io)? {
             Some(v) if v.len() == 8 => {
@@ -307,114 +436,36 @@ impl Store for Sled {
     }
 
     fn commit(&self, c: &Commit) -> Result<()> {
-        let okey = key(b'o', c.user, c.uid);
-        let vkey = key(b'v', c.user, c.uid);
-        let ckey = calendar_key(c.user);
-        let journal_id = self.db.generate_id().map_err(io)?.to_be_bytes();
         // Held from the version checks to the batch, and over the reads of the old record and
         // the longest busy period that the batch is computed from.
         let _stripe = self.stripe(c.user);
-        // Versions are read when checked or bumped (a journal-only commit needs neither).
-        let keep = matches!(c.change, Change::Keep);
-        let version = match c.expect {
-            Expect::Version(_) => self.version_at(&vkey)?,
-            Expect::Any if !keep => self.version_at(&vkey)?,
-            Expect::Any => 0,
-        };
-        if let Expect::Version(n) = c.expect {
-            if n != version {
-                return Err(conflict("object", n, version));
-            }
-        }
-        let calendar = if c.expect_calendar.is_some() || !keep {
-            self.version_at(&ckey)?
-        } else {
-            0
-        };
-        if let Some(n) = c.expect_calendar {
-            if n != calendar {
-                return Err(conflict("calendar", n, calendar));
-            }
-        }
-        if let Some(pk) = c.processed_key {
-            // The same message was committed for this user meanwhile.
-            if self.t.contains_key(key(b'p', c.user, pk)).map_err(io)? {
-                return Err(StoreError::Conflict("message already processed".into()));
-            }
-        }
         let mut batch = sled::Batch::default();
-        if !keep {
-            let bump = |v: u64| {
-                v.checked_add(1)
-                    .map(u64::to_be_bytes)
-                    .ok_or_else(|| StoreError::Corrupt("version out of range".into()))
-            };
-            batch.insert(vkey.as_slice(), &bump(version)?);
-            batch.insert(ckey.as_slice(), &bump(calendar)?);
-        }
-        let old = match c.change {
-            Change::Keep => None,
-            _ => self.t.get(&okey).map_err(io)?,
+        self.stage(c, &mut batch, &mut Staged::default())?;
+        self.t.apply_batch(batch).map_err(io)
+    }
+
+    fn commit_all(&self, commits: &[Commit]) -> Result<()> {
+        let Some(first) = commits.first() else {
+            return Ok(());
         };
-        match &c.change {
-            Change::Keep => {}
-            Change::PutKeepBusy(obj) => {
-                let rec = Record::from_object(obj, &[]).encode();
-                let bytes = match &old {
-                    Some(old) => Record::with_busy_of(&rec, old)?,
-                    None => rec,
-                };
-                batch.insert(okey.as_slice(), bytes);
-            }
-            Change::Put(..) | Change::Delete => {
-                if let Some(old) = &old {
-                    let (_, old_busy, _) = Record::decode_head(old)?;
-                    for (n, (s, _, _)) in old_busy.iter().enumerate() {
-                        batch.remove(busy_key(c.user, *s, c.uid, n as u32));
-                    }
-                }
-                if let Change::Put(obj, periods) = &c.change {
-                    batch.insert(okey.as_slice(), Record::from_object(obj, periods).encode());
-                    let mut longest = 0i64;
-                    for (n, b) in periods.iter().enumerate() {
-                        let mut v = Vec::with_capacity(9);
-                        v.extend_from_slice(&ord_i64(b.end));
-                        v.push(b.tentative as u8);
-                        batch.insert(busy_key(c.user, b.start, c.uid, n as u32), v);
-                        longest = longest.max(b.end - b.start);
-                    }
-                    let mk = max_key(c.user);
-                    let cur = self
-                        .t
-                        .get(&mk)
-                        .map_err(io)?
-                        .map(|v| from_ord_i64(&v))
-                        .unwrap_or(0);
-                    if longest > cur {
-                        batch.insert(mk, &ord_i64(longest));
-                    }
-                } else {
-                    batch.remove(okey.as_slice());
-                }
-            }
+        // One batch holds commits of one user to distinct objects and messages: each is
+        // checked against what the ones before it staged (the calendar version, the longest
+        // busy period), and none reads what another one writes.
+        let mut uids = std::collections::HashSet::new();
+        let mut messages = std::collections::HashSet::new();
+        let one_batch = commits.iter().all(|c| {
+            c.user == first.user
+                && uids.insert(c.uid)
+                && c.processed_key.is_none_or(|k| messages.insert(k))
+        });
+        if !one_batch {
+            return commits.iter().try_for_each(|c| self.commit(c));
         }
-        if let Some(pk) = c.processed_key {
-            batch.insert(key(b'p', c.user, pk), &ord_i64(c.journal.ts));
-        }
-        let mut jk = vec![b'j'];
-        jk.extend_from_slice(&journal_id);
-        batch.insert(
-            jk,
-            serde_json::to_vec(c.journal).map_err(|e| StoreError::Io(e.to_string()))?,
-        );
-        if let Some(p) = c.proposal {
-            let mut k = key(b'c', c.user, c.uid);
-            k.push(0);
-            k.extend_from_slice(&journal_id);
-            batch.insert(k, p.calendar.to_ical().into_bytes());
-        }
-        for e in c.effects {
-            batch.insert(effect_key(b'e', &e.id), encode_effect(&pending(e))?);
+        let _stripe = self.stripe(first.user);
+        let mut batch = sled::Batch::default();
+        let mut staged = Staged::default();
+        for c in commits {
+            self.stage(c, &mut batch, &mut staged)?;
         }
         self.t.apply_batch(batch).map_err(io)
     }
@@ -1026,6 +1077,96 @@ mod tests {
         );
         t.join().unwrap();
         assert_eq!(s.flush_stats(), (1, 1));
+    }
+
+    fn put_all<'a>(
+        user: &'a str,
+        obj: &'a StoredObject,
+        busy: &'a [Busy],
+        j: &'a JournalEntry,
+        expect: Expect,
+    ) -> Commit<'a> {
+        Commit {
+            user,
+            uid: &obj.uid,
+            change: Change::Put(obj, busy),
+            expect,
+            expect_calendar: None,
+            processed_key: None,
+            journal: j,
+            proposal: None,
+            effects: &[],
+        }
+    }
+
+    #[test]
+    fn commit_all_leaves_what_the_same_commits_one_by_one_leave() {
+        let bob = "bob@example.org";
+        let objs: Vec<StoredObject> = (0..5)
+            .map(|i| object(&format!("u{i}"), "Planning"))
+            .collect();
+        let busy: Vec<Vec<Busy>> = (0..5i64)
+            .map(|i| {
+                vec![Busy {
+                    start: 1_000 * i,
+                    end: 1_000 * i + 100 * (5 - i),
+                    tentative: false,
+                }]
+            })
+            .collect();
+        let j = refresh_entry("u");
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (one, all) = (
+            Sled::open_with_cache(d1.path(), 8).unwrap(),
+            Sled::open_with_cache(d2.path(), 8).unwrap(),
+        );
+        let commits: Vec<Commit> = objs
+            .iter()
+            .zip(&busy)
+            .map(|(o, b)| put_all(bob, o, b, &j, Expect::Any))
+            .collect();
+        for c in &commits {
+            one.commit(c).unwrap();
+        }
+        all.commit_all(&commits).unwrap();
+        for s in [&one, &all] {
+            assert_eq!(s.calendar_version(bob).unwrap(), 5);
+            for o in &objs {
+                assert_eq!(s.get_versioned(bob, &o.uid).unwrap().1, 1);
+            }
+            // The longest busy period (the first object's, 500) bounds the index scan: a
+            // period that starts 400 before `from` is still found.
+            assert_eq!(s.busy(bob, 400, 450).unwrap().len(), 1);
+            assert_eq!(s.journal(100).unwrap().len(), 5);
+        }
+        assert_eq!(one.list(bob).unwrap().len(), all.list(bob).unwrap().len());
+    }
+
+    #[test]
+    fn commit_all_writes_nothing_when_one_of_them_conflicts() {
+        let bob = "bob@example.org";
+        let d = tempfile::tempdir().unwrap();
+        let s = Sled::open_with_cache(d.path(), 8).unwrap();
+        let j = refresh_entry("u");
+        let (a, b) = (object("a", "A"), object("b", "B"));
+        // b was never stored: expecting version 3 of it is a conflict.
+        let commits = [
+            put_all(bob, &a, &[], &j, Expect::Any),
+            put_all(bob, &b, &[], &j, Expect::Version(3)),
+        ];
+        assert!(matches!(
+            s.commit_all(&commits),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(s.get(bob, "a").unwrap().is_none());
+        assert_eq!(s.calendar_version(bob).unwrap(), 0);
+        // The same UID twice cannot share a batch: committed one after the other.
+        let twice = [
+            put_all(bob, &a, &[], &j, Expect::Any),
+            put_all(bob, &a, &[], &j, Expect::Version(1)),
+        ];
+        s.commit_all(&twice).unwrap();
+        assert_eq!(s.get_versioned(bob, "a").unwrap().1, 2);
     }
 
     #[test]

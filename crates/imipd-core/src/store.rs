@@ -163,6 +163,12 @@ pub trait Store: Send + Sync {
     /// Every object of a user's calendar.
     fn list(&self, user: &str) -> Result<Vec<StoredObject>>;
     fn commit(&self, c: &Commit) -> Result<()>;
+    /// Commits several changes as [`Store::commit`] would one after the other (a bulk
+    /// import); a store may make them visible together, and then a conflict in one writes
+    /// none of them. Default: one by one.
+    fn commit_all(&self, commits: &[Commit]) -> Result<()> {
+        commits.iter().try_for_each(|c| self.commit(c))
+    }
     fn is_processed(&self, user: &str, key: &str) -> Result<bool>;
     /// Busy periods overlapping [from, to).
     fn busy(&self, user: &str, from: i64, to: i64) -> Result<Vec<Busy>>;
