@@ -106,6 +106,47 @@ async fn dkim_rsa_signature_by_from_domain_proves_from() {
     assert_eq!(proof.covers, imipd::auth::Coverage::Message);
 }
 
+/// A domain without a DMARC record costs one lookup, not one per message: the negative answer
+/// is cached (mail-auth caches only records it found). dnsmasq's query log is the witness.
+#[tokio::test]
+async fn a_missing_dmarc_record_is_looked_up_once_for_many_messages() {
+    if !signers::tools_present("dmarc_negative_cache", DKIM_TOOLS) {
+        return;
+    }
+    let dir = TempDir::new().expect("tempdir");
+    let key = DkimKey::rsa(dir.path(), "sel", "example.com");
+    let log = dir.path().join("queries.log");
+    let extra = [
+        "--log-queries".to_string(),
+        format!("--log-facility={}", log.display()),
+    ];
+    let dns = (0..10)
+        .find_map(|_| {
+            Dns::start_at(
+                signers::free_udp_port(),
+                &[(&key.record_name(), &key.record)],
+                &extra,
+            )
+        })
+        .expect("dnsmasq");
+    let auth = Authenticator::new(&config(&dns)).expect("authenticator");
+    let signed = key.sign(&imip("alice@example.com", "REQUEST", REQUEST), &[]);
+    for _ in 0..3 {
+        let verdict = auth.verify_message(&signed, &facts()).await;
+        assert!(has(&verdict.results, "dmarc=none header.from=example.com"));
+        assert!(verdict.proves("mailto:alice@example.com"), "{verdict:?}");
+    }
+    let queries = std::fs::read_to_string(&log).expect("dnsmasq query log");
+    let count = |name: &str| {
+        queries
+            .lines()
+            .filter(|l| l.contains(&format!("query[TXT] {name} ")))
+            .count()
+    };
+    assert_eq!(count("_dmarc.example.com"), 1, "{queries}");
+    assert_eq!(count("sel._domainkey.example.com"), 1, "{queries}");
+}
+
 /// RFC 8463: ed25519-sha256 signatures verify too.
 #[tokio::test]
 async fn dkim_ed25519_signature_proves_from() {

@@ -180,3 +180,59 @@ fn concurrent_replies_with_user_locks_take_turns() {
         assert_eq!(retries, 0);
     }
 }
+
+/// A request that fails on a store error after its iSchedule-Message-ID was remembered is
+/// told to try again (5.1); the retry must be decided, not refused as a replay.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_request_that_failed_on_a_store_error_is_not_a_replay_when_retried() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::TempDir::new().expect("tempdir");
+    let faulty = Arc::new(imipd::store::Faulty {
+        inner: Arc::new(Sled::open(dir.path()).expect("store")),
+        remaining: AtomicUsize::new(0),
+    });
+    let store: Arc<dyn Store> = faulty.clone();
+    let cfg = Config {
+        data_dir: dir.path().to_path_buf(),
+        local_domains: vec!["example.org".into()],
+        ..Config::default()
+    };
+    let p = Pipeline::new(store, Arc::new(cfg));
+    p.import(ORGANIZER, &request("retried")).expect("import");
+    let body = reply("retried", 0);
+    let originator = format!("mailto:{}", attendee(0));
+    let recipients = [format!("mailto:{ORGANIZER}")];
+    let until = imipd_core::clock::now() + 3600;
+    let delivery = IscheduleDelivery {
+        body: body.as_bytes(),
+        ct_component: None,
+        ct_method: None,
+        originator: &originator,
+        recipients: &recipients,
+        message_id: Some("retried-1"),
+        replay: Some(("signer|originator|retried-1", until)),
+        accepts: &imipd::ischedule::capabilities::OUR_MESSAGES,
+    };
+    faulty.remaining.store(1, Ordering::SeqCst);
+    assert!(
+        p.process_ischedule(&delivery).is_err(),
+        "the injected failure"
+    );
+    match p.process_ischedule(&delivery).expect("retry") {
+        IscheduleOutcome::Done { verdict, .. } => {
+            assert_eq!(
+                verdict.outcomes[0].outcome.as_str(),
+                "applied",
+                "{:?}",
+                verdict.outcomes
+            )
+        }
+        other => panic!("the retry was not decided: {other:?}"),
+    }
+    // A real replay of the request that succeeded is still refused.
+    assert!(matches!(
+        p.process_ischedule(&delivery).expect("replay"),
+        IscheduleOutcome::Replay
+    ));
+}

@@ -99,8 +99,19 @@ impl Pipeline {
         for found in &mut ex.objects {
             found.proven = proven.clone();
         }
-        let verdict = self.process_objects(Some(&local), &ex, true)?;
-        crate::metrics::commit(|| writer.flush())?;
+        let done = self
+            .process_objects(Some(&local), &ex, true)
+            .and_then(|v| crate::metrics::commit(|| writer.flush()).map(|()| v));
+        let verdict = match done {
+            Ok(v) => v,
+            Err(e) => {
+                // The peer is told to try again: its retry must not be refused as a replay.
+                if let Some((key, _)) = d.replay {
+                    let _ = self.store.forget_message_id(key);
+                }
+                return Err(e);
+            }
+        };
         self.wake_runner(&verdict);
         Ok(IscheduleOutcome::Done {
             verdict: Box::new(verdict),

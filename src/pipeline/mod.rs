@@ -439,9 +439,6 @@ impl Pipeline {
     /// [`Pipeline::process`] for a message that [`Pipeline::ordinary`] already looked at and
     /// left to the full reading (a door that triaged it on its own thread).
     pub fn process_read(&self, d: &Delivery) -> Result<Verdict, StoreError> {
-        // This message may commit, then ask for durability: a flush another message starts
-        // meanwhile may wait a moment for it and cover both (dropped early, it says so).
-        let writer = Writer::begin(&*self.store);
         let (bytes, bare_cr) = extract::normalize_line_ends(d.raw);
         let parsed = Parsed::new(&bytes, bare_cr);
         if !extract::may_hold_calendar(&parsed) {
@@ -459,6 +456,10 @@ impl Pipeline {
             Trust::Nothing => Proof::default(),
         };
         let ex = extract::extract_parsed(&parsed, &proof);
+        // From here on this message commits, then asks for durability: a flush another
+        // message starts meanwhile may wait a moment for it and cover both. Announced after
+        // the proof, whose DNS lookups take as long as they take.
+        let writer = Writer::begin(&*self.store);
         let (recipients, envelope) = match &d.recipients {
             Recipients::Envelope(all) => {
                 let local: Vec<String> = all
@@ -1246,30 +1247,36 @@ impl Pipeline {
                     .cloned()
                     .collect();
             }
-            // Committed in batches: one store batch per IMPORT_BATCH objects.
-            for chunk in groups.chunks(IMPORT_BATCH) {
-                let staged: Vec<(Vec<itip::Busy>, JournalEntry)> = chunk
-                    .iter()
-                    .map(|obj| {
-                        let busy = itip::busy_periods(obj, user, self.config.itip.max_instances);
-                        let entry = JournalEntry {
-                            ts: now(),
-                            user: user.to_string(),
-                            message_id: String::new(),
-                            method: "IMPORT".into(),
-                            component: obj.kind.clone(),
-                            uid: obj.uid.clone(),
-                            outcome: "applied".into(),
-                            reason: "imported".into(),
-                            count: 1,
-                        };
-                        (busy, entry)
-                    })
-                    .collect();
+            // Committed in batches of at most IMPORT_BATCH objects and IMPORT_BATCH_ROWS
+            // busy periods: sled applies a batch under a store-wide lock that the doors'
+            // reads wait for, so a batch stays small.
+            let mut chunk: Vec<(&StoredObject, Vec<itip::Busy>, JournalEntry)> = Vec::new();
+            let mut rows = 0;
+            let mut objects = groups.iter().peekable();
+            while let Some(obj) = objects.next() {
+                let busy = itip::busy_periods(obj, user, self.config.itip.max_instances);
+                rows += busy.len() + 1;
+                let entry = JournalEntry {
+                    ts: now(),
+                    user: user.to_string(),
+                    message_id: String::new(),
+                    method: "IMPORT".into(),
+                    component: obj.kind.clone(),
+                    uid: obj.uid.clone(),
+                    outcome: "applied".into(),
+                    reason: "imported".into(),
+                    count: 1,
+                };
+                chunk.push((obj, busy, entry));
+                if chunk.len() < IMPORT_BATCH
+                    && rows < IMPORT_BATCH_ROWS
+                    && objects.peek().is_some()
+                {
+                    continue;
+                }
                 let commits: Vec<Commit> = chunk
                     .iter()
-                    .zip(&staged)
-                    .map(|(obj, (busy, entry))| Commit {
+                    .map(|(obj, busy, entry)| Commit {
                         user,
                         uid: &obj.uid,
                         change: Change::Put(obj, busy),
@@ -1284,15 +1291,19 @@ impl Pipeline {
                     .collect();
                 let _guard = self.user_lock(user);
                 self.store.commit_all(&commits).map_err(|e| e.to_string())?;
-                uids.extend(chunk.iter().map(|o| o.uid.clone()));
+                uids.extend(chunk.iter().map(|(o, _, _)| o.uid.clone()));
+                chunk.clear();
+                rows = 0;
             }
         }
         Ok(uids)
     }
 }
 
-/// Objects an import commits in one store batch.
+/// Objects an import commits in one store batch, at most.
 const IMPORT_BATCH: usize = 256;
+/// Busy periods (plus one per object) an import commits in one store batch, at most.
+const IMPORT_BATCH_ROWS: usize = 4096;
 
 #[cfg(test)]
 mod tests {

@@ -220,6 +220,9 @@ impl Store for Faulty {
     fn remember_message_id(&self, key: &str, until: i64, now: i64) -> Result<bool> {
         self.inner.remember_message_id(key, until, now)
     }
+    fn forget_message_id(&self, key: &str) -> Result<()> {
+        self.inner.forget_message_id(key)
+    }
 }
 
 /// Creates `dir` (mode 0750), or takes group write and every permission for others away from

@@ -142,7 +142,15 @@ impl GroupFlush {
                 st.started += 1;
                 let generation = st.started;
                 drop(st);
-                let res = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                // A panic in sled must not leave `running` set: every later flush would wait.
+                let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.flush()))
+                    .unwrap_or_else(|_| {
+                        Err(sled::Error::ReportableBug(
+                            "the store's flush panicked".into(),
+                        ))
+                    })
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
                 st = self.lock();
                 st.running = false;
                 st.done = generation;
@@ -683,6 +691,12 @@ impl Store for Sled {
     fn flush_stats(&self) -> (u64, u64) {
         let st = self.group.lock();
         (st.callers, st.started)
+    }
+
+    fn forget_message_id(&self, id: &str) -> Result<()> {
+        let mut k = vec![b'r'];
+        k.extend_from_slice(id.as_bytes());
+        self.t.remove(k).map(|_| ()).map_err(io)
     }
 
     fn remember_message_id(&self, id: &str, until: i64, now: i64) -> Result<bool> {

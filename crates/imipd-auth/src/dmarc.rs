@@ -60,7 +60,7 @@ pub(crate) async fn lookup(dns: &Dns, domain: &str) -> Policy {
     }
     for candidate in candidates {
         let name = format!("_dmarc.{candidate}.");
-        let lookup = dns.resolver.txt_lookup::<Dmarc>(name, Some(&dns.cache));
+        let lookup = dns.resolver.txt_lookup::<Dmarc>(&name, Some(&dns.cache));
         match tokio::time::timeout(dns.timeout, lookup).await {
             Ok(Ok(record)) => {
                 return Policy {
@@ -69,9 +69,23 @@ pub(crate) async fn lookup(dns: &Dns, domain: &str) -> Policy {
                     },
                 }
             }
-            Ok(Err(Error::Dns(DnsError::RecordNotFound(_) | DnsError::InvalidRecordType))) => {}
-            // A TXT record that is not DMARC at all is no record.
-            Ok(Err(Error::ParseError | Error::Dkim(_))) => {}
+            // No record, or a TXT record that is not DMARC at all: remembered as such
+            // (mail-auth caches only what it found), or every message from a domain without
+            // DMARC would cost a lookup. The cache keeps a negative answer at most
+            // [`super::dns::MAX_ERROR_TTL`].
+            Ok(Err(
+                err @ (Error::Dns(DnsError::RecordNotFound(_) | DnsError::InvalidRecordType)
+                | Error::ParseError
+                | Error::Dkim(_)),
+            )) => {
+                use mail_auth::common::resolver::ToFqdn;
+                use mail_auth::ResolverCache;
+                dns.cache.insert(
+                    name.to_fqdn().into(),
+                    mail_auth::Txt::Error(err),
+                    std::time::Instant::now() + super::dns::MAX_ERROR_TTL,
+                );
+            }
             Ok(Err(err)) => {
                 return Policy {
                     state: State::TempError(err.to_string()),

@@ -14,7 +14,7 @@ use super::AuthError;
 /// Entries kept at most; a full cache drops its expired entries, then everything.
 const CACHE_CAPACITY: usize = 4096;
 /// Negative or failed answers are kept this long at most, so a fixed record is seen soon.
-const MAX_ERROR_TTL: Duration = Duration::from_secs(60);
+pub(crate) const MAX_ERROR_TTL: Duration = Duration::from_secs(60);
 
 pub struct Dns {
     pub resolver: MessageAuthenticator,

@@ -240,6 +240,12 @@ pub trait Store: Send + Sync {
     /// until `until`: true the first time, false while an earlier one is still remembered
     /// (a replay). Expired identifiers are forgotten.
     fn remember_message_id(&self, key: &str, until: i64, now: i64) -> Result<bool>;
+    /// Forgets an identifier [`Store::remember_message_id`] remembered, for a request that
+    /// failed after it (a store error): the sender's retry is then not taken for a replay.
+    fn forget_message_id(&self, key: &str) -> Result<()> {
+        let _ = key;
+        Ok(())
+    }
 }
 
 /// A unit of work that commits and then makes its commits durable (a message, an iSchedule
