@@ -147,6 +147,42 @@ async fn a_missing_dmarc_record_is_looked_up_once_for_many_messages() {
     assert_eq!(count("sel._domainkey.example.com"), 1, "{queries}");
 }
 
+/// A signature whose key is not published costs one lookup, not one per message.
+#[tokio::test]
+async fn an_unpublished_dkim_key_is_looked_up_once_for_many_messages() {
+    if !signers::tools_present("dkim_negative_cache", DKIM_TOOLS) {
+        return;
+    }
+    let dir = TempDir::new().expect("tempdir");
+    let key = DkimKey::rsa(dir.path(), "gone", "example.com");
+    let log = dir.path().join("queries.log");
+    let extra = [
+        "--log-queries".to_string(),
+        format!("--log-facility={}", log.display()),
+    ];
+    // The key's record is not served: every name is NXDOMAIN.
+    let dns = (0..10)
+        .find_map(|_| Dns::start_at(signers::free_udp_port(), &[], &extra))
+        .expect("dnsmasq");
+    let auth = Authenticator::new(&config(&dns)).expect("authenticator");
+    let signed = key.sign(&imip("alice@example.com", "REQUEST", REQUEST), &[]);
+    for _ in 0..3 {
+        let verdict = auth.verify_message(&signed, &facts()).await;
+        assert!(
+            has(&verdict.results, "dkim=permerror"),
+            "{:?}",
+            verdict.results
+        );
+        assert!(!verdict.proves("mailto:alice@example.com"), "{verdict:?}");
+    }
+    let queries = std::fs::read_to_string(&log).expect("dnsmasq query log");
+    let lookups = queries
+        .lines()
+        .filter(|l| l.contains("query[TXT] gone._domainkey.example.com "))
+        .count();
+    assert_eq!(lookups, 1, "{queries}");
+}
+
 /// RFC 8463: ed25519-sha256 signatures verify too.
 #[tokio::test]
 async fn dkim_ed25519_signature_proves_from() {

@@ -9,7 +9,7 @@
 
 use mail_auth::common::crypto::HashAlgorithm;
 use mail_auth::dkim::{Canonicalization, DkimError};
-use mail_auth::{AuthenticatedMessage, DkimResult, Error, Parameters};
+use mail_auth::{AuthenticatedMessage, DkimResult, DnsError, Error, Parameters};
 use sha2::{Digest, Sha256};
 
 use super::dns::Dns;
@@ -116,6 +116,22 @@ pub(crate) async fn verify(dns: &Dns, raw: &[u8], body_offset: usize) -> Vec<Dki
             }]
         }
     };
+    for output in &outputs {
+        // A key that is not published: remembered as such (mail-auth caches only what it
+        // found), or every message signed with that selector would cost a lookup again.
+        if let (DkimResult::PermError(err @ Error::Dns(DnsError::RecordNotFound(_))), Some(sig)) =
+            (output.result(), output.signature())
+        {
+            use mail_auth::common::resolver::ToFqdn;
+            use mail_auth::ResolverCache;
+            let name = format!("{}._domainkey.{}.", sig.s, sig.d);
+            dns.cache.insert(
+                name.to_fqdn().into(),
+                mail_auth::Txt::Error(err.clone()),
+                std::time::Instant::now() + super::dns::MAX_ERROR_TTL,
+            );
+        }
+    }
     outputs
         .iter()
         .map(|output| {
