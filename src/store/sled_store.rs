@@ -82,6 +82,10 @@ struct FlushState {
     gathering: bool,
     /// Writers that said a flush request of theirs is coming and have not made it yet.
     coming: u64,
+    /// The newest flush that succeeded: it covers every caller whose commits came before it
+    /// started, whatever became of earlier flushes.
+    last_ok: u64,
+    /// The error of the newest flush that failed.
     error: Option<String>,
 }
 
@@ -115,11 +119,13 @@ impl GroupFlush {
         // being gathered has not started).
         let mine = st.started + 1;
         loop {
+            if st.last_ok >= mine {
+                return Ok(());
+            }
             if st.done >= mine {
-                return match &st.error {
-                    Some(e) => Err(StoreError::Io(e.clone())),
-                    None => Ok(()),
-                };
+                return Err(StoreError::Io(
+                    st.error.clone().unwrap_or_else(|| "flush failed".into()),
+                ));
             }
             if !st.running {
                 st.running = true;
@@ -154,7 +160,10 @@ impl GroupFlush {
                 st = self.lock();
                 st.running = false;
                 st.done = generation;
-                st.error = res.err();
+                match res {
+                    Ok(()) => st.last_ok = generation,
+                    Err(e) => st.error = Some(e),
+                }
                 self.cv.notify_all();
             } else {
                 st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
