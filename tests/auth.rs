@@ -106,6 +106,27 @@ async fn dkim_rsa_signature_by_from_domain_proves_from() {
     assert_eq!(proof.covers, imipd::auth::Coverage::Message);
 }
 
+/// A dnsmasq serving `records` that logs every query it gets, and how many TXT queries for
+/// `name` the log holds.
+fn logged_dns(dir: &std::path::Path, records: &[(&str, &str)]) -> (Dns, impl Fn(&str) -> usize) {
+    let log = dir.join("queries.log");
+    let extra = [
+        "--log-queries".to_string(),
+        format!("--log-facility={}", log.display()),
+    ];
+    let dns = (0..10)
+        .find_map(|_| Dns::start_at(signers::free_udp_port(), records, &extra))
+        .expect("dnsmasq");
+    let count = move |name: &str| {
+        let queries = std::fs::read_to_string(&log).expect("dnsmasq query log");
+        queries
+            .lines()
+            .filter(|l| l.contains(&format!("query[TXT] {name} ")))
+            .count()
+    };
+    (dns, count)
+}
+
 /// A domain without a DMARC record costs one lookup, not one per message: the negative answer
 /// is cached (mail-auth caches only records it found). dnsmasq's query log is the witness.
 #[tokio::test]
@@ -115,20 +136,7 @@ async fn a_missing_dmarc_record_is_looked_up_once_for_many_messages() {
     }
     let dir = TempDir::new().expect("tempdir");
     let key = DkimKey::rsa(dir.path(), "sel", "example.com");
-    let log = dir.path().join("queries.log");
-    let extra = [
-        "--log-queries".to_string(),
-        format!("--log-facility={}", log.display()),
-    ];
-    let dns = (0..10)
-        .find_map(|_| {
-            Dns::start_at(
-                signers::free_udp_port(),
-                &[(&key.record_name(), &key.record)],
-                &extra,
-            )
-        })
-        .expect("dnsmasq");
+    let (dns, queries) = logged_dns(dir.path(), &[(&key.record_name(), &key.record)]);
     let auth = Authenticator::new(&config(&dns)).expect("authenticator");
     let signed = key.sign(&imip("alice@example.com", "REQUEST", REQUEST), &[]);
     for _ in 0..3 {
@@ -136,18 +144,12 @@ async fn a_missing_dmarc_record_is_looked_up_once_for_many_messages() {
         assert!(has(&verdict.results, "dmarc=none header.from=example.com"));
         assert!(verdict.proves("mailto:alice@example.com"), "{verdict:?}");
     }
-    let queries = std::fs::read_to_string(&log).expect("dnsmasq query log");
-    let count = |name: &str| {
-        queries
-            .lines()
-            .filter(|l| l.contains(&format!("query[TXT] {name} ")))
-            .count()
-    };
-    assert_eq!(count("_dmarc.example.com"), 1, "{queries}");
-    assert_eq!(count("sel._domainkey.example.com"), 1, "{queries}");
+    assert_eq!(queries("_dmarc.example.com"), 1);
+    assert_eq!(queries("sel._domainkey.example.com"), 1);
 }
 
-/// A signature whose key is not published costs one lookup, not one per message.
+/// A signature whose key is not published costs one lookup, not one per message, and proves
+/// nothing each time.
 #[tokio::test]
 async fn an_unpublished_dkim_key_is_looked_up_once_for_many_messages() {
     if !signers::tools_present("dkim_negative_cache", DKIM_TOOLS) {
@@ -155,15 +157,8 @@ async fn an_unpublished_dkim_key_is_looked_up_once_for_many_messages() {
     }
     let dir = TempDir::new().expect("tempdir");
     let key = DkimKey::rsa(dir.path(), "gone", "example.com");
-    let log = dir.path().join("queries.log");
-    let extra = [
-        "--log-queries".to_string(),
-        format!("--log-facility={}", log.display()),
-    ];
     // The key's record is not served: every name is NXDOMAIN.
-    let dns = (0..10)
-        .find_map(|_| Dns::start_at(signers::free_udp_port(), &[], &extra))
-        .expect("dnsmasq");
+    let (dns, queries) = logged_dns(dir.path(), &[]);
     let auth = Authenticator::new(&config(&dns)).expect("authenticator");
     let signed = key.sign(&imip("alice@example.com", "REQUEST", REQUEST), &[]);
     for _ in 0..3 {
@@ -175,12 +170,45 @@ async fn an_unpublished_dkim_key_is_looked_up_once_for_many_messages() {
         );
         assert!(!verdict.proves("mailto:alice@example.com"), "{verdict:?}");
     }
-    let queries = std::fs::read_to_string(&log).expect("dnsmasq query log");
-    let lookups = queries
-        .lines()
-        .filter(|l| l.contains("query[TXT] gone._domainkey.example.com "))
-        .count();
-    assert_eq!(lookups, 1, "{queries}");
+    assert_eq!(queries("gone._domainkey.example.com"), 1);
+}
+
+/// A lookup that timed out (a slow or silent server) is not remembered: once the server
+/// answers, the same authenticator finds the key and the signature proves From.
+#[tokio::test]
+async fn a_timed_out_lookup_is_not_remembered() {
+    if !signers::tools_present("dns_timeout_not_cached", DKIM_TOOLS) {
+        return;
+    }
+    let dir = TempDir::new().expect("tempdir");
+    let key = DkimKey::rsa(dir.path(), "sel", "example.com");
+    let signed = key.sign(&imip("alice@example.com", "REQUEST", REQUEST), &[]);
+    let silent = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    let auth = Authenticator::new(&AuthConfig {
+        authserv_id: signers::AUTHSERV_ID.into(),
+        nameservers: vec![addr],
+        dns_timeout: Duration::from_millis(500),
+        ..AuthConfig::default()
+    })
+    .expect("authenticator");
+    let verdict = auth.verify_message(&signed, &facts()).await;
+    assert!(
+        has(&verdict.results, "dkim=temperror"),
+        "{:?}",
+        verdict.results
+    );
+    assert!(verdict.proofs.is_empty());
+    drop(silent);
+    let Some(_dns) = Dns::start_at(addr.port(), &[(&key.record_name(), &key.record)], &[]) else {
+        eprintln!(
+            "NOTICE: port {} taken again before dnsmasq started; not checked",
+            addr.port()
+        );
+        return;
+    };
+    let verdict = auth.verify_message(&signed, &facts()).await;
+    assert!(verdict.proves("mailto:alice@example.com"), "{verdict:?}");
 }
 
 /// RFC 8463: ed25519-sha256 signatures verify too.

@@ -122,14 +122,8 @@ pub(crate) async fn verify(dns: &Dns, raw: &[u8], body_offset: usize) -> Vec<Dki
         if let (DkimResult::PermError(err @ Error::Dns(DnsError::RecordNotFound(_))), Some(sig)) =
             (output.result(), output.signature())
         {
-            use mail_auth::common::resolver::ToFqdn;
-            use mail_auth::ResolverCache;
-            let name = format!("{}._domainkey.{}.", sig.s, sig.d);
-            dns.cache.insert(
-                name.to_fqdn().into(),
-                mail_auth::Txt::Error(err.clone()),
-                std::time::Instant::now() + super::dns::MAX_ERROR_TTL,
-            );
+            dns.cache
+                .remember_missing(&format!("{}._domainkey.{}.", sig.s, sig.d), err.clone());
         }
     }
     outputs

@@ -69,23 +69,15 @@ pub(crate) async fn lookup(dns: &Dns, domain: &str) -> Policy {
                     },
                 }
             }
-            // No record, or a TXT record that is not DMARC at all: remembered as such
-            // (mail-auth caches only what it found), or every message from a domain without
-            // DMARC would cost a lookup. The cache keeps a negative answer at most
-            // [`super::dns::MAX_ERROR_TTL`].
-            Ok(Err(
-                err @ (Error::Dns(DnsError::RecordNotFound(_) | DnsError::InvalidRecordType)
-                | Error::ParseError
-                | Error::Dkim(_)),
-            )) => {
-                use mail_auth::common::resolver::ToFqdn;
-                use mail_auth::ResolverCache;
-                dns.cache.insert(
-                    name.to_fqdn().into(),
-                    mail_auth::Txt::Error(err),
-                    std::time::Instant::now() + super::dns::MAX_ERROR_TTL,
-                );
+            // No record: remembered as such (the cache keeps a negative answer at most a
+            // minute), or every message from a domain without DMARC would cost a lookup.
+            Ok(Err(err @ Error::Dns(DnsError::RecordNotFound(_)))) => {
+                dns.cache.remember_missing(&name, err);
             }
+            // A TXT record that is not DMARC at all is no record (mail-auth caches it).
+            Ok(Err(
+                Error::Dns(DnsError::InvalidRecordType) | Error::ParseError | Error::Dkim(_),
+            )) => {}
             Ok(Err(err)) => {
                 return Policy {
                     state: State::TempError(err.to_string()),

@@ -14,7 +14,7 @@ use super::AuthError;
 /// Entries kept at most; a full cache drops its expired entries, then everything.
 const CACHE_CAPACITY: usize = 4096;
 /// Negative or failed answers are kept this long at most, so a fixed record is seen soon.
-pub(crate) const MAX_ERROR_TTL: Duration = Duration::from_secs(60);
+const MAX_ERROR_TTL: Duration = Duration::from_secs(60);
 
 pub struct Dns {
     pub resolver: MessageAuthenticator,
@@ -70,6 +70,18 @@ impl TxtCache {
         // A panic elsewhere while holding the lock leaves a usable map.
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Remembers that `name` has no record (`err`, the resolver's "not found"), for at most
+    /// [`MAX_ERROR_TTL`]: mail-auth caches what it found and what it could not parse, not a
+    /// name that is not there, so each message would look it up again.
+    pub(crate) fn remember_missing(&self, name: &str, err: mail_auth::Error) {
+        use mail_auth::common::resolver::ToFqdn;
+        self.insert(
+            name.to_fqdn().into(),
+            Txt::Error(err),
+            Instant::now() + MAX_ERROR_TTL,
+        );
+    }
 }
 
 impl ResolverCache<Box<str>, Txt> for TxtCache {
@@ -116,10 +128,52 @@ impl ResolverCache<Box<str>, Txt> for TxtCache {
         if entries.len() >= CACHE_CAPACITY {
             let now = Instant::now();
             entries.retain(|_, (_, expires)| *expires > now);
+            // Names anyone can make up (a selector, a From domain) go before keys and
+            // policies that were found.
+            if entries.len() >= CACHE_CAPACITY {
+                entries.retain(|_, (value, _)| !matches!(value, Txt::Error(_)));
+            }
             if entries.len() >= CACHE_CAPACITY {
                 entries.clear();
             }
         }
         entries.insert(key, (value, valid_until));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mail_auth::common::parse::TxtRecordParser;
+    use mail_auth::dmarc::Dmarc;
+
+    /// Names anyone can make up fill a full cache with "not found" answers; they are dropped
+    /// before the records that were found.
+    #[test]
+    fn made_up_names_do_not_push_found_records_out() {
+        let cache = TxtCache::default();
+        let policy = Dmarc::parse(b"v=DMARC1; p=reject").expect("record");
+        let later = Instant::now() + Duration::from_secs(3600);
+        cache.insert(
+            "_dmarc.example.com.".into(),
+            Txt::Dmarc(policy.into()),
+            later,
+        );
+        let missing = || {
+            mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(
+                mail_auth::hickory_resolver::proto::op::ResponseCode::NXDomain,
+            ))
+        };
+        for i in 0..CACHE_CAPACITY + 10 {
+            cache.remember_missing(&format!("s{i}._domainkey.attacker.example."), missing());
+        }
+        assert!(matches!(
+            cache.get::<str>("_dmarc.example.com."),
+            Some(Txt::Dmarc(_))
+        ));
+        assert!(cache.lock().len() <= CACHE_CAPACITY);
+        // A remembered miss is answered from the cache, as mail-auth's lookup expects.
+        let n = format!("s{}._domainkey.attacker.example.", CACHE_CAPACITY + 9);
+        assert!(matches!(cache.get::<str>(&n), Some(Txt::Error(_))));
     }
 }
