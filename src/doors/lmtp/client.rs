@@ -298,35 +298,30 @@ mod tests {
         );
         // A server that closes after each transaction: the kept session is stale, and the
         // delivery still succeeds on a new one.
+        let three = |addr| {
+            let pool = &pool;
+            async move {
+                let target = crate::config::Listen::Inet(addr);
+                for _ in 0..3 {
+                    pool.send(
+                        &target,
+                        "a@example.com",
+                        "b@example.org",
+                        b"Subject: x\r\n\r\nhi\r\n",
+                        Duration::from_secs(5),
+                    )
+                    .await
+                    .unwrap();
+                }
+            }
+        };
         let (addr, conns) = server(1).await;
-        let target = crate::config::Listen::Inet(addr);
-        for _ in 0..3 {
-            pool.send(
-                &target,
-                "a@example.com",
-                "b@example.org",
-                b"Subject: x\r\n\r\nhi\r\n",
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
-        }
+        three(addr).await;
         assert_eq!(conns.load(Ordering::SeqCst), 3);
         // A kept session answered 421: the delivery goes on a new session, not back as a
         // temporary failure.
         let (addr, conns) = server_with(1, true).await;
-        let target = crate::config::Listen::Inet(addr);
-        for _ in 0..3 {
-            pool.send(
-                &target,
-                "a@example.com",
-                "b@example.org",
-                b"Subject: x\r\n\r\nhi\r\n",
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
-        }
+        three(addr).await;
         assert_eq!(conns.load(Ordering::SeqCst), 3);
     }
 
