@@ -5,7 +5,7 @@
 
 mod mta;
 
-use mta::{free_port, lmtp_deliver, wait_gone, Imipd};
+use mta::{lmtp_deliver, wait_gone, Imipd};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -71,6 +71,29 @@ fn wait_effect(imipd: &Imipd, outcome: &str) -> serde_json::Value {
     }
 }
 
+/// A port of the sink, held from the start: bound but not listening, so that connections are
+/// refused until the sink starts, and no other socket can be given the port meanwhile.
+struct Reserved {
+    socket: socket2::Socket,
+    port: u16,
+}
+
+impl Reserved {
+    fn new() -> Reserved {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        socket.bind(&any.into()).expect("bind a port for the sink");
+        let port = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map(|a| a.port())
+            .expect("port of the sink");
+        Reserved { socket, port }
+    }
+}
+
 /// Just enough SMTP to take messages: every message's DATA is kept in `got`.
 struct Sink {
     got: Arc<Mutex<Vec<String>>>,
@@ -79,8 +102,9 @@ struct Sink {
 }
 
 impl Sink {
-    fn start(port: u16) -> Sink {
-        let l = TcpListener::bind(("127.0.0.1", port)).expect("bind the SMTP sink");
+    fn start(port: Reserved) -> Sink {
+        port.socket.listen(16).expect("listen on the sink's port");
+        let l: TcpListener = port.socket.into();
         l.set_nonblocking(true).expect("nonblocking");
         let got = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -176,7 +200,8 @@ fn reply_committed_before_a_crash_is_sent_after_restart() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     // Nothing listens here until the sink starts: connections are refused.
-    let smtp_port = free_port();
+    let reserved = Reserved::new();
+    let smtp_port = reserved.port;
     let imipd = Imipd::start(dir, &config(dir, smtp_port), &[]);
     imipd.import("bob@example.org", EVENT);
     let replies = lmtp_deliver(
@@ -209,7 +234,7 @@ fn reply_committed_before_a_crash_is_sent_after_restart() {
     );
     drop(imipd);
 
-    let sink = Sink::start(smtp_port);
+    let sink = Sink::start(reserved);
     let mut imipd = Imipd::start(dir, &config(dir, smtp_port), &[]);
     let got = sink.wait(1, Duration::from_secs(30));
     assert_eq!(
@@ -251,7 +276,8 @@ fn reply_committed_before_a_crash_is_sent_after_restart() {
 fn process_leaves_a_failed_reply_queued_for_the_daemon() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    let smtp_port = free_port();
+    let reserved = Reserved::new();
+    let smtp_port = reserved.port;
     std::fs::create_dir_all(dir).unwrap();
     let cfg = dir.join("imipd.toml");
     std::fs::write(
@@ -292,7 +318,7 @@ fn process_leaves_a_failed_reply_queued_for_the_daemon() {
         "{journal}"
     );
 
-    let sink = Sink::start(smtp_port);
+    let sink = Sink::start(reserved);
     let mut imipd = Imipd::start(dir, &config(dir, smtp_port), &[]);
     let got = sink.wait(1, Duration::from_secs(30));
     assert_eq!(got.len(), 1, "log:\n{}", imipd.log());
@@ -376,8 +402,9 @@ fn old_queue_files_are_moved_into_the_store_and_sent() {
     )
     .unwrap();
     std::fs::write(queue.join("2.eml"), msg("dave@remote.example")).unwrap();
-    let smtp_port = free_port();
-    let sink = Sink::start(smtp_port);
+    let reserved = Reserved::new();
+    let smtp_port = reserved.port;
+    let sink = Sink::start(reserved);
     let cfg = format!(
         "{}[metrics]\nlisten = \"127.0.0.1:0\"\n",
         config(dir, smtp_port)

@@ -32,23 +32,39 @@ pub fn have(test: &str, tools: &[&str]) -> bool {
     true
 }
 
-/// A TCP port on 127.0.0.1 that is free now, for a server started later. It is taken below
-/// the kernel's ephemeral range, so that no outgoing connection or port-0 listener (another
-/// test's daemon) can be given it meanwhile, and handed out once per process.
+/// A TCP port on 127.0.0.1 that is free now, for a server started later. It is taken outside
+/// the kernel's ephemeral range (below it, or above it where the range starts low), so that no
+/// outgoing connection or port-0 listener (another test's daemon) can be given it meanwhile,
+/// and handed out once per process. A test that binds the port itself should bind port 0
+/// instead and keep the socket.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+    let range: Vec<u32> = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32768)
-        .clamp(12000, 65000);
-    let span = low - 10000;
+        .map(|r| {
+            r.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let (low, high) = match range[..] {
+        [l, h] => (l, h),
+        _ => (32768, 60999),
+    };
+    // The widest window of at least 2,000 ports outside [low, high]; the whole range else.
+    let (start, span) = if low >= 12000 {
+        (10000, low - 10000)
+    } else if high <= 63000 {
+        (high + 1, 65535 - high)
+    } else {
+        (10000, 55000)
+    };
     // Test binaries run one after another: each starts at its own offset.
     let base = std::process::id() * 97 % span;
     for _ in 0..span {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let port = (10000 + (base + n) % span) as u16;
+        let port = (start + (base + n) % span) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
