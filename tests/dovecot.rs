@@ -19,7 +19,26 @@ struct Dovecot {
 }
 
 impl Dovecot {
+    /// Starts Dovecot on a free port; where another process took the port before Dovecot could
+    /// bind it, starts again on another one (five tries).
     fn start(dir: &Path, extra: &str) -> Dovecot {
+        for attempt in 1.. {
+            match Dovecot::start_once(dir, extra) {
+                Ok(d) => return d,
+                Err(why) if attempt < 5 && mta::port_was_taken(&why) => {
+                    eprintln!("NOTICE: dovecot: {why}; another port");
+                    let _ = std::fs::rename(
+                        dir.join("dovecot.log"),
+                        dir.join(format!("dovecot.log.{attempt}")),
+                    );
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
+        unreachable!()
+    }
+
+    fn start_once(dir: &Path, extra: &str) -> Result<Dovecot, String> {
         use std::os::unix::fs::PermissionsExt;
         // Mail is written as nobody: the path to the homes must be searchable.
         let mut p = Some(dir);
@@ -75,15 +94,22 @@ impl Dovecot {
             port,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        loop {
+            match mta::greeting(port) {
+                Some(l) if l.starts_with("220 ") && l.contains("Dovecot") => return Ok(d),
+                Some(l) if !l.is_empty() => {
+                    d.stop();
+                    return Err(format!("the port answers as another server: {l:?}"));
+                }
+                _ => {}
+            }
             if Instant::now() > deadline || d.child.try_wait().ok().flatten().is_some() {
                 let log = d.log();
                 d.stop();
-                panic!("dovecot did not start listening:\n{log}");
+                return Err(format!("dovecot did not start listening:\n{log}"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        d
     }
 
     fn log(&self) -> String {

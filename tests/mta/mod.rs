@@ -269,8 +269,43 @@ scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 ";
 
+/// The first line the server on `port` sends (within 10 s), if it accepts a connection: a test
+/// checks that the listener is the server it started, not another process that took the port.
+pub fn greeting(port: u16) -> Option<String> {
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut line = String::new();
+    let _ = BufReader::new(s).read_line(&mut line);
+    Some(line)
+}
+
+/// Whether a start failed because another process had the port (worth a try on another one).
+pub fn port_was_taken(why: &str) -> bool {
+    why.contains("Address already in use") || why.contains("another server")
+}
+
 impl Postfix {
+    /// Starts Postfix; where the smtpd port is picked here and another process took it before
+    /// Postfix could bind it, starts again on another port (five tries).
     pub fn start(dir: &Path, o: &PostfixOptions<'_>) -> Postfix {
+        for attempt in 1.. {
+            let port = o.smtp_port.unwrap_or_else(free_port);
+            match Postfix::start_at(dir, o, port) {
+                Ok(pf) => return pf,
+                Err(why) if o.smtp_port.is_none() && attempt < 5 && port_was_taken(&why) => {
+                    eprintln!("NOTICE: postfix on port {port}: {why}; another port");
+                    let _ = std::fs::rename(
+                        dir.join("maillog"),
+                        dir.join(format!("maillog.{attempt}")),
+                    );
+                }
+                Err(why) => panic!("postfix on port {port}: {why}"),
+            }
+        }
+        unreachable!()
+    }
+
+    fn start_at(dir: &Path, o: &PostfixOptions<'_>, smtp_port: u16) -> Result<Postfix, String> {
         let etc = dir.join("etc");
         let queue = dir.join("queue");
         let data = dir.join("data");
@@ -291,7 +326,6 @@ impl Postfix {
             .arg("postfix:postfix")
             .arg(&data)
             .status();
-        let smtp_port = o.smtp_port.unwrap_or_else(free_port);
         let mut main = format!(
             "compatibility_level = 3.6\nqueue_directory = {q}\ndata_directory = {d}\nmail_owner = postfix\n\
              setgid_group = postdrop\nmyhostname = mx.example.org\nmydomain = example.org\nmydestination =\n\
@@ -331,15 +365,18 @@ impl Postfix {
             .status()
             .expect("postfix check");
         assert!(st.success(), "postfix check failed");
-        let st = Command::new("postfix")
+        let out = Command::new("postfix")
             .args(["-c", &c, "start"])
-            .status()
+            .output()
             .expect("postfix start");
-        assert!(
-            st.success(),
-            "postfix start failed: {}",
-            std::fs::read_to_string(dir.join("maillog")).unwrap_or_default()
-        );
+        if !out.status.success() {
+            return Err(format!(
+                "postfix start failed: {}{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(dir.join("maillog")).unwrap_or_default()
+            ));
+        }
         let pid_file = queue.join("pid/master.pid");
         let deadline = Instant::now() + Duration::from_secs(20);
         let master_pid = loop {
@@ -360,13 +397,24 @@ impl Postfix {
             pf.stop();
             panic!("postfix wrote no {}", pid_file.display());
         }
-        // Wait until smtpd answers.
+        // Wait until our smtpd answers.
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", smtp_port)).is_err() {
-            assert!(Instant::now() < deadline, "postfix did not start listening");
+        loop {
+            match greeting(smtp_port) {
+                Some(l) if l.starts_with("220 mx.example.org") => return Ok(pf),
+                Some(l) if !l.is_empty() => {
+                    pf.stop();
+                    return Err(format!("the port answers as another server: {l:?}"));
+                }
+                _ => {}
+            }
+            if Instant::now() > deadline {
+                let log = pf.maillog();
+                pf.stop();
+                return Err(format!("postfix did not start listening:\n{log}"));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
-        pf
     }
 
     /// Injects a message with swaks; returns swaks' output and whether it was queued.
