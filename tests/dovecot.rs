@@ -22,20 +22,9 @@ impl Dovecot {
     /// Starts Dovecot on a free port; where another process took the port before Dovecot could
     /// bind it, starts again on another one (five tries).
     fn start(dir: &Path, extra: &str) -> Dovecot {
-        for attempt in 1.. {
-            match Dovecot::start_once(dir, extra) {
-                Ok(d) => return d,
-                Err(why) if attempt < 5 && mta::port_was_taken(&why) => {
-                    eprintln!("NOTICE: dovecot: {why}; another port");
-                    let _ = std::fs::rename(
-                        dir.join("dovecot.log"),
-                        dir.join(format!("dovecot.log.{attempt}")),
-                    );
-                }
-                Err(why) => panic!("{why}"),
-            }
-        }
-        unreachable!()
+        mta::start_on_free_port("dovecot", &dir.join("dovecot.log"), true, || {
+            Dovecot::start_once(dir, extra)
+        })
     }
 
     fn start_once(dir: &Path, extra: &str) -> Result<Dovecot, String> {

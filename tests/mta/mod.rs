@@ -284,25 +284,42 @@ pub fn port_was_taken(why: &str) -> bool {
     why.contains("Address already in use") || why.contains("another server")
 }
 
+/// Runs `start` until it succeeds, again (five tries in all) while it fails on a taken port and
+/// `retry` allows, keeping each failed try's `log` beside it as `log.N`; panics with the reason
+/// otherwise.
+pub fn start_on_free_port<T>(
+    what: &str,
+    log: &Path,
+    retry: bool,
+    mut start: impl FnMut() -> Result<T, String>,
+) -> T {
+    for attempt in 1.. {
+        match start() {
+            Ok(t) => return t,
+            Err(why) if retry && attempt < 5 && port_was_taken(&why) => {
+                eprintln!("NOTICE: {what}: {why}; another port");
+                let name = log.file_name().unwrap_or_default().to_string_lossy();
+                let _ = std::fs::rename(log, log.with_file_name(format!("{name}.{attempt}")));
+            }
+            Err(why) => panic!("{what}: {why}"),
+        }
+    }
+    unreachable!()
+}
+
 impl Postfix {
     /// Starts Postfix; where the smtpd port is picked here and another process took it before
     /// Postfix could bind it, starts again on another port (five tries).
     pub fn start(dir: &Path, o: &PostfixOptions<'_>) -> Postfix {
-        for attempt in 1.. {
-            let port = o.smtp_port.unwrap_or_else(free_port);
-            match Postfix::start_at(dir, o, port) {
-                Ok(pf) => return pf,
-                Err(why) if o.smtp_port.is_none() && attempt < 5 && port_was_taken(&why) => {
-                    eprintln!("NOTICE: postfix on port {port}: {why}; another port");
-                    let _ = std::fs::rename(
-                        dir.join("maillog"),
-                        dir.join(format!("maillog.{attempt}")),
-                    );
-                }
-                Err(why) => panic!("postfix on port {port}: {why}"),
-            }
-        }
-        unreachable!()
+        start_on_free_port(
+            "postfix",
+            &dir.join("maillog"),
+            o.smtp_port.is_none(),
+            || {
+                let port = o.smtp_port.unwrap_or_else(free_port);
+                Postfix::start_at(dir, o, port).map_err(|e| format!("port {port}: {e}"))
+            },
+        )
     }
 
     fn start_at(dir: &Path, o: &PostfixOptions<'_>, smtp_port: u16) -> Result<Postfix, String> {
