@@ -19,6 +19,7 @@
 //!   IMIPD_BENCH_MESSAGES=2000 IMIPD_BENCH_CONCURRENCY=10 cargo bench --bench mail_flow
 //!   IMIPD_BENCH_MAIL=multipart IMIPD_BENCH_ONLY=B,O cargo bench --bench mail_flow
 //!   IMIPD_BENCH_PERF=DIR IMIPD_BENCH_RUNS=1 IMIPD_BENCH_ONLY=B cargo bench --bench mail_flow
+//!   (IMIPD_BENCH_PERF_ARGS='--call-graph dwarf' for call chains through code without frame pointers)
 //!
 //! Needs root, postfix, opendkim, dnsmasq, openssl and dkimpy; loopback only; every load is
 //! bounded in count and time.
@@ -212,18 +213,14 @@ deliver = \"lmtp:inet:127.0.0.1:{}\"\n",
             extra_main_cf: "",
         },
     );
-    // IMIPD_BENCH_PERF=DIR: `perf record -g` of the daemon during the load, to DIR/perf-MODE.data.
+    // IMIPD_BENCH_PERF=DIR: `perf record -g` of the daemon during the load, to DIR/perf-MODE.data
+    // (IMIPD_BENCH_PERF_ARGS: other options instead of -g, e.g. `--call-graph dwarf`).
+    let perf_args = std::env::var("IMIPD_BENCH_PERF_ARGS").unwrap_or_else(|_| "-g".into());
     let perf = match (std::env::var_os("IMIPD_BENCH_PERF"), &imipd) {
         (Some(dir), Some(i)) => Command::new("perf")
-            .args([
-                "record",
-                "-g",
-                "-F",
-                "999",
-                "-p",
-                &i.pid().to_string(),
-                "-o",
-            ])
+            .arg("record")
+            .args(perf_args.split_whitespace())
+            .args(["-F", "999", "-p", &i.pid().to_string(), "-o"])
             .arg(std::path::Path::new(&dir).join(format!("perf-{mode}.data")))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
