@@ -8,6 +8,7 @@
 //! signed prefix ends is computed from the same walk, so "what the signature covers" is exact.
 
 use mail_auth::common::crypto::HashAlgorithm;
+use mail_auth::common::verify::VerifySignature;
 use mail_auth::dkim::{Canonicalization, DkimError};
 use mail_auth::{AuthenticatedMessage, DkimResult, DnsError, Error, Parameters};
 use sha2::{Digest, Sha256};
@@ -119,11 +120,11 @@ pub(crate) async fn verify(dns: &Dns, raw: &[u8], body_offset: usize) -> Vec<Dki
     for output in &outputs {
         // A key that is not published: remembered as such (mail-auth caches only what it
         // found), or every message signed with that selector would cost a lookup again.
+        // The name is mail-auth's own (`domain_key`), the one its lookup asked for.
         if let (DkimResult::PermError(err @ Error::Dns(DnsError::RecordNotFound(_))), Some(sig)) =
             (output.result(), output.signature())
         {
-            dns.cache
-                .remember_missing(&format!("{}._domainkey.{}.", sig.s, sig.d), err.clone());
+            dns.cache.remember_missing(&sig.domain_key(), err.clone());
         }
     }
     outputs
