@@ -106,27 +106,6 @@ async fn dkim_rsa_signature_by_from_domain_proves_from() {
     assert_eq!(proof.covers, imipd::auth::Coverage::Message);
 }
 
-/// A dnsmasq serving `records` that logs every query it gets, and how many TXT queries for
-/// `name` the log holds.
-fn logged_dns(dir: &std::path::Path, records: &[(&str, &str)]) -> (Dns, impl Fn(&str) -> usize) {
-    let log = dir.join("queries.log");
-    let extra = [
-        "--log-queries".to_string(),
-        format!("--log-facility={}", log.display()),
-    ];
-    let dns = (0..10)
-        .find_map(|_| Dns::start_at(signers::free_udp_port(), records, &extra))
-        .expect("dnsmasq");
-    let count = move |name: &str| {
-        let queries = std::fs::read_to_string(&log).expect("dnsmasq query log");
-        queries
-            .lines()
-            .filter(|l| l.contains(&format!("query[TXT] {name} ")))
-            .count()
-    };
-    (dns, count)
-}
-
 /// A domain without a DMARC record costs one lookup, not one per message: the negative answer
 /// is cached (mail-auth caches only records it found). dnsmasq's query log is the witness.
 #[tokio::test]
@@ -136,7 +115,7 @@ async fn a_missing_dmarc_record_is_looked_up_once_for_many_messages() {
     }
     let dir = TempDir::new().expect("tempdir");
     let key = DkimKey::rsa(dir.path(), "sel", "example.com");
-    let (dns, queries) = logged_dns(dir.path(), &[(&key.record_name(), &key.record)]);
+    let (dns, queries) = Dns::start_logged(dir.path(), &[(&key.record_name(), &key.record)]);
     let auth = Authenticator::new(&config(&dns)).expect("authenticator");
     let signed = key.sign(&imip("alice@example.com", "REQUEST", REQUEST), &[]);
     for _ in 0..3 {
@@ -146,6 +125,13 @@ async fn a_missing_dmarc_record_is_looked_up_once_for_many_messages() {
     }
     assert_eq!(queries("_dmarc.example.com"), 1);
     assert_eq!(queries("sel._domainkey.example.com"), 1);
+    // The remembered "no policy" speaks for nobody: the same message unsigned, From the same
+    // domain, proves nothing.
+    let forged = imip("alice@example.com", "REQUEST", REQUEST);
+    let verdict = auth.verify_message(&forged, &facts()).await;
+    assert!(!verdict.proves("mailto:alice@example.com"), "{verdict:?}");
+    assert!(verdict.proofs.is_empty(), "{verdict:?}");
+    assert_eq!(queries("_dmarc.example.com"), 1);
 }
 
 /// A signature whose key is not published costs one lookup, not one per message, and proves
@@ -158,7 +144,7 @@ async fn an_unpublished_dkim_key_is_looked_up_once_for_many_messages() {
     let dir = TempDir::new().expect("tempdir");
     let key = DkimKey::rsa(dir.path(), "gone", "example.com");
     // The key's record is not served: every name is NXDOMAIN.
-    let (dns, queries) = logged_dns(dir.path(), &[]);
+    let (dns, queries) = Dns::start_logged(dir.path(), &[]);
     let auth = Authenticator::new(&config(&dns)).expect("authenticator");
     let signed = key.sign(&imip("alice@example.com", "REQUEST", REQUEST), &[]);
     for _ in 0..3 {

@@ -749,6 +749,89 @@ fn encoded_crlf_in_method_parameter_injects_nothing() {
     assert!(!log.lines().any(|l| l.starts_with("X-Injected")), "{log}");
 }
 
+/// A signature whose key is not published, sent again and again to the daemon: the first
+/// lookup's "not found" is remembered (one query, dnsmasq's log is the witness), and the
+/// remembered answer proves nothing either: no copy is applied, each is delivered with
+/// `X-Imipd-Result` saying why, and an unsigned copy From the same domain, checked against
+/// the remembered "no DMARC policy", is not applied either. The honest control: the same
+/// REQUEST signed with the published key is applied.
+#[test]
+fn a_key_remembered_as_unpublished_proves_nothing_through_the_daemon() {
+    if !tools_present("dkim_negative_cache_daemon", DKIM_TOOLS) {
+        return;
+    }
+    let tmp = TempDir::new().expect("tempdir");
+    let published = DkimKey::rsa(tmp.path(), "sel", "example.com");
+    let gone = DkimKey::rsa(tmp.path(), "gone", "example.com");
+    let (dns, queries) =
+        Dns::start_logged(tmp.path(), &[(&published.record_name(), &published.record)]);
+    let maildir = tmp.path().join("mail");
+    let mut d = mta::Imipd::start(
+        &tmp.path().join("imipd"),
+        &format!(
+            "local_domains = [\"example.org\"]\nauthserv_id = \"mx.example.org\"\n\
+             [dns]\nnameservers = [\"{}\"]\ntimeout_secs = 3\n[milter]\nenabled = false\n\
+             [lmtp]\nlisten = \"inet:127.0.0.1:0\"\ndeliver = \"maildir:{}/%u\"\n",
+            dns.addr,
+            maildir.display()
+        ),
+        &[],
+    );
+    let port = d.lmtp_port.expect("lmtp port");
+    let deliver = |raw: &[u8], n: usize| -> String {
+        let replies = mta::lmtp_deliver(port, "alice@example.com", "bob@example.org", raw);
+        assert!(
+            replies.last().is_some_and(|r| r.starts_with("250")),
+            "{replies:?}"
+        );
+        let files = mta::wait_maildir(&maildir.join("bob"), n, Duration::from_secs(10));
+        assert_eq!(files.len(), n, "delivered");
+        files
+            .iter()
+            .flat_map(|f| f.lines())
+            .filter(|l| l.starts_with("X-Imipd-Result:"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for n in 1..=3 {
+        deliver(
+            &gone.sign(&single("alice@example.com", &request("")), &[]),
+            n,
+        );
+        assert!(
+            !d.export("bob@example.org").contains(UID),
+            "copy {n} applied"
+        );
+    }
+    assert_eq!(queries("gone._domainkey.example.com"), 1);
+    deliver(&single("alice@example.com", &request("")), 4);
+    assert!(
+        !d.export("bob@example.org").contains(UID),
+        "unsigned copy applied"
+    );
+    let results = deliver(
+        &published.sign(&single("alice@example.com", &request("")), &[]),
+        5,
+    );
+    assert!(d.export("bob@example.org").contains(UID), "{results}");
+    assert_eq!(
+        results.lines().filter(|l| l.contains(" applied ")).count(),
+        1,
+        "{results}"
+    );
+    // The four others say why: nobody was proven.
+    assert_eq!(
+        results
+            .lines()
+            .filter(|l| l.contains("rejected") && l.contains("sender proven: nobody"))
+            .count(),
+        4,
+        "{results}"
+    );
+    d.stop();
+}
+
 // ---------------------------------------------------------------------------------------------
 // The milter's submission path
 

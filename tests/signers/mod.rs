@@ -132,6 +132,30 @@ impl Dns {
         panic!("dnsmasq did not start");
     }
 
+    /// Starts dnsmasq serving `records` and logging every query it gets to a file in `dir`;
+    /// the second value counts the TXT queries for a name that the log holds.
+    pub fn start_logged(
+        dir: &std::path::Path,
+        records: &[(&str, &str)],
+    ) -> (Dns, impl Fn(&str) -> usize) {
+        let log = dir.join("queries.log");
+        let extra = [
+            "--log-queries".to_string(),
+            format!("--log-facility={}", log.display()),
+        ];
+        let dns = (0..10)
+            .find_map(|_| Dns::start_at(free_udp_port(), records, &extra))
+            .expect("dnsmasq");
+        let count = move |name: &str| {
+            let queries = std::fs::read_to_string(&log).expect("dnsmasq query log");
+            queries
+                .lines()
+                .filter(|l| l.contains(&format!("query[TXT] {name} ")))
+                .count()
+        };
+        (dns, count)
+    }
+
     /// Starts dnsmasq on `port` with TXT records and extra options (`--srv-host=...`,
     /// `--host-record=...`); None if it did not come up (port taken).
     pub fn start_at(port: u16, records: &[(&str, &str)], extra: &[String]) -> Option<Dns> {
