@@ -1038,6 +1038,24 @@ mod tests {
         }
     }
 
+    /// Starts a thread that announces a writer and, once a flush (the caller's, next) is
+    /// gathering, runs `then` with the store and that writer; returns after the announcement.
+    fn announced_writer(
+        s: &std::sync::Arc<Sled>,
+        then: impl FnOnce(&Sled, Writer<'_>) + Send + 'static,
+    ) -> std::thread::JoinHandle<()> {
+        let started = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let (s2, b2) = (s.clone(), started.clone());
+        let t = std::thread::spawn(move || {
+            let w = Writer::begin(&*s2);
+            b2.wait();
+            wait_until_gathering(&s2);
+            then(&s2, w);
+        });
+        started.wait();
+        t
+    }
+
     #[test]
     fn a_flush_waits_for_an_announced_writer_and_covers_it() {
         let d = tempfile::tempdir().unwrap();
@@ -1046,12 +1064,7 @@ mod tests {
             d.path(),
             std::time::Duration::from_secs(20),
         ));
-        let writer_started = std::sync::Arc::new(std::sync::Barrier::new(2));
-        let (s2, b2) = (s.clone(), writer_started.clone());
-        let t = std::thread::spawn(move || {
-            let w = Writer::begin(&*s2);
-            b2.wait();
-            wait_until_gathering(&s2);
+        let t = announced_writer(&s, |s2, w| {
             s2.commit(&Commit {
                 user: "bob@example.org",
                 uid: "u1",
@@ -1066,7 +1079,6 @@ mod tests {
             .unwrap();
             w.flush().unwrap();
         });
-        writer_started.wait();
         let start = std::time::Instant::now();
         s.flush().unwrap();
         assert!(start.elapsed() < std::time::Duration::from_secs(10));
@@ -1083,15 +1095,8 @@ mod tests {
             d.path(),
             std::time::Duration::from_secs(20),
         ));
-        let started = std::sync::Arc::new(std::sync::Barrier::new(2));
-        let (s2, b2) = (s.clone(), started.clone());
-        let t = std::thread::spawn(move || {
-            let w = Writer::begin(&*s2);
-            b2.wait();
-            wait_until_gathering(&s2);
-            drop(w); // nothing committed, e.g. an error or a message with nothing to decide
-        });
-        started.wait();
+        // Nothing committed, e.g. an error or a message with nothing to decide.
+        let t = announced_writer(&s, |_, w| drop(w));
         let start = std::time::Instant::now();
         s.flush().unwrap();
         assert!(
