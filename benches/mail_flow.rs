@@ -408,7 +408,7 @@ fn null_milter() -> u16 {
                     }
                     // As imipd does: ACK at once, or Postfix's next no-reply packet waits
                     // for the delayed ACK (Nagle), 40 ms a message.
-                    quickack(&s);
+                    imipd::doors::milter::quickack(std::os::fd::AsFd::as_fd(&s));
                     let reply: Option<(u8, Vec<u8>)> = match pkt[0] {
                         b'O' if n >= 13 => {
                             let offered = u32::from_be_bytes([pkt[9], pkt[10], pkt[11], pkt[12]]);
@@ -442,21 +442,6 @@ fn null_milter() -> u16 {
         }
     });
     port
-}
-
-fn quickack(s: &std::net::TcpStream) {
-    use std::os::fd::AsRawFd;
-    let one: libc::c_int = 1;
-    // SAFETY: a valid socket and an int option of the right size.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_QUICKACK,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

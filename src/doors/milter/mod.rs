@@ -145,19 +145,25 @@ impl Conn for tokio::io::DuplexStream {}
 
 impl Conn for tokio::net::TcpStream {
     fn quickack(&self) {
-        use std::os::fd::AsRawFd;
-        let one: libc::c_int = 1;
-        // SAFETY: a valid socket descriptor owned by self, and a pointer to a c_int of the
-        // size given; a failure only leaves delayed ACKs on.
-        unsafe {
-            libc::setsockopt(
-                self.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_QUICKACK,
-                &one as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        use std::os::fd::AsFd;
+        quickack(self.as_fd());
+    }
+}
+
+/// Switches delayed ACKs off on a TCP socket until its next read (TCP_QUICKACK; see [`Conn`]).
+pub fn quickack(socket: std::os::fd::BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: a descriptor borrowed for the call, and a pointer to a c_int of the size given;
+    // a failure only leaves delayed ACKs on.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            &one as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 
